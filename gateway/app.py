@@ -1,0 +1,63 @@
+"""The public listener's ASGI application: the lifespan that owns the upstream client, and the proxy.
+
+Nothing on this listener is reserved for the gateway: every path belongs to the upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.config import GatewayConfig
+from gateway.errors import InternalError, UpstreamAborted
+from gateway.proxy import Proxy, send_error
+from gateway.types import Receive, Scope, Send
+from gateway.upstream import UpstreamClient, open_upstream_client
+
+__all__ = ["GatewayApp", "create_app"]
+
+logger = logging.getLogger("gateway.error")
+
+
+class GatewayApp:
+    def __init__(self, config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> None:
+        self.config = config
+        self.proxy = Proxy(config)
+        self._given_client = upstream_client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                await self.proxy(scope, receive, send)
+            except UpstreamAborted:
+                raise
+            except Exception:
+                logger.exception("unexpected error while handling %s %s", scope["method"], scope["path"])
+                # If the response had already started, send() refuses a second start with
+                # RuntimeError and the server closes the connection, which is all that is left.
+                await send_error(send, self.config.error_profile, InternalError(), close=True)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        # Other scopes (websocket) never arrive: the server runs with ws="none", and Upgrade is
+        # hop-by-hop, so an upgrade request is forwarded as a plain HTTP request.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.proxy.client = self._given_client or await open_upstream_client(self.config.upstream)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": f"cannot start: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.proxy.client is not None:
+                    await self.proxy.client.aclose()
+                    self.proxy.client = None
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> GatewayApp:
+    """The gateway as an ASGI app; ``upstream_client`` replaces the one the lifespan would open."""
+    return GatewayApp(config, upstream_client=upstream_client)

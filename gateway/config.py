@@ -1,0 +1,321 @@
+"""Settings: loaded once from YAML and the environment into frozen dataclasses.
+
+Where the file comes from: ``--config PATH``, else ``$GATEWAY_CONFIG``, else ``./config.yaml`` if
+it exists, else no file (every key has a default; ``config.yaml`` in the repository documents
+them all). Then the environment overrides what differs between deployments:
+
+    GATEWAY_UPSTREAM_URL -> upstream.url     GATEWAY_STORE_URL -> store.url
+    GATEWAY_REDIS_URL    -> redis.url        GATEWAY_ADMIN_TOKEN -> the admin token
+
+Any unknown key, wrong type or invalid value raises ``ConfigError`` with one line naming the
+file (or variable), the key and what is expected; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.profiles import BUILTIN_PROFILES, ErrorProfile, ProfileError, build_profile
+from gateway.units import parse_duration, parse_size
+
+__all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+UpstreamClientName = Literal["aiohttp", "httpx"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+ENV_OVERRIDES: Mapping[str, str] = {
+    "GATEWAY_UPSTREAM_URL": "upstream.url",
+    "GATEWAY_STORE_URL": "store.url",
+    "GATEWAY_REDIS_URL": "redis.url",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "http://127.0.0.1:9000"
+    client: UpstreamClientName = "aiohttp"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_connections: int = 100
+    preserve_host: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    trusted_peers: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = "sqlite:///./gateway.db"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
+    store: StoreConfig = field(default_factory=StoreConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    admin_token: str | None = field(default=None, repr=False)
+    # Where the settings came from, for messages: a path, or "defaults".
+    source: str = "defaults"
+
+
+# ---------------------------------------------------------------------------------- values
+# Each parser takes the raw YAML value and returns the typed one, or raises ValueError whose
+# text says what is expected.
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("a port number from 0 to 65535")
+    return value
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a whole number of at least 1")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("a duration above zero such as 500ms or 30s")
+    return seconds
+
+
+def _choice(*choices: str) -> Callable[[object], Any]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return str(value)
+
+    return parse
+
+
+def _http_url(value: object) -> str:
+    expected = "an http:// or https:// URL with a host and no path, such as http://127.0.0.1:9000"
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(expected)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(expected)
+    return value.rstrip("/")
+
+
+def _store_url(value: object) -> str:
+    expected = "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://..."
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return value
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ValueError(expected)
+
+
+def _redis_url(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("a redis://host:port/db URL, or null for none")
+    return value
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    expected = "a list of IP addresses or networks, such as [10.0.0.0/8, 192.168.1.7]"
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+    except ValueError:
+        raise ValueError(expected) from None
+
+
+# Every key of the file: dotted name -> parser. Defaults live on the dataclasses above.
+_SCALARS: Mapping[str, Callable[[object], Any]] = {
+    "listen.host": _string,
+    "listen.port": _port,
+    "upstream.url": _http_url,
+    "upstream.client": _choice("aiohttp", "httpx"),
+    "upstream.connect_timeout": _positive_duration,
+    "upstream.read_timeout": _positive_duration,
+    "upstream.max_connections": _positive_int,
+    "upstream.preserve_host": _boolean,
+    "proxy.trusted_peers": _networks,
+    "limits.max_body_bytes": parse_size,
+    "store.url": _store_url,
+    "redis.url": _redis_url,
+    "log.level": _choice("debug", "info", "warning", "error"),
+    "errors.profile": _string,
+}
+_SECTIONS = {
+    "listen": ListenConfig,
+    "upstream": UpstreamConfig,
+    "proxy": ProxyConfig,
+    "limits": LimitsConfig,
+    "store": StoreConfig,
+    "redis": RedisConfig,
+    "log": LogConfig,
+}
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: the explicit path, else $GATEWAY_CONFIG, else ./config.yaml if present."""
+    if path is not None:
+        return Path(path)
+    if environ.get("GATEWAY_CONFIG"):
+        return Path(environ["GATEWAY_CONFIG"])
+    default = Path("config.yaml")
+    return default if default.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, check and freeze the settings; ConfigError (one line) if anything is wrong."""
+    environ = os.environ if environ is None else environ
+    file = resolve_config_path(path, environ)
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        source = str(file)
+        raw = _read_yaml(file)
+    values, profile_name, custom_profiles = _flatten(raw, source)
+    for variable, key in ENV_OVERRIDES.items():
+        if variable in environ:
+            values[key] = _parse(key, environ[variable], f"environment variable {variable}")
+    admin_token = environ.get("GATEWAY_ADMIN_TOKEN") or None
+
+    profiles: dict[str, ErrorProfile] = dict(BUILTIN_PROFILES)
+    for name, definition in custom_profiles.items():
+        try:
+            profiles[name] = build_profile(name, definition)
+        except ProfileError as exc:
+            key = f"errors.profiles.{name}" + (f".{exc.key}" if exc.key else "")
+            raise ConfigError(f"{source}: {key}: expected {exc.expected}") from None
+    if profile_name not in profiles:
+        raise ConfigError(f"{source}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
+
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        prefix = section + "."
+        sections[section] = cls(**{k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})
+    return GatewayConfig(**sections, error_profile=profiles[profile_name], admin_token=admin_token, source=source)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{file}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping of sections (listen, upstream, ...) at the top level")
+    return data
+
+
+def _flatten(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Checked values by dotted key, the chosen profile name, and the custom profile definitions."""
+    values: dict[str, Any] = {}
+    profile_name = "mockly"
+    custom_profiles: dict[str, Any] = {}
+    for section, body in raw.items():
+        if section not in (*_SECTIONS, "errors"):
+            known = ", ".join((*_SECTIONS, "errors"))
+            raise ConfigError(f"{source}: {section}: unknown section (known: {known})")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section}: expected a mapping of keys")
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key == "errors.profiles":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: {key}: expected a mapping of profile name to definition")
+                custom_profiles = {str(k): v for k, v in value.items()}
+                continue
+            if key not in _SCALARS:
+                known = ", ".join(k for k in (*_SCALARS, "errors.profiles") if k.startswith(section + "."))
+                raise ConfigError(f"{source}: {key}: unknown key (known: {known})")
+            parsed = _parse(key, value, source)
+            if key == "errors.profile":
+                profile_name = parsed
+            else:
+                values[key] = parsed
+    return values, profile_name, custom_profiles
+
+
+def _parse(key: str, value: object, source: str) -> Any:
+    try:
+        return _SCALARS[key](value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: expected {exc}, got {value!r}") from None

@@ -1,0 +1,88 @@
+"""The answers the gateway gives by itself, as exceptions.
+
+Each error names a *situation*; the active error profile (``profiles.py``) turns the situation
+into the status, code, message and envelope of the API the gateway fronts. Errors raised before
+the response has started become such a JSON answer; after it has started, the only honest thing
+left is to break the connection (``UpstreamAborted``).
+
+    GatewayError                  situation
+    ├── PayloadTooLarge           payload_too_large      (413)
+    ├── InternalError             internal_error         (500: a bug of ours, logged)
+    └── UpstreamError
+        ├── UpstreamUnavailable   upstream_unavailable   (502)
+        └── UpstreamTimeout       upstream_timeout       (504)
+
+    UpstreamAborted               not an answer: the upstream failed mid-response, so the
+                                  client connection is closed without completing the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "GatewayError",
+    "InternalError",
+    "PayloadTooLarge",
+    "UpstreamAborted",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself, in the active error profile."""
+
+    situation: str = ""
+
+    def __init__(
+        self,
+        reason: str = "",
+        *,
+        params: Mapping[str, object] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason or self.situation)
+        self.reason = reason or self.situation
+        # Values the profile's message and details may use, e.g. {"max_bytes": 10485760}.
+        self.params: Mapping[str, object] = params or {}
+        self.headers: Mapping[str, str] = headers or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason!r})"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is larger than ``limits.max_body_bytes``."""
+
+    situation = "payload_too_large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"request body over {max_bytes} bytes", params={"max_bytes": max_bytes})
+
+
+class InternalError(GatewayError):
+    """Something the gateway did not expect went wrong; the details are in the log only."""
+
+    situation = "internal_error"
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not give an answer."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream refused the connection, could not be reached, or broke the exchange."""
+
+    situation = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within ``upstream.read_timeout``."""
+
+    situation = "upstream_timeout"
+
+
+class UpstreamAborted(Exception):
+    """The upstream failed after the response had started; the client connection must be closed."""

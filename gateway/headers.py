@@ -1,0 +1,147 @@
+"""Which headers cross the gateway, in each direction.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the message, so they are
+dropped both ways: Connection and every header it names, Keep-Alive, TE, Trailer,
+Transfer-Encoding, Upgrade, Proxy-Connection, Proxy-Authenticate and Proxy-Authorization. The
+gateway frames each hop itself.
+
+Towards the upstream, Host is the upstream's (or the client's with ``upstream.preserve_host``),
+and X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host describe the connection the gateway
+actually received. A client can claim anything in its own X-Forwarded-* headers, so they are
+replaced, unless the peer is a trusted proxy (``proxy.trusted_peers``, empty by default): then its
+X-Forwarded-For is kept and the peer appended, and its X-Forwarded-Proto and -Host are kept.
+Everything else passes unchanged and in order, repeated headers included.
+
+Header names arrive lowercased in the ASGI scope; values are passed as the bytes received.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.config import IPNetwork
+
+__all__ = ["HOP_BY_HOP", "ForwardedRequest", "RequestHeaderRules", "response_headers"]
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
+def _nominated(connection_values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names listed in Connection headers (RFC 9110 section 7.6.1), beyond those always dropped.
+
+    Usually empty (``Connection: keep-alive``), which spares the caller a second pass.
+    """
+    tokens = frozenset(
+        token.strip().lower() for value in connection_values for token in value.split(b",") if token.strip()
+    )
+    return tokens - HOP_BY_HOP
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """The headers to send upstream, and what the client said about the request body."""
+
+    headers: Headers
+    # The declared Content-Length, or None; -1 when the body is chunked (Transfer-Encoding).
+    content_length: int | None
+
+
+class RequestHeaderRules:
+    """Rewrites the headers of one client request for the upstream (see the module docstring)."""
+
+    def __init__(self, upstream_host: bytes, *, preserve_host: bool, trusted_peers: tuple[IPNetwork, ...]) -> None:
+        self._upstream_host = upstream_host
+        self._preserve_host = preserve_host
+        self._trusted_peers = trusted_peers
+
+    def is_trusted(self, peer: str) -> bool:
+        if not self._trusted_peers:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted_peers)
+
+    def rewrite(self, scope_headers: Iterable[tuple[bytes, bytes]], peer: str | None, scheme: str) -> ForwardedRequest:
+        headers: Headers = []
+        connection: list[bytes] = []
+        client_host: bytes | None = None
+        content_length: int | None = None
+        forwarded_for: list[bytes] = []
+        forwarded_proto: bytes | None = None
+        forwarded_host: bytes | None = None
+        for name, value in scope_headers:
+            if name in HOP_BY_HOP:
+                if name == b"connection":
+                    connection.append(value)
+                elif name == b"transfer-encoding":
+                    content_length = -1
+                continue
+            if name in _X_FORWARDED:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif name == b"x-forwarded-proto":
+                    forwarded_proto = forwarded_proto or value
+                else:
+                    forwarded_host = forwarded_host or value
+                continue
+            if name == b"host":
+                client_host = value
+                value = value if self._preserve_host else self._upstream_host
+            elif name == b"content-length" and content_length is None:
+                # uvicorn's parser has already rejected a malformed or conflicting Content-Length.
+                content_length = int(value)
+            headers.append((name, value))
+        if client_host is None:
+            headers.insert(0, (b"host", self._upstream_host))
+        nominated = _nominated(connection) if connection else None
+        if nominated:
+            headers = [(name, value) for name, value in headers if name not in nominated or name == b"host"]
+
+        trusted = peer is not None and self.is_trusted(peer)
+        if not trusted:
+            forwarded_for, forwarded_proto, forwarded_host = [], None, None
+        if peer is not None:
+            forwarded_for.append(peer.encode("latin-1"))
+        if forwarded_for:
+            headers.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+        headers.append((b"x-forwarded-proto", forwarded_proto or scheme.encode("latin-1")))
+        host = forwarded_host or client_host
+        if host is not None:
+            headers.append((b"x-forwarded-host", host))
+        return ForwardedRequest(headers=headers, content_length=content_length)
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The upstream's response headers minus hop-by-hop ones, names and order as the upstream sent them."""
+    kept: Headers = []
+    connection: list[bytes] = []
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                connection.append(value)
+            continue
+        kept.append((name, value))
+    nominated = _nominated(connection) if connection else None
+    if nominated:
+        kept = [(name, value) for name, value in kept if name.lower() not in nominated]
+    return kept

@@ -1,0 +1,189 @@
+"""The forwarding path: plain ASGI, because it is the hot path (Starlette's Request, router and
+StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
+
+For each HTTP request: rewrite the headers (``headers.py``), refuse a body declared larger than
+``limits.max_body_bytes``, send method, raw path and raw query byte for byte to the upstream,
+stream the request body to it (cutting it off if it crosses the limit midway), and stream the
+response back. A response of known small length is read whole and sent as one message; anything
+else streams, with back-pressure from the client's socket through uvicorn's ``send``.
+
+Errors before the response has started are answered in the active error profile. After it has
+started they can only break the connection, so a truncated body is never passed off as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from urllib.parse import urlsplit
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, PayloadTooLarge, UpstreamAborted
+from gateway.headers import RequestHeaderRules, response_headers
+from gateway.profiles import ErrorProfile
+from gateway.types import Receive, Scope, Send
+from gateway.upstream import UpstreamClient, UpstreamResponse
+
+__all__ = ["Proxy", "send_error"]
+
+logger = logging.getLogger("gateway.error")
+
+# A response whose Content-Length is at most this is read whole and sent in one body message.
+SMALL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being forwarded."""
+
+
+class _RequestBody:
+    """The client's request body as an async iterator, cut off once it passes the limit."""
+
+    __slots__ = ("_limit", "_receive", "complete", "disconnected", "received", "too_large")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self.received = 0
+        self.complete = False
+        self.too_large = False
+        self.disconnected = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientDisconnected()
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.received > self._limit:
+                    # Raising inside the upload makes the client library abandon the upstream
+                    # connection before the final chunk: the upstream never sees a complete request.
+                    self.too_large = True
+                    raise PayloadTooLarge(self._limit)
+                yield chunk
+            if not message.get("more_body", False):
+                self.complete = True
+                return
+
+
+async def send_error(send: Send, profile: ErrorProfile, error: GatewayError, *, close: bool = False) -> None:
+    """Answer ``error`` as the profile says: JSON, never a traceback or an HTML page."""
+    status, body = profile.render(error)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"date", formatdate(usegmt=True).encode()),
+    ]
+    headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _watch_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (any request body left over is discarded)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Proxy:
+    """Forwards every request to ``upstream.url`` (see the module docstring)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        upstream_host = urlsplit(config.upstream.url).netloc.encode("latin-1")
+        self._rules = RequestHeaderRules(
+            upstream_host,
+            preserve_host=config.upstream.preserve_host,
+            trusted_peers=config.proxy.trusted_peers,
+        )
+        self._max_body = config.limits.max_body_bytes
+        self._profile = config.error_profile
+        self.client: UpstreamClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = self.client
+        assert client is not None, "the upstream client is opened in the lifespan"
+        peer = scope.get("client")
+        forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
+        length = forwarded.content_length
+        if length is not None and length > self._max_body:
+            await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True)
+            return
+
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        body = _RequestBody(receive, self._max_body) if length else None
+        try:
+            response = await client.request(scope["method"], target, forwarded.headers, body)
+        except ClientDisconnected:
+            return
+        except GatewayError as exc:
+            if body is not None and body.disconnected:
+                return
+            if body is not None and body.too_large:
+                # However the client library reported the cut-off upload, the client gets the 413.
+                await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True)
+            else:
+                await send_error(send, self._profile, exc)
+            return
+        try:
+            await self._respond(scope, receive, send, response, request_read=body is None or body.complete)
+        finally:
+            await response.aclose()
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, response: UpstreamResponse, *, request_read: bool
+    ) -> None:
+        start = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": response_headers(response.headers),
+        }
+        length = response.content_length
+        if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
+            await send(start)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if length is not None and length <= SMALL_BODY:
+            try:
+                content = await response.read()
+            except GatewayError as error:
+                await send_error(send, self._profile, error)
+                return
+            await send(start)
+            await send({"type": "http.response.body", "body": content})
+            return
+
+        await send(start)
+        # uvicorn's send() returns quietly once the client has gone, so watch for it to stop
+        # pulling a large body from the upstream for nobody. Not while the upload is still being
+        # read (an upstream may answer early): receive() must have one reader at a time.
+        watcher = asyncio.ensure_future(_watch_disconnect(receive)) if request_read else None
+        sent = 0
+        try:
+            async for chunk in response.iter_chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+                if watcher is not None and watcher.done():
+                    return
+        except UpstreamAborted as exc:
+            logger.warning(
+                "upstream broke off the response to %s %s after %d bytes; closing the client connection: %s",
+                scope["method"],
+                scope["path"],
+                sent,
+                exc,
+            )
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        await send({"type": "http.response.body", "body": b""})

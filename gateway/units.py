@@ -1,0 +1,70 @@
+"""Durations and byte sizes as people write them in config files and on the command line.
+
+A duration is a number of seconds (``30``, ``0.5``) or a number with a unit: ``500ms``, ``30s``,
+``15m``, ``12h``, ``90d``. A size is a number of bytes or a number with a unit: ``512KiB``,
+``10MiB``, ``1GiB`` (powers of 1024) or ``10KB``, ``10MB``, ``1GB`` (powers of 1000).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_duration", "parse_duration", "parse_size"]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30``, ``0.5``, ``"500ms"``, ``"15m"``...; ValueError if it is none of those."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s, 500ms, 15m, 12h or 90d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _NUMBER_WITH_UNIT.match(value)):
+        number, unit = match.groups()
+        if unit not in _DURATION_UNITS and unit != "":
+            raise ValueError("a duration such as 30s, 500ms, 15m, 12h or 90d")
+        seconds = float(number) * _DURATION_UNITS.get(unit, 1.0)
+    else:
+        raise ValueError("a duration such as 30s, 500ms, 15m, 12h or 90d")
+    if seconds < 0:
+        raise ValueError("a duration that is not negative")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``1048576``, ``"10MiB"``, ``"512KB"``...; ValueError if it is none of those."""
+    if isinstance(value, bool):
+        raise ValueError("a size in bytes such as 1048576 or 10MiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _NUMBER_WITH_UNIT.match(value)):
+        number, unit = match.groups()
+        factor = _SIZE_UNITS.get(unit.lower() or "b")
+        if factor is None:
+            raise ValueError("a size in bytes such as 1048576 or 10MiB")
+        size = int(float(number) * factor)
+    else:
+        raise ValueError("a size in bytes such as 1048576 or 10MiB")
+    if size < 0:
+        raise ValueError("a size that is not negative")
+    return size
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form of a duration: 90 -> "90s", 3600 -> "1h", 0.5 -> "500ms"."""
+    for unit in ("d", "h", "m", "s"):
+        factor = _DURATION_UNITS[unit]
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{round(seconds * 1000)}ms"

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from gateway.cli import main
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, settings: object) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(settings if isinstance(settings, str) else yaml.safe_dump(settings))
+    return path
+
+
+def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config == GatewayConfig()
+    assert config.source == "defaults"
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
+    assert config.upstream.url == "http://127.0.0.1:9000"
+    assert config.upstream.preserve_host is False
+    assert config.limits.max_body_bytes == 10 * 1024 * 1024
+    assert config.error_profile.name == "mockly"
+    assert config.proxy.trusted_peers == ()
+
+
+def test_the_documented_config_yaml_is_the_defaults() -> None:
+    """config.yaml in the repository documents every key with its default value."""
+    documented = load_config(REPO / "config.yaml", environ={})
+    assert documented == GatewayConfig(source=str(REPO / "config.yaml"))
+
+
+def test_every_key_is_documented_in_config_yaml() -> None:
+    from gateway.config import _SCALARS
+
+    text = (REPO / "config.yaml").read_text()
+    data = yaml.safe_load(text)
+    documented = {f"{section}.{key}" for section, body in data.items() for key in (body or {})}
+    assert set(_SCALARS) == documented
+    assert "# profiles:" in text  # custom error profiles are described, commented out
+
+
+def test_file_values_and_units(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "listen": {"host": "0.0.0.0", "port": 9999},
+            "upstream": {"url": "https://api.example.test/", "connect_timeout": "500ms", "read_timeout": "2m"},
+            "limits": {"max_body_bytes": "1MiB"},
+            "proxy": {"trusted_peers": ["10.0.0.0/8", "192.168.1.7"]},
+            "errors": {"profile": "mockupanda"},
+        },
+    )
+    config = load_config(path, environ={})
+    assert config.source == str(path)
+    assert config.listen.port == 9999
+    assert config.upstream.url == "https://api.example.test"
+    assert (config.upstream.connect_timeout, config.upstream.read_timeout) == (0.5, 120.0)
+    assert config.limits.max_body_bytes == 1024 * 1024
+    assert config.proxy.trusted_peers == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.7/32"))
+    assert config.error_profile.name == "mockupanda"
+
+
+def test_file_from_environment_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    named = write(tmp_path, {"listen": {"port": 1111}})
+    assert load_config(environ={"GATEWAY_CONFIG": str(named)}).listen.port == 1111
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("listen:\n  port: 2222\n")
+    assert load_config(environ={}).listen.port == 2222
+    assert load_config(named, environ={}).listen.port == 1111
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, {"upstream": {"url": "http://file.example:1"}})
+    config = load_config(
+        path,
+        environ={
+            "GATEWAY_UPSTREAM_URL": "http://env.example:2",
+            "GATEWAY_STORE_URL": "sqlite:////var/lib/gateway/keys.db",
+            "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "GATEWAY_ADMIN_TOKEN": "s3cret-admin-token",
+        },
+    )
+    assert config.upstream.url == "http://env.example:2"
+    assert config.store.url == "sqlite:////var/lib/gateway/keys.db"
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert config.admin_token == "s3cret-admin-token"
+    assert "s3cret" not in repr(config)
+
+
+def test_custom_profile_from_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "errors": {
+                "profile": "acme",
+                "profiles": {
+                    "acme": {
+                        "envelope": {"message": "{message}", "type": "{code}"},
+                        "situations": {"upstream_unavailable": {"code": "down"}},
+                    }
+                },
+            }
+        },
+    )
+    profile = load_config(path, environ={}).error_profile
+    assert profile.name == "acme"
+    assert profile.situations["upstream_unavailable"].code == "down"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        pytest.param(
+            {"listen": {"prot": 1}}, "listen.prot: unknown key (known: listen.host, listen.port)", id="unknown-key"
+        ),
+        pytest.param({"upstreams": {}}, "upstreams: unknown section", id="unknown-section"),
+        pytest.param(
+            {"listen": {"port": "eighty"}},
+            "listen.port: expected a port number from 0 to 65535, got 'eighty'",
+            id="wrong-type",
+        ),
+        pytest.param({"listen": {"port": 70000}}, "listen.port: expected a port number", id="out-of-range"),
+        pytest.param(
+            {"upstream": {"url": "ftp://x"}}, "upstream.url: expected an http:// or https:// URL", id="bad-scheme"
+        ),
+        pytest.param(
+            {"upstream": {"url": "http://x/api"}},
+            "upstream.url: expected an http:// or https:// URL",
+            id="url-with-path",
+        ),
+        pytest.param(
+            {"upstream": {"read_timeout": "soon"}}, "upstream.read_timeout: expected a duration", id="bad-duration"
+        ),
+        pytest.param(
+            {"upstream": {"read_timeout": 0}},
+            "upstream.read_timeout: expected a duration above zero",
+            id="zero-timeout",
+        ),
+        pytest.param(
+            {"upstream": {"max_connections": 0}}, "upstream.max_connections: expected a whole number", id="zero-pool"
+        ),
+        pytest.param(
+            {"upstream": {"preserve_host": "yes"}},
+            "upstream.preserve_host: expected true or false",
+            id="bool-as-string",
+        ),
+        pytest.param(
+            {"upstream": {"client": "requests"}}, "upstream.client: expected one of aiohttp, httpx", id="bad-client"
+        ),
+        pytest.param({"limits": {"max_body_bytes": "huge"}}, "limits.max_body_bytes: expected a size", id="bad-size"),
+        pytest.param(
+            {"proxy": {"trusted_peers": ["not-an-ip"]}}, "proxy.trusted_peers: expected a list of IP", id="bad-peer"
+        ),
+        pytest.param({"store": {"url": "mysql://x"}}, "store.url: expected sqlite:///relative/path.db", id="bad-store"),
+        pytest.param(
+            {"errors": {"profile": "nope"}}, "errors.profile: expected one of mockly, mockupanda", id="bad-profile"
+        ),
+        pytest.param(
+            {"errors": {"profiles": {"acme": {"situations": {"upstream_timeout": {"status": 200}}}}}},
+            "errors.profiles.acme.situations.upstream_timeout.status: expected an HTTP error status",
+            id="bad-custom-profile",
+        ),
+        pytest.param({"listen": [1, 2]}, "listen: expected a mapping", id="section-not-mapping"),
+        pytest.param("listen: {port: [}\n", "not valid YAML at line 1", id="bad-yaml"),
+        pytest.param("- just\n- a list\n", "expected a mapping of sections", id="top-level-list"),
+    ],
+)
+def test_invalid_settings_name_file_and_key(tmp_path: Path, settings: object, message: str) -> None:
+    path = write(tmp_path, settings)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    text = str(caught.value)
+    assert text.startswith(f"{path}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_invalid_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^environment variable GATEWAY_UPSTREAM_URL: upstream.url: expected"):
+        load_config(environ={"GATEWAY_UPSTREAM_URL": "not a url", "GATEWAY_CONFIG": ""})
+
+
+def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "absent.yaml", environ={})
+
+
+# ------------------------------------------------------------------------- through the CLI
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_cli_config_error_is_one_line_and_exit_2(tmp_path: Path, where: str) -> None:
+    path = write(tmp_path, {"upstream": {"url": "nope"}})
+    args = ["--config", str(path), "serve"] if where == "before" else ["serve", "--config", str(path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{path}: upstream.url: expected an http:// or https:// URL" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reads_gateway_config_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, {"listen": {"port": "x"}})
+    result = CliRunner().invoke(main, ["serve"], env={"GATEWAY_CONFIG": str(path)})
+    assert result.exit_code == 2
+    assert f"{path}: listen.port" in result.stderr
+
+
+def test_the_commented_profile_example_in_config_yaml_is_valid() -> None:
+    text = (REPO / "config.yaml").read_text()
+    example = text[text.index("  # profiles:") :]
+    uncommented = "\n".join(line.replace("  # ", "  ", 1)[2:] for line in example.splitlines())
+    definitions = yaml.safe_load(uncommented)["profiles"]
+    from gateway.profiles import build_profile
+
+    profile = build_profile("acme", definitions["acme"])
+    assert profile.situations["rate_limited"].code == "TOO_MANY"

@@ -1,0 +1,84 @@
+"""Bodies far larger than memory should hold stream through the gateway both ways, intact."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.servers import ServerProcess, peak_rss_bytes
+
+SIZE = 128 * 1024 * 1024 + 7  # not a multiple of any chunk size
+# The gateway's peak memory after moving SIZE bytes each way stays far below SIZE itself.
+MEMORY_HEADROOM = 48 * 1024 * 1024
+_PERIOD = bytes(range(251))
+
+
+def pattern_chunks(size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The stub's byte pattern (byte i is i % 251), generated chunk by chunk."""
+    block = _PERIOD * (chunk // 251 + 2)
+    sent = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        offset = sent % 251
+        yield block[offset : offset + n]
+        sent += n
+
+
+def pattern_sha256(size: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in pattern_chunks(size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_gateway(gateway_factory: GatewayFactory) -> ServerProcess:
+    return gateway_factory({"limits": {"max_body_bytes": "1GiB"}})
+
+
+@pytest.fixture(scope="module")
+def expected_sha256() -> str:
+    return pattern_sha256(SIZE)
+
+
+@pytest.fixture(scope="module")
+def baseline_rss(big_gateway: ServerProcess) -> int:
+    # Warm the gateway up (imports, pools) before its baseline is taken.
+    httpx.get(big_gateway.url + "/__stub/bytes/1000").raise_for_status()
+    return peak_rss_bytes(big_gateway.pid)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_large_download_streams_intact(big_gateway: ServerProcess, expected_sha256: str, baseline_rss: int, chunked):
+    digest = hashlib.sha256()
+    length = 0
+    params = {"chunked": 1} if chunked else {}
+    with httpx.stream("GET", f"{big_gateway.url}/__stub/bytes/{SIZE}", params=params, timeout=120) as response:
+        assert response.status_code == 200
+        assert ("content-length" in response.headers) is not chunked
+        for chunk in response.iter_raw():
+            digest.update(chunk)
+            length += len(chunk)
+    assert length == SIZE
+    assert digest.hexdigest() == expected_sha256
+    assert peak_rss_bytes(big_gateway.pid) < baseline_rss + MEMORY_HEADROOM
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+def test_large_upload_streams_intact(
+    big_gateway: ServerProcess, expected_sha256: str, baseline_rss: int, declare_length: bool
+):
+    headers = {"content-length": str(SIZE)} if declare_length else {}
+    response = httpx.post(big_gateway.url + "/__stub/echo", content=pattern_chunks(SIZE), headers=headers, timeout=120)
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["body_length"] == SIZE
+    assert seen["body_sha256"] == expected_sha256
+    sent_framing = dict(seen["headers"])
+    assert ("content-length" in sent_framing) is declare_length
+    assert (sent_framing.get("transfer-encoding") == "chunked") is not declare_length
+    assert peak_rss_bytes(big_gateway.pid) < baseline_rss + MEMORY_HEADROOM
