@@ -109,21 +109,29 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
 
 
 def write_gateway_config(tmp: Path, client: str, upstream_url: str) -> Path:
+    """The gateway's config for one target: its upstream client and a SQLite store of its own."""
     path = tmp / f"gw-{client}.yaml"
-    path.write_text(f"upstream:\n  url: {upstream_url}\n  client: {client}\n")
+    path.write_text(
+        f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/gw-{client}.db\n"
+    )
     return path
 
 
 def gateway_api_key(client: str, config: Path, tmp: Path) -> str | None:
-    """The API key the bench sends to the gateway, or None while the gateway has no auth.
-
-    AUTH (later issues): create a key here, against `config` (e.g. run
-    `<venv>/bin/gateway keys create ... --config <config>` with cwd=tmp and parse the key it
-    prints once), and return it: every smoke check and wrk run then sends
-    `Authorization: Bearer <key>` to this target. Raise the gateway's rate limit for the run
-    in `write_gateway_config` so the bench never hits it.
-    """
-    return None
+    """A user and a key in the target's store, made with the gateway's own CLI; the key is sent as
+    `Authorization: Bearer <key>` on every smoke check and wrk request, so the gateway runs its
+    whole hot path (key check from its cache) on each."""
+    gateway = str(VENV_BIN / "gateway")
+    subprocess.run([gateway, "users", "add", "bench", "--config", str(config)], cwd=tmp, check=True, timeout=60)
+    created = subprocess.run(
+        [gateway, "keys", "create", "--user", "bench", "--json", "--config", str(config)],
+        cwd=tmp,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    return str(json.loads(created.stdout)["key"])
 
 
 def build_target(name: str, port: int, tmp: Path, upstream_url: str) -> Target:

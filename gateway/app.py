@@ -5,13 +5,16 @@ Nothing on this listener is reserved for the gateway: every path belongs to the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from gateway.config import GatewayConfig
 from gateway.errors import InternalError, UpstreamAborted
 from gateway.proxy import Proxy, send_error
+from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, open_upstream_client
+from gateway.verify import Verifier
 
 __all__ = ["GatewayApp", "create_app"]
 
@@ -41,21 +44,33 @@ class GatewayApp:
         # hop-by-hop, so an upgrade request is forwarded as a plain HTTP request.
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    self.proxy.client = self._given_client or await open_upstream_client(self.config.upstream)
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": f"cannot start: {exc}"})
+        async with contextlib.AsyncExitStack() as resources:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        await self._start(resources)
+                    except Exception as exc:
+                        logger.error("cannot start: %s", exc)
+                        await send({"type": "lifespan.startup.failed", "message": f"cannot start: {exc}"})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await resources.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
                     return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.proxy.client is not None:
-                    await self.proxy.client.aclose()
-                    self.proxy.client = None
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+
+    async def _start(self, resources: contextlib.AsyncExitStack) -> None:
+        """Open the store (migrating it) and the upstream client; both close on shutdown."""
+        config = self.config
+        store = await open_store(config.store.url)
+        resources.push_async_callback(store.close)
+        self.proxy.verifier = Verifier(
+            store, prefix=config.keys.prefix, ttl=config.cache.ttl_seconds, max_entries=config.cache.max_entries
+        )
+        client = self._given_client or await open_upstream_client(config.upstream)
+        resources.push_async_callback(client.aclose)
+        self.proxy.client = client
 
 
 def create_app(config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> GatewayApp:

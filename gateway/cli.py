@@ -9,50 +9,17 @@ from __future__ import annotations
 
 import logging
 import logging.config
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.cli_common import OneLineErrors, config_option, load
+from gateway.cli_manage import db, keys, users
 
 __all__ = ["main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-_CONFIG_KEY = "gateway.config_path"
 
-
-class ConfigProblem(click.ClickException):
-    """The configuration cannot be used (exit status 2, like a usage error)."""
-
-    exit_code = 2
-
-
-def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        ctx.find_root().meta[_CONFIG_KEY] = value
-
-
-def config_option(f: F) -> F:
-    return click.option(
-        "--config",
-        type=click.Path(dir_okay=False),
-        expose_value=False,
-        is_eager=True,
-        callback=_remember_config,
-        help="YAML config file (default: $GATEWAY_CONFIG, else ./config.yaml if present, else built-in defaults).",
-    )(f)
-
-
-def load(ctx: click.Context) -> GatewayConfig:
-    try:
-        return load_config(ctx.find_root().meta.get(_CONFIG_KEY))
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.version_option(__version__, prog_name="gateway")
 def main() -> None:
@@ -102,3 +69,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         access_log=False,
         log_config=log_config,
     )
+
+
+main.add_command(users)
+main.add_command(keys)
+main.add_command(db)

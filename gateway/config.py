@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.keys import PREFIX_PATTERN
 from gateway.profiles import BUILTIN_PROFILES, ErrorProfile, ProfileError, build_profile
 from gateway.units import parse_duration, parse_size
 
@@ -57,11 +59,34 @@ class UpstreamConfig:
     read_timeout: float = 60.0
     max_connections: int = 100
     preserve_host: bool = False
+    forward_authorization: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     trusted_peers: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    prefix: str = "mk_live_"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    ttl_seconds: float = 60.0
+    max_entries: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeadersConfig:
+    user_id: str = "X-User-Id"
+    key_id: str = "X-Api-Key-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    deny_prefixes: tuple[str, ...] = ("/api/v1/",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +115,10 @@ class GatewayConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    identity_headers: IdentityHeadersConfig = field(default_factory=IdentityHeadersConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -179,6 +208,27 @@ def _redis_url(value: object) -> str | None:
     return value
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise ValueError("an HTTP header name such as X-User-Id")
+    return value
+
+
+def _key_prefix(value: object) -> str:
+    if not isinstance(value, str) or not PREFIX_PATTERN.match(value):
+        raise ValueError("a key prefix of letters, digits and underscores starting with a letter, such as mk_live_")
+    return value
+
+
+def _path_prefixes(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) and p.startswith("/") for p in value):
+        raise ValueError("a list of path prefixes such as [/api/v1/]")
+    return tuple(value)
+
+
 def _networks(value: object) -> tuple[IPNetwork, ...]:
     expected = "a list of IP addresses or networks, such as [10.0.0.0/8, 192.168.1.7]"
     if not isinstance(value, list):
@@ -199,8 +249,15 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "upstream.read_timeout": _positive_duration,
     "upstream.max_connections": _positive_int,
     "upstream.preserve_host": _boolean,
+    "upstream.forward_authorization": _boolean,
     "proxy.trusted_peers": _networks,
     "limits.max_body_bytes": parse_size,
+    "keys.prefix": _key_prefix,
+    "cache.ttl_seconds": _positive_duration,
+    "cache.max_entries": _positive_int,
+    "identity_headers.user_id": _header_name,
+    "identity_headers.key_id": _header_name,
+    "cors.deny_prefixes": _path_prefixes,
     "store.url": _store_url,
     "redis.url": _redis_url,
     "log.level": _choice("debug", "info", "warning", "error"),
@@ -211,6 +268,10 @@ _SECTIONS = {
     "upstream": UpstreamConfig,
     "proxy": ProxyConfig,
     "limits": LimitsConfig,
+    "keys": KeysConfig,
+    "cache": CacheConfig,
+    "identity_headers": IdentityHeadersConfig,
+    "cors": CorsConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
     "log": LogConfig,

@@ -6,6 +6,10 @@ the response has started become such a JSON answer; after it has started, the on
 left is to break the connection (``UpstreamAborted``).
 
     GatewayError                  situation
+    ├── AuthenticationError                              (401, with WWW-Authenticate: Bearer)
+    │   ├── MissingCredentials    missing_credentials
+    │   └── InvalidCredentials    invalid_credentials
+    ├── SubscriptionInactive      subscription_inactive  (403)
     ├── PayloadTooLarge           payload_too_large      (413)
     ├── InternalError             internal_error         (500: a bug of ours, logged)
     └── UpstreamError
@@ -21,9 +25,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "AuthenticationError",
     "GatewayError",
     "InternalError",
+    "InvalidCredentials",
+    "MissingCredentials",
     "PayloadTooLarge",
+    "SubscriptionInactive",
     "UpstreamAborted",
     "UpstreamError",
     "UpstreamTimeout",
@@ -51,6 +59,31 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r})"
+
+
+class AuthenticationError(GatewayError):
+    """The request carries no usable key. The reason is for the log; it never holds the key."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+class MissingCredentials(AuthenticationError):
+    """No Authorization header at all."""
+
+    situation = "missing_credentials"
+
+
+class InvalidCredentials(AuthenticationError):
+    """Another scheme, a malformed, unknown, revoked or expired key, or more than one."""
+
+    situation = "invalid_credentials"
+
+
+class SubscriptionInactive(GatewayError):
+    """A valid key whose user's subscription is not active."""
+
+    situation = "subscription_inactive"
 
 
 class PayloadTooLarge(GatewayError):

@@ -10,7 +10,15 @@ and X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host describe the connect
 actually received. A client can claim anything in its own X-Forwarded-* headers, so they are
 replaced, unless the peer is a trusted proxy (``proxy.trusted_peers``, empty by default): then its
 X-Forwarded-For is kept and the peer appended, and its X-Forwarded-Proto and -Host are kept.
-Everything else passes unchanged and in order, repeated headers included.
+After authentication the upstream learns who is calling from the identity headers
+(``X-User-Id`` and ``X-Api-Key-Id`` by default). Any client-sent header that could be taken for
+one of them is removed first: any letter case, any number of copies, and the spellings with
+``_`` or ``.`` for ``-`` (``X_User_Id``, ``x.user.id``), which some servers read as the same name.
+``Authorization`` is not forwarded unless ``upstream.forward_authorization``. Everything else
+passes unchanged and in order, repeated headers included.
+
+Towards the client, ``Access-Control-*`` headers are removed on the paths under
+``cors.deny_prefixes``: the API offers no CORS, whatever the upstream says.
 
 Header names arrive lowercased in the ASGI scope; values are passed as the bytes received.
 """
@@ -61,15 +69,30 @@ class ForwardedRequest:
     headers: Headers
     # The declared Content-Length, or None; -1 when the body is chunked (Transfer-Encoding).
     content_length: int | None
+    # The values of every Authorization header received, for the verifier.
+    authorization: list[bytes]
 
 
 class RequestHeaderRules:
     """Rewrites the headers of one client request for the upstream (see the module docstring)."""
 
-    def __init__(self, upstream_host: bytes, *, preserve_host: bool, trusted_peers: tuple[IPNetwork, ...]) -> None:
+    def __init__(
+        self,
+        upstream_host: bytes,
+        *,
+        preserve_host: bool,
+        trusted_peers: tuple[IPNetwork, ...],
+        identity_headers: tuple[str, ...] = (),
+        forward_authorization: bool = False,
+    ) -> None:
         self._upstream_host = upstream_host
         self._preserve_host = preserve_host
         self._trusted_peers = trusted_peers
+        self._identity = frozenset(_canonical(name.lower().encode("latin-1")) for name in identity_headers)
+        # Only names of these lengths can be an identity header in disguise: spares the others
+        # the normalisation.
+        self._identity_lengths = frozenset(len(name) for name in self._identity)
+        self._forward_authorization = forward_authorization
 
     def is_trusted(self, peer: str) -> bool:
         if not self._trusted_peers:
@@ -88,7 +111,14 @@ class RequestHeaderRules:
         forwarded_for: list[bytes] = []
         forwarded_proto: bytes | None = None
         forwarded_host: bytes | None = None
+        authorization: list[bytes] = []
         for name, value in scope_headers:
+            if len(name) in self._identity_lengths and _canonical(name) in self._identity:
+                continue
+            if name == b"authorization":
+                authorization.append(value)
+                if not self._forward_authorization:
+                    continue
             if name in HOP_BY_HOP:
                 if name == b"connection":
                     connection.append(value)
@@ -127,11 +157,17 @@ class RequestHeaderRules:
         host = forwarded_host or client_host
         if host is not None:
             headers.append((b"x-forwarded-host", host))
-        return ForwardedRequest(headers=headers, content_length=content_length)
+        return ForwardedRequest(headers=headers, content_length=content_length, authorization=authorization)
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """The upstream's response headers minus hop-by-hop ones, names and order as the upstream sent them."""
+def _canonical(name: bytes) -> bytes:
+    """A lowercased header name with ``_`` and ``.`` read as ``-``."""
+    return name.replace(b"_", b"-").replace(b".", b"-")
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]], *, strip_cors: bool = False) -> Headers:
+    """The upstream's response headers minus hop-by-hop ones (and CORS ones if asked), names and
+    order as the upstream sent them."""
     kept: Headers = []
     connection: list[bytes] = []
     for name, value in raw:
@@ -139,6 +175,8 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         if lowered in HOP_BY_HOP:
             if lowered == b"connection":
                 connection.append(value)
+            continue
+        if strip_cors and lowered.startswith(b"access-control-"):
             continue
         kept.append((name, value))
     nominated = _nominated(connection) if connection else None

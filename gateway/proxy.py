@@ -1,7 +1,8 @@
 """The forwarding path: plain ASGI, because it is the hot path (Starlette's Request, router and
 StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
 
-For each HTTP request: rewrite the headers (``headers.py``), refuse a body declared larger than
+For each HTTP request: rewrite the headers (``headers.py``), authenticate the caller
+(``verify.py``) and add the identity headers, refuse a body declared larger than
 ``limits.max_body_bytes``, send method, raw path and raw query byte for byte to the upstream,
 stream the request body to it (cutting it off if it crosses the limit midway), and stream the
 response back. A response of known small length is read whole and sent as one message; anything
@@ -25,6 +26,7 @@ from gateway.headers import RequestHeaderRules, response_headers
 from gateway.profiles import ErrorProfile
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.verify import Verifier
 
 __all__ = ["Proxy", "send_error"]
 
@@ -98,20 +100,36 @@ class Proxy:
 
     def __init__(self, config: GatewayConfig) -> None:
         upstream_host = urlsplit(config.upstream.url).netloc.encode("latin-1")
+        identity = config.identity_headers
         self._rules = RequestHeaderRules(
             upstream_host,
             preserve_host=config.upstream.preserve_host,
             trusted_peers=config.proxy.trusted_peers,
+            identity_headers=(identity.user_id, identity.key_id),
+            forward_authorization=config.upstream.forward_authorization,
         )
+        self._user_header = identity.user_id.lower().encode("latin-1")
+        self._key_header = identity.key_id.lower().encode("latin-1")
+        self._cors_prefixes = config.cors.deny_prefixes
+        self._cors_raw_prefixes = tuple(prefix.encode() for prefix in config.cors.deny_prefixes)
         self._max_body = config.limits.max_body_bytes
         self._profile = config.error_profile
         self.client: UpstreamClient | None = None
+        self.verifier: Verifier | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = self.client
-        assert client is not None, "the upstream client is opened in the lifespan"
+        client, verifier = self.client, self.verifier
+        assert client is not None and verifier is not None, "both are opened in the lifespan"
         peer = scope.get("client")
         forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
+        try:
+            identity = await verifier.verify(forwarded.authorization)
+        except GatewayError as error:
+            # Answered before the body is read: an unauthenticated upload is never taken in.
+            await send_error(send, self._profile, error)
+            return
+        forwarded.headers.append((self._user_header, identity.user_id.encode()))
+        forwarded.headers.append((self._key_header, identity.key_id.encode()))
         length = forwarded.content_length
         if length is not None and length > self._max_body:
             await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True)
@@ -142,11 +160,11 @@ class Proxy:
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send, response: UpstreamResponse, *, request_read: bool
     ) -> None:
-        start = {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": response_headers(response.headers),
-        }
+        strip_cors = bool(self._cors_prefixes) and (
+            scope["path"].startswith(self._cors_prefixes) or scope["raw_path"].startswith(self._cors_raw_prefixes)
+        )
+        headers = response_headers(response.headers, strip_cors=strip_cors)
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
         if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
             await send(start)

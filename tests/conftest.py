@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, start_gateway, start_stub
+from gateway.store import KeyStore, open_store
+from tests.servers import GatewayProcess, ServerProcess, start_stub
 
 
 @pytest.fixture(scope="session")
@@ -16,19 +18,19 @@ def stub() -> Iterator[ServerProcess]:
     server.stop()
 
 
-GatewayFactory = Callable[..., ServerProcess]
+GatewayFactory = Callable[..., GatewayProcess]
 
 
 @pytest.fixture(scope="module")
 def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
     """Starts gateways in front of the stub; ``upstream.url`` defaults to it. Stopped after the module."""
-    started: list[ServerProcess] = []
+    started: list[GatewayProcess] = []
 
-    def start(settings: dict[str, Any] | None = None, **kwargs: Any) -> ServerProcess:
+    def start(settings: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
         settings = dict(settings or {})
         settings.setdefault("upstream", {}).setdefault("url", stub.url)
         settings.setdefault("log", {"level": "info"})
-        server = start_gateway(tmp_path_factory.mktemp("gateway"), settings, **kwargs)
+        server = GatewayProcess(tmp_path_factory.mktemp("gateway"), settings, **kwargs)
         started.append(server)
         return server
 
@@ -38,12 +40,26 @@ def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module", params=["aiohttp", "httpx"])
-def gateway(gateway_factory: GatewayFactory, request: pytest.FixtureRequest) -> ServerProcess:
+def gateway(gateway_factory: GatewayFactory, request: pytest.FixtureRequest) -> GatewayProcess:
     """A gateway on the defaults in front of the stub, once with each upstream client."""
     return gateway_factory({"upstream": {"client": request.param}})
 
 
 @pytest.fixture
-def client(gateway: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    """An HTTP client that sends the gateway's key."""
+    with httpx.Client(base_url=gateway.url, headers=gateway.auth, timeout=30) as http:
         yield http
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A SQLite store in a folder of its own."""
+    return f"sqlite:///{tmp_path}/gateway.db"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[KeyStore]:
+    opened = await open_store(store_url)
+    yield opened
+    await opened.close()

@@ -7,16 +7,24 @@ its PID, and its stderr is kept so a test can read the log.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+from gateway.config import load_config
+from gateway.service import CreatedKey, KeyService
+from gateway.store import open_store
+
+T = TypeVar("T")
 
 STARTUP_TIMEOUT = 20.0
 
@@ -92,17 +100,54 @@ def start_stub() -> ServerProcess:
     return ServerProcess(["-m", "upstream_stub", "--port", str(port), "--log-level", "info"], port=port)
 
 
-def start_gateway(tmp_dir: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None) -> ServerProcess:
-    """``gateway serve`` with ``settings`` written to a config file in ``tmp_dir``."""
-    port = free_port()
-    config_file = tmp_dir / f"gateway-{port}.yaml"
-    config_file.write_text(yaml.safe_dump(settings))
-    return ServerProcess(
-        ["-m", "gateway", "serve", "--config", str(config_file), "--port", str(port)],
-        port=port,
-        env=env,
-        cwd=tmp_dir,
-    )
+class GatewayProcess(ServerProcess):
+    """``gateway serve`` on a config file and a SQLite store of its own, with one user and key."""
+
+    def __init__(self, tmp_dir: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None):
+        port = free_port()
+        settings = dict(settings)
+        settings.setdefault("store", {"url": f"sqlite:///{tmp_dir}/gateway.db"})
+        self.config_path = tmp_dir / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(settings))
+        self.config = load_config(self.config_path, environ={})
+        self.user_id = "alice"
+        created = self.run_service(lambda service: _user_with_key(service, self.user_id))
+        self.key: str = created.key
+        self.key_id = created.record.id
+        super().__init__(
+            ["-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(port)],
+            port=port,
+            env=env,
+            cwd=tmp_dir,
+        )
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def auth_line(self) -> bytes:
+        return f"Authorization: Bearer {self.key}\r\n".encode()
+
+    def run_service(self, action: Callable[[KeyService], Awaitable[T]]) -> T:
+        """Run ``action`` on the gateway's store through the service layer, in this process."""
+        return run_service(self.config.store.url, self.config.keys.prefix, action)
+
+
+async def _user_with_key(service: KeyService, user_id: str) -> CreatedKey:
+    await service.add_user(user_id)
+    return await service.create_key(user_id, name="tests")
+
+
+def run_service(store_url: str, prefix: str, action: Callable[[KeyService], Awaitable[T]]) -> T:
+    async def main() -> T:
+        store = await open_store(store_url)
+        try:
+            return await action(KeyService(store, key_prefix=prefix))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -111,3 +156,14 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+
+def gateway_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS --config CONFIG`` in a process of its own, as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -11,9 +11,11 @@ import pytest
 
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
-from tests.servers import ServerProcess, free_port
+from tests.servers import GatewayProcess, ServerProcess, free_port
 
 FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+# What the gateway adds after the client's own headers.
+ADDED = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-user-id", "x-api-key-id"]
 
 
 def echo(response: httpx.Response) -> dict:
@@ -21,8 +23,14 @@ def echo(response: httpx.Response) -> dict:
     return response.json()
 
 
-def raw_echo(gateway: ServerProcess, head: bytes) -> dict:
-    status, _, body = exchange(gateway.port, head)
+def with_key(gateway: GatewayProcess, head: bytes) -> bytes:
+    """``head`` with the gateway's key in an Authorization header after the request line."""
+    request_line, _, rest = head.partition(b"\r\n")
+    return request_line + b"\r\n" + gateway.auth_line + rest
+
+
+def raw_echo(gateway: GatewayProcess, head: bytes) -> dict:
+    status, _, body = exchange(gateway.port, with_key(gateway, head))
     assert status == 200, body
     return json.loads(body)
 
@@ -30,7 +38,7 @@ def raw_echo(gateway: ServerProcess, head: bytes) -> dict:
 # ------------------------------------------------------------------------- request headers
 
 
-def test_upstream_receives_exactly_the_client_headers_plus_forwarding_ones(gateway: ServerProcess):
+def test_upstream_receives_exactly_the_client_headers_plus_forwarding_ones(gateway: GatewayProcess):
     head = (
         b"GET /__stub/echo HTTP/1.1\r\n"
         b"Host: api.example.test\r\n"
@@ -53,21 +61,23 @@ def test_upstream_receives_exactly_the_client_headers_plus_forwarding_ones(gatew
         ["x-forwarded-for", "127.0.0.1"],
         ["x-forwarded-proto", "http"],
         ["x-forwarded-host", "api.example.test"],
+        ["x-user-id", gateway.user_id],
+        ["x-api-key-id", gateway.key_id],
     ]
 
 
-def gateway_upstream_host(gateway: ServerProcess) -> str:
+def gateway_upstream_host(gateway: GatewayProcess) -> str:
     # The gateway fixture forwards to the stub; its Host is the stub's host:port.
     seen = raw_echo(gateway, b"GET /__stub/echo HTTP/1.1\r\nHost: h\r\n\r\n")
     return dict(seen["headers"])["host"]
 
 
-def test_library_default_headers_are_not_added(gateway: ServerProcess):
+def test_library_default_headers_are_not_added(gateway: GatewayProcess):
     """aiohttp and httpx add Accept, Accept-Encoding, User-Agent and Content-Type unless told not to."""
     for method in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"):
         seen = raw_echo(gateway, method + b" /__stub/echo HTTP/1.1\r\nHost: h\r\n\r\n")
         names = [name for name, _ in seen["headers"]]
-        assert names == ["host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"], method
+        assert names == ["host", *ADDED], method
 
 
 @pytest.mark.parametrize(
@@ -78,7 +88,7 @@ def test_library_default_headers_are_not_added(gateway: ServerProcess):
         pytest.param(b"Connection: close\r\nConnection: x-secret-hop\r\n", id="second-connection-header"),
     ],
 )
-def test_hop_by_hop_request_headers_are_dropped(gateway: ServerProcess, connection_header: bytes):
+def test_hop_by_hop_request_headers_are_dropped(gateway: GatewayProcess, connection_header: bytes):
     head = (
         b"GET /__stub/echo HTTP/1.1\r\nHost: h\r\n"
         + connection_header
@@ -88,10 +98,10 @@ def test_hop_by_hop_request_headers_are_dropped(gateway: ServerProcess, connecti
     )
     seen = raw_echo(gateway, head)
     names = [name for name, _ in seen["headers"]]
-    assert names == ["host", "x-kept", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+    assert names == ["host", "x-kept", *ADDED]
 
 
-def test_client_sent_forwarding_headers_are_replaced(gateway: ServerProcess):
+def test_client_sent_forwarding_headers_are_replaced(gateway: GatewayProcess):
     head = (
         b"GET /__stub/echo HTTP/1.1\r\nHost: real.example.test\r\n"
         b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\r\n"
@@ -121,7 +131,7 @@ def test_trusted_peer_forwarding_headers_are_kept_and_appended(gateway_factory: 
     ]
 
 
-def test_host_is_the_upstreams_unless_preserved(gateway: ServerProcess, gateway_factory: GatewayFactory, stub):
+def test_host_is_the_upstreams_unless_preserved(gateway: GatewayProcess, gateway_factory: GatewayFactory, stub):
     head = b"GET /__stub/echo HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
     assert dict(raw_echo(gateway, head)["headers"])["host"] == stub.url.removeprefix("http://")
     preserving = gateway_factory({"upstream": {"preserve_host": True}})
@@ -144,7 +154,7 @@ def test_host_is_the_upstreams_unless_preserved(gateway: ServerProcess, gateway_
         pytest.param("/q?redirect=http://other.example/x%3Fy", id="url-in-query"),
     ],
 )
-def test_path_and_query_reach_the_upstream_byte_for_byte(gateway: ServerProcess, target: str):
+def test_path_and_query_reach_the_upstream_byte_for_byte(gateway: GatewayProcess, target: str):
     seen = raw_echo(gateway, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")
     path, _, query = target.partition("?")
     assert seen["raw_path"] == path
@@ -234,7 +244,7 @@ def test_mockup_api_round_trip(client: httpx.Client):
 
 
 @pytest.fixture(scope="module")
-def small_limit_gateway(gateway_factory: GatewayFactory) -> ServerProcess:
+def small_limit_gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
     return gateway_factory({"limits": {"max_body_bytes": "64KiB"}})
 
 
@@ -248,7 +258,8 @@ def test_declared_body_over_the_limit_is_refused_before_it_is_sent(small_limit_g
         b"POST /__stub/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n"
         b"X-Request-Id: " + request_id.encode() + b"\r\n\r\n"
     )
-    status, headers, body = exchange(small_limit_gateway.port, head)  # the body itself is never sent
+    # The body itself is never sent.
+    status, headers, body = exchange(small_limit_gateway.port, with_key(small_limit_gateway, head))
     assert status == 413
     assert headers[b"content-type"] == b"application/json"
     assert json.loads(body) == {
@@ -258,7 +269,7 @@ def test_declared_body_over_the_limit_is_refused_before_it_is_sent(small_limit_g
 
 
 def test_body_at_the_limit_is_forwarded(small_limit_gateway):
-    with httpx.Client(base_url=small_limit_gateway.url) as http:
+    with httpx.Client(base_url=small_limit_gateway.url, headers=small_limit_gateway.auth) as http:
         seen = echo(http.post("/__stub/echo", content=b"x" * 65536))
     assert seen["body_length"] == 65536
 
@@ -273,7 +284,7 @@ def test_chunked_body_crossing_the_limit_is_cut_off(small_limit_gateway, stub):
     # answer on crossing, not wait for the end.
     parts = [b"5000\r\n" + b"y" * 0x5000 + b"\r\n"] * 3 + [b"1001\r\n" + b"y" * 0x1001 + b"\r\n"]
     assert sum(len(p) for p in parts) > 65536
-    status, headers, body = exchange(small_limit_gateway.port, head, parts)
+    status, headers, body = exchange(small_limit_gateway.port, with_key(small_limit_gateway, head), parts)
     assert status == 413
     assert json.loads(body)["error"]["code"] == "validation_failed"
     assert request_id not in received_ids(stub)
@@ -286,7 +297,7 @@ def test_chunked_body_crossing_the_limit_is_cut_off(small_limit_gateway, stub):
 
 def test_unreachable_upstream_is_502(gateway_factory: GatewayFactory):
     nothing_there = gateway_factory({"upstream": {"url": f"http://127.0.0.1:{free_port()}"}})
-    response = httpx.get(nothing_there.url + "/api/v1/templates")
+    response = httpx.get(nothing_there.url + "/api/v1/templates", headers=nothing_there.auth)
     assert response.status_code == 502
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": {"code": "upstream_unavailable", "message": "The service is unavailable"}}
@@ -294,7 +305,7 @@ def test_unreachable_upstream_is_502(gateway_factory: GatewayFactory):
 
 def test_slow_upstream_is_504(gateway_factory: GatewayFactory):
     impatient = gateway_factory({"upstream": {"read_timeout": "300ms"}})
-    response = httpx.get(impatient.url + "/__stub/slow", params={"delay": 3}, timeout=10)
+    response = httpx.get(impatient.url + "/__stub/slow", params={"delay": 3}, headers=impatient.auth, timeout=10)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
 
@@ -303,15 +314,15 @@ def test_mockupanda_profile_answers_in_its_own_shape(gateway_factory: GatewayFac
     panda = gateway_factory(
         {"errors": {"profile": "mockupanda"}, "upstream": {"url": f"http://127.0.0.1:{free_port()}"}}
     )
-    response = httpx.get(panda.url + "/api/v1/templates")
+    response = httpx.get(panda.url + "/api/v1/templates", headers=panda.auth)
     assert response.status_code == 502
     assert response.json() == {"error": "Upstream service unavailable", "code": "UPSTREAM_UNAVAILABLE"}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_upstream_reset_mid_response_closes_the_client_connection(gateway: ServerProcess, chunked: bool):
+def test_upstream_reset_mid_response_closes_the_client_connection(gateway: GatewayProcess, chunked: bool):
     params = {"after": 100_000, **({"chunked": 1} if chunked else {})}
-    with httpx.Client(base_url=gateway.url) as http:
+    with httpx.Client(base_url=gateway.url, headers=gateway.auth) as http:
         with http.stream("GET", "/__stub/reset", params=params) as response:
             assert response.status_code == 200
             received = bytearray()
@@ -332,7 +343,7 @@ def test_small_response_reset_before_it_is_complete_is_502(client: httpx.Client)
 
 def test_shutdown_closes_the_upstream_pool(gateway_factory: GatewayFactory):
     server = gateway_factory()
-    assert httpx.get(server.url + "/api/v1/templates").status_code == 200
+    assert httpx.get(server.url + "/api/v1/templates", headers=server.auth).status_code == 200
     server.stop()  # SIGTERM; uvicorn re-raises it after a graceful shutdown, so the status is -15
     assert "Application shutdown complete" in server.log
     assert "Unclosed" not in server.log

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import GatewayFactory
-from tests.servers import ServerProcess, peak_rss_bytes
+from tests.servers import GatewayProcess, peak_rss_bytes
 
 SIZE = 128 * 1024 * 1024 + 7  # not a multiple of any chunk size
 # The gateway's peak memory after moving SIZE bytes each way stays far below SIZE itself.
@@ -36,7 +36,7 @@ def pattern_sha256(size: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def big_gateway(gateway_factory: GatewayFactory) -> ServerProcess:
+def big_gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
     return gateway_factory({"limits": {"max_body_bytes": "1GiB"}})
 
 
@@ -46,18 +46,19 @@ def expected_sha256() -> str:
 
 
 @pytest.fixture(scope="module")
-def baseline_rss(big_gateway: ServerProcess) -> int:
+def baseline_rss(big_gateway: GatewayProcess) -> int:
     # Warm the gateway up (imports, pools) before its baseline is taken.
-    httpx.get(big_gateway.url + "/__stub/bytes/1000").raise_for_status()
+    httpx.get(big_gateway.url + "/__stub/bytes/1000", headers=big_gateway.auth).raise_for_status()
     return peak_rss_bytes(big_gateway.pid)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_large_download_streams_intact(big_gateway: ServerProcess, expected_sha256: str, baseline_rss: int, chunked):
+def test_large_download_streams_intact(big_gateway: GatewayProcess, expected_sha256: str, baseline_rss: int, chunked):
     digest = hashlib.sha256()
     length = 0
     params = {"chunked": 1} if chunked else {}
-    with httpx.stream("GET", f"{big_gateway.url}/__stub/bytes/{SIZE}", params=params, timeout=120) as response:
+    url = f"{big_gateway.url}/__stub/bytes/{SIZE}"
+    with httpx.stream("GET", url, params=params, headers=big_gateway.auth, timeout=120) as response:
         assert response.status_code == 200
         assert ("content-length" in response.headers) is not chunked
         for chunk in response.iter_raw():
@@ -70,9 +71,9 @@ def test_large_download_streams_intact(big_gateway: ServerProcess, expected_sha2
 
 @pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
 def test_large_upload_streams_intact(
-    big_gateway: ServerProcess, expected_sha256: str, baseline_rss: int, declare_length: bool
+    big_gateway: GatewayProcess, expected_sha256: str, baseline_rss: int, declare_length: bool
 ):
-    headers = {"content-length": str(SIZE)} if declare_length else {}
+    headers = big_gateway.auth | ({"content-length": str(SIZE)} if declare_length else {})
     response = httpx.post(big_gateway.url + "/__stub/echo", content=pattern_chunks(SIZE), headers=headers, timeout=120)
     assert response.status_code == 200
     seen = response.json()

@@ -14,6 +14,9 @@ Mockup API (JSON; errors are ``{"error": {"code": ..., "message": ...}}``):
 - any other ``/api/`` path -> 404 ``not_found`` ("No such endpoint"); a known path with the wrong
   method -> 405 ``method_not_allowed`` with ``Allow``.
 
+Routes other than the echo answer CORS like a browser-facing API does (Starlette's CORSMiddleware,
+any origin): ``Access-Control-Allow-Origin`` when the request has an ``Origin``, and preflights.
+
 Test tools:
 
 - ``/__stub/echo[/...]`` and any path outside ``/api/`` and ``/__stub/``, every method: streams the
@@ -50,6 +53,8 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -373,6 +378,8 @@ class StubApp:
                 Route("/__stub/received", self.list_received, methods=["GET", "DELETE"]),
             ],
             exception_handlers={HTTPException: _http_exception},
+            # Like the real service: CORS for browsers, so tests can see the gateway remove it.
+            middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])],
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,0 +1,100 @@
+"""What every ``gateway`` subcommand shares: ``--config``, ``--json``, errors and output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+__all__ = ["ConfigProblem", "OneLineErrors", "config_option", "emit", "iso", "json_option", "load", "table"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_CONFIG_KEY = "gateway.config_path"
+
+
+class OneLineErrors(click.Group):
+    """A command group whose every error is one line on stderr: what is wrong and what to do.
+
+    Click's own usage errors come with a usage block and a blank line; an operator's script
+    reading stderr wants one line, so they are reduced to their message and a pointer to --help.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # A group named without a subcommand: the help is the answer.
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class ConfigProblem(click.ClickException):
+    """The configuration cannot be used (exit status 2, like a usage error)."""
+
+    exit_code = 2
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().meta[_CONFIG_KEY] = value
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_config,
+        help="YAML config file (default: $GATEWAY_CONFIG, else ./config.yaml if present, else built-in defaults).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(f)
+
+
+def load(ctx: click.Context) -> GatewayConfig:
+    try:
+        return load_config(ctx.find_root().meta.get(_CONFIG_KEY))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+def iso(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as aligned text columns under a header; empty values as '-'."""
+    cells = [[("-" if row.get(c) is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def emit(as_json: bool, document: object, text: str) -> None:
+    """Print ``document`` as JSON, or ``text`` for people."""
+    click.echo(json.dumps(document, indent=2) if as_json else text)

@@ -1,0 +1,232 @@
+"""``gateway users``, ``gateway keys`` and ``gateway db``: the operator's commands.
+
+Each opens the store named by the config, migrating it forward if needed, does one thing through
+the service layer (``service.py``), and closes it. A full key is printed once, by ``keys create``
+and ``keys rotate``, and never again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from gateway.cli_common import config_option, emit, iso, json_option, load, table
+from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
+from gateway.store import ApiKey, StoreError, User, open_store
+from gateway.units import parse_duration
+
+__all__ = ["db", "keys", "users"]
+
+T = TypeVar("T")
+
+USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
+KEY_COLUMNS = ("id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at")
+
+
+def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hint: str = "") -> T:
+    """Open the store, run ``action`` with a service on it, close; errors become one line."""
+    config = load(ctx)
+
+    async def main() -> T:
+        store = await open_store(config.store.url)
+        try:
+            return await action(KeyService(store, key_prefix=config.keys.prefix))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except AlreadyExists as exc:
+        raise click.ClickException(f"{exc}{hint}") from None
+    except NotFound as exc:
+        raise click.ClickException(f"{exc}{hint}") from None
+    except (ServiceError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected {exc}, got {value!r}") from None
+
+
+def user_document(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "subscription": user.subscription,
+        "created_at": iso(user.created_at),
+        "updated_at": iso(user.updated_at),
+    }
+
+
+def key_document(key: ApiKey, now: float) -> dict[str, Any]:
+    """What may be shown of a stored key: never the key, never its hash."""
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "name": key.name,
+        "user_id": key.user_id,
+        "status": key.status(now),
+        "created_at": iso(key.created_at),
+        "expires_at": iso(key.expires_at),
+        "last_used_at": iso(key.last_used_at),
+    }
+
+
+def created_document(created: CreatedKey) -> dict[str, Any]:
+    record = created.record
+    return {
+        "id": record.id,
+        "key": created.key,
+        "prefix": record.prefix,
+        "user_id": record.user_id,
+        "name": record.name,
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+    }
+
+
+def created_text(created: CreatedKey, what: str) -> str:
+    record = created.record
+    return (
+        f"{what} key {record.id} for user {record.user_id}"
+        f" (name: {record.name or '-'}, expires: {iso(record.expires_at) or 'never'}):\n\n"
+        f"    {created.key}\n\n"
+        "This is the only time the key is shown: give it to its user now."
+    )
+
+
+# ------------------------------------------------------------------------------------ users
+
+
+@click.group()
+@config_option
+def users() -> None:
+    """Users (the operator's own ids) and their subscriptions."""
+
+
+@users.command("add")
+@config_option
+@click.argument("user_id")
+@click.option("--subscription", type=click.Choice(["active", "inactive"]), default="active", show_default=True)
+@json_option
+@click.pass_context
+def users_add(ctx: click.Context, user_id: str, subscription: str, as_json: bool) -> None:
+    """Add a user."""
+    hint = f": change its subscription with `gateway users set-subscription {user_id} active|inactive`"
+    user = run(ctx, lambda service: service.add_user(user_id, subscription), hint=hint)
+    emit(as_json, user_document(user), f"added user {user.id} (subscription {user.subscription})")
+
+
+@users.command("set-subscription")
+@config_option
+@click.argument("user_id")
+@click.argument("subscription", type=click.Choice(["active", "inactive"]))
+@json_option
+@click.pass_context
+def users_set_subscription(ctx: click.Context, user_id: str, subscription: str, as_json: bool) -> None:
+    """Set a user's subscription to active or inactive (counts on the next request)."""
+    hint = f": add it first with `gateway users add {user_id}`"
+    user = run(ctx, lambda service: service.set_subscription(user_id, subscription), hint=hint)
+    emit(as_json, user_document(user), f"user {user.id}: subscription {user.subscription}")
+
+
+@users.command("list")
+@config_option
+@json_option
+@click.pass_context
+def users_list(ctx: click.Context, as_json: bool) -> None:
+    """List the users."""
+    found = run(ctx, lambda service: service.list_users())
+    documents = [user_document(user) for user in found]
+    emit(as_json, documents, table(documents, USER_COLUMNS))
+
+
+# ------------------------------------------------------------------------------------- keys
+
+
+@click.group()
+@config_option
+def keys() -> None:
+    """API keys: create, list, revoke, rotate."""
+
+
+@keys.command("create")
+@config_option
+@click.option("--user", "user_id", required=True, help="The user the key belongs to.")
+@click.option("--name", default=None, help="A label for people, e.g. 'production'.")
+@click.option("--expires-in", callback=duration, default=None, help="Lifetime, e.g. 30d or 12h  [default: never]")
+@json_option
+@click.pass_context
+def keys_create(ctx: click.Context, user_id: str, name: str | None, expires_in: float | None, as_json: bool) -> None:
+    """Create a key and print it, the one time it is ever shown."""
+    hint = f": add it first with `gateway users add {user_id}`"
+    created = run(ctx, lambda service: service.create_key(user_id, name=name, expires_in=expires_in), hint=hint)
+    emit(as_json, created_document(created), created_text(created, "Created"))
+
+
+@keys.command("list")
+@config_option
+@click.option("--user", "user_id", default=None, help="Only this user's keys.")
+@json_option
+@click.pass_context
+def keys_list(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
+    """List keys (by prefix and id; never the key)."""
+    found = run(ctx, lambda service: service.list_keys(user_id), hint=" (see `gateway users list`)")
+    now = time.time()
+    documents = [key_document(key, now) for key in found]
+    emit(as_json, documents, table(documents, KEY_COLUMNS))
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+@json_option
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str, as_json: bool) -> None:
+    """Revoke a key: it fails on the very next request."""
+    key, already = run(ctx, lambda service: service.revoke_key(key_id), hint=" (see `gateway keys list`)")
+    document = key_document(key, time.time()) | {"already_revoked": already}
+    text = f"key {key.id} was already revoked (at {iso(key.revoked_at)})" if already else f"revoked key {key.id}"
+    emit(as_json, document, text)
+
+
+@keys.command("rotate")
+@config_option
+@click.argument("key_id")
+@click.option("--grace", callback=duration, default=None, help="How long the old key keeps working  [default: 0]")
+@json_option
+@click.pass_context
+def keys_rotate(ctx: click.Context, key_id: str, grace: float | None, as_json: bool) -> None:
+    """Replace a key with a new one for the same user and name; print the new key once."""
+    created, old = run(ctx, lambda service: service.rotate_key(key_id, grace=grace), hint=" (see `gateway keys list`)")
+    stops_at = old.revoked_at if old.revoked_at is not None else old.expires_at
+    document = created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
+    when = "now" if old.revoked_at is not None else f"at {iso(stops_at)}"
+    emit(as_json, document, created_text(created, "Rotated: new") + f"\nThe old key {old.id} stops working {when}.")
+
+
+# --------------------------------------------------------------------------------------- db
+
+
+@click.group()
+@config_option
+def db() -> None:
+    """The key store."""
+
+
+@db.command("migrate")
+@config_option
+@json_option
+@click.pass_context
+def db_migrate(ctx: click.Context, as_json: bool) -> None:
+    """Bring the store's schema up to date (the server also does this at start-up)."""
+    version = run(ctx, lambda service: service.store.migrate())
+    emit(as_json, {"schema_version": version}, f"store schema at version {version}")

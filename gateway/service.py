@@ -1,0 +1,162 @@
+"""Managing users and keys: the one place the rules live, for the CLI and the admin API alike.
+
+Every change goes through the store, whose change counter makes it count on the very next
+request in every gateway process (``verify.py``). A full key exists only in the value that
+``create_key`` and ``rotate_key`` return; the store keeps its SHA-256.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
+from gateway.store import ApiKey, KeyStore, Subscription, User
+
+__all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "ServiceError"]
+
+# Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
+USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
+NAME_MAX = 200
+SUBSCRIPTIONS: tuple[Subscription, ...] = ("active", "inactive")
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message says what to do."""
+
+
+class NotFound(ServiceError):
+    """No user or key with that id."""
+
+
+class AlreadyExists(ServiceError):
+    """A user with that id exists already."""
+
+
+class Invalid(ServiceError):
+    """A value is not acceptable; ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key: the only object that ever holds the full key."""
+
+    key: str
+    record: ApiKey
+
+    def __repr__(self) -> str:
+        return f"CreatedKey(record={self.record!r}, key='{self.record.prefix}...')"
+
+
+def _check_user_id(user_id: str) -> str:
+    if not USER_ID_PATTERN.match(user_id):
+        raise Invalid("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
+    return user_id
+
+
+def _check_subscription(subscription: str) -> Subscription:
+    if subscription == "active":
+        return "active"
+    if subscription == "inactive":
+        return "inactive"
+    raise Invalid("a subscription is active or inactive", "subscription")
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
+        raise Invalid(f"a key name is at most {NAME_MAX} printable characters", "name")
+    return name
+
+
+class KeyService:
+    def __init__(self, store: KeyStore, *, key_prefix: str, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._prefix = key_prefix
+        self._clock = clock
+
+    # ------------------------------------------------------------------------------ users
+
+    async def add_user(self, user_id: str, subscription: str = "active") -> User:
+        now = self._clock()
+        user = User(_check_user_id(user_id), _check_subscription(subscription), now, now)
+        if not await self.store.add_user(user):
+            raise AlreadyExists(f"user {user_id!r} exists already")
+        return user
+
+    async def get_user(self, user_id: str) -> User:
+        user = await self.store.get_user(user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id!r}")
+        return user
+
+    async def set_subscription(self, user_id: str, subscription: str) -> User:
+        user = await self.store.set_subscription(user_id, _check_subscription(subscription), self._clock())
+        if user is None:
+            raise NotFound(f"no user {user_id!r}")
+        return user
+
+    async def list_users(self) -> Sequence[User]:
+        return await self.store.list_users()
+
+    # ------------------------------------------------------------------------------- keys
+
+    async def create_key(self, user_id: str, *, name: str | None = None, expires_in: float | None = None) -> CreatedKey:
+        await self.get_user(user_id)
+        if expires_in is not None and expires_in <= 0:
+            raise Invalid("a key's lifetime must be above zero", "expires_in")
+        expires_at = None if expires_in is None else self._clock() + expires_in
+        created = self._new_key(user_id, _check_name(name), expires_at)
+        await self.store.add_key(created.record)
+        return created
+
+    async def get_key(self, key_id: str) -> ApiKey:
+        key = await self.store.get_key(key_id)
+        if key is None:
+            raise NotFound(f"no key {key_id!r}")
+        return key
+
+    async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
+        if user_id is not None:
+            await self.get_user(user_id)
+        return await self.store.list_keys(user_id)
+
+    async def revoke_key(self, key_id: str) -> tuple[ApiKey, bool]:
+        """The key, revoked now, and whether it had been revoked before."""
+        before = await self.get_key(key_id)
+        key = await self.store.revoke_key(key_id, self._clock())
+        assert key is not None
+        return key, before.revoked_at is not None
+
+    async def rotate_key(self, key_id: str, *, grace: float | None = None) -> tuple[CreatedKey, ApiKey]:
+        """A new key for the same user and name, and the old key, which stops now or after ``grace``."""
+        now = self._clock()
+        old = await self.get_key(key_id)
+        if old.status(now) != "active":
+            raise Invalid(f"key {key_id} is {old.status(now)}: create a new key instead", "key_id")
+        if grace is not None and grace < 0:
+            raise Invalid("a grace period cannot be negative", "grace")
+        # The new key expires when the old one would have: a rotation never extends a key's life.
+        created = self._new_key(old.user_id, old.name, old.expires_at)
+        grace_until = now + grace if grace else None
+        await self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until)
+        return created, await self.get_key(old.id)
+
+    def _new_key(self, user_id: str, name: str | None, expires_at: float | None) -> CreatedKey:
+        now = self._clock()
+        key = generate_key(self._prefix)
+        record = ApiKey(
+            id=new_key_id(),
+            user_id=user_id,
+            name=name,
+            prefix=display_prefix(key, self._prefix),
+            key_hash=hash_key(key.encode()),
+            created_at=now,
+            expires_at=expires_at,
+        )
+        return CreatedKey(key=key, record=record)

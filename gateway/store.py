@@ -1,0 +1,128 @@
+"""The key store: users and API keys, behind one interface, chosen by ``store.url``.
+
+Records are small frozen dataclasses; times are Unix seconds (float, UTC). The store keeps only
+the SHA-256 of each key. Every write also advances the store's *change counter*, which every
+gateway process reads on every request (``changes()``, no I/O) to drop its cached verdicts the
+moment anything changed, whoever changed it: see ``verify.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = [
+    "ApiKey",
+    "KeyStatus",
+    "KeyStore",
+    "NewerSchemaError",
+    "StoreError",
+    "Subscription",
+    "User",
+    "open_store",
+]
+
+Subscription = Literal["active", "inactive"]
+KeyStatus = Literal["active", "revoked", "expired"]
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what to do."""
+
+
+class NewerSchemaError(StoreError):
+    """The store was written by a newer version of the gateway."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    subscription: Subscription
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    user_id: str
+    name: str | None
+    prefix: str
+    key_hash: str
+    created_at: float
+    # When the key stops working: its lifetime's end, or a rotation's grace period's end. Read
+    # against each server's own clock.
+    expires_at: float | None = None
+    # Set once the key is revoked: it is dead from then on, whatever any clock says, so a
+    # server whose clock lags the revoker's cannot let it through.
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+    # The key that replaced this one in a rotation.
+    replaced_by: str | None = None
+
+    def status(self, now: float) -> KeyStatus:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            # A rotation's grace period has ended: the key was revoked, with a delay.
+            return "revoked" if self.replaced_by else "expired"
+        return "active"
+
+    def __repr__(self) -> str:
+        # The hash is not the key, but it is what a key is checked against: keep it out of logs.
+        return f"ApiKey(id={self.id!r}, user_id={self.user_id!r}, prefix={self.prefix!r})"
+
+
+class KeyStore(Protocol):
+    """What the gateway needs of a store. An unknown id is answered with None or False, not an exception."""
+
+    async def close(self) -> None: ...
+
+    def changes(self) -> int:
+        """The change counter: differs from its last value once anything was written. No I/O."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; the version it is at afterwards."""
+        ...
+
+    async def add_user(self, user: User) -> bool:
+        """False if a user with that id exists already (nothing written)."""
+        ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None: ...
+
+    async def list_users(self) -> Sequence[User]: ...
+
+    async def add_key(self, key: ApiKey) -> None: ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
+        """The key with this hash and its user: one indexed lookup."""
+        ...
+
+    async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
+        """Revoke the key (an earlier revocation stands); None if unknown."""
+        ...
+
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+        """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
+        ``grace_until`` (never later than it would have anyway)."""
+        ...
+
+
+async def open_store(url: str) -> KeyStore:
+    """Open (and migrate) the store that ``url`` names."""
+    if url.startswith("sqlite:///"):
+        from gateway.store_sqlite import SQLiteStore
+
+        return await SQLiteStore.open(url)
+    raise StoreError(f"store.url {url.split(':', 1)[0]}:// is not supported yet: use sqlite:///path.db")

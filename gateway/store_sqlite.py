@@ -1,0 +1,268 @@
+"""The SQLite key store, through aiosqlite (one connection, one worker thread).
+
+WAL mode, so readers never wait for the writer; a busy timeout, so a CLI write while the server
+runs waits instead of failing. The schema version lives in ``PRAGMA user_version`` and is migrated
+forward inside ``BEGIN IMMEDIATE``, so concurrent starters migrate once. The change counter
+(``changes.py``) is the file ``<database>-changes`` beside the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.changes import ChangeCounter
+from gateway.store import ApiKey, NewerSchemaError, StoreError, Subscription, User
+
+__all__ = ["MIGRATIONS", "SQLiteStore", "sqlite_path"]
+
+BUSY_TIMEOUT_MS = 5000
+
+# Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            subscription TEXT NOT NULL CHECK (subscription IN ('active', 'inactive')),
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (id),
+            name TEXT,
+            prefix TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL,
+            last_used_at REAL,
+            replaced_by TEXT
+        )""",
+        "CREATE INDEX api_keys_user_id ON api_keys (user_id)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_KEY_COLUMNS = "id, user_id, name, prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, replaced_by"
+_KEY_FIELDS = len(_KEY_COLUMNS.split(","))
+_INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
+_USER_COLUMNS = "id, subscription, created_at, updated_at"
+_FIND_KEY = (
+    "SELECT " + ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(",")) + ", u.subscription, u.created_at,"
+    " u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
+)
+
+
+async def _use_wal(db: aiosqlite.Connection) -> None:
+    """Switch the database to WAL (it stays so in the file).
+
+    Only the first start-up switches; SQLite answers a switch that collides with another
+    process's transaction with "locked" at once, without its busy handler, so retry that a
+    bounded number of times.
+    """
+    for attempt in range(100):
+        try:
+            async with db.execute("PRAGMA journal_mode") as cursor:
+                row = await cursor.fetchone()
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            await db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            await asyncio.sleep(0.02)
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative.db`` -> relative.db, ``sqlite:////abs/x.db`` -> /abs/x.db."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def _user(row: Any) -> User:
+    return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(*row[:_KEY_FIELDS])
+
+
+class SQLiteStore:
+    def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
+        self._db = db
+        self._counter = counter
+        self.path = path
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> SQLiteStore:
+        path = sqlite_path(url)
+        if not path.parent.is_dir():
+            raise StoreError(f"{url}: the folder {path.parent} does not exist; create it or change store.url")
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{url}: cannot open the database: {exc}") from None
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await _use_wal(db)
+            await db.execute("PRAGMA foreign_keys = ON")
+            counter = ChangeCounter(Path(str(path) + "-changes"))
+        except (sqlite3.Error, OSError) as exc:
+            await db.close()
+            raise StoreError(f"{url}: cannot use the database: {exc}") from None
+        store = cls(db, counter, path)
+        try:
+            if migrate:
+                await store.migrate()
+            else:
+                await store._check_not_newer(await store.schema_version())
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+        self._counter.close()
+
+    def changes(self) -> int:
+        return self._counter.value()
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _check_not_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise NewerSchemaError(
+                f"{self.path}: the store has schema version {version}, newer than this gateway's "
+                f"{SCHEMA_VERSION}: upgrade the gateway to use it"
+            )
+
+    async def migrate(self) -> int:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = await self.schema_version()
+            await self._check_not_newer(version)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await self._db.execute(statement)
+            if version < SCHEMA_VERSION:
+                await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return SCHEMA_VERSION
+
+    async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one write in its own transaction, then bump the change counter; the rows changed."""
+        cursor = await self._db.execute(sql, params)
+        self._counter.bump()
+        return cursor.rowcount
+
+    # ------------------------------------------------------------------------------ users
+
+    async def add_user(self, user: User) -> bool:
+        try:
+            await self._write(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?)",
+                (user.id, user.subscription, user.created_at, user.updated_at),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def get_user(self, user_id: str) -> User | None:
+        async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _user(row) if row else None
+
+    async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None:
+        changed = await self._write(
+            "UPDATE users SET subscription = ?, updated_at = ? WHERE id = ?", (subscription, now, user_id)
+        )
+        return await self.get_user(user_id) if changed else None
+
+    async def list_users(self) -> Sequence[User]:
+        async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
+            return [_user(row) for row in await cursor.fetchall()]
+
+    # ------------------------------------------------------------------------------- keys
+
+    async def add_key(self, key: ApiKey) -> None:
+        await self._write(_INSERT_KEY, _key_row(key))
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _key(row) if row else None
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
+        columns = (
+            ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
+            + ", u.subscription, u.created_at, u.updated_at"
+        )
+        async with self._db.execute(
+            f"SELECT {columns} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?", (key_hash,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        key = _key(row)
+        subscription, created_at, updated_at = row[_KEY_FIELDS:]
+        return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+
+    async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        params: tuple[str, ...] = ()
+        if user_id is not None:
+            sql += " WHERE user_id = ?"
+            params = (user_id,)
+        async with self._db.execute(sql + " ORDER BY created_at, id", params) as cursor:
+            return [_key(row) for row in await cursor.fetchall()]
+
+    async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
+        await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", (now, key_id))
+        return await self.get_key(key_id)
+
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(_INSERT_KEY, _key_row(new_key))
+            if grace_until is None:
+                await self._db.execute(
+                    "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                    (new_key.id, now, old_key_id),
+                )
+            else:
+                await self._db.execute(
+                    "UPDATE api_keys SET replaced_by = ?, expires_at = min(coalesce(expires_at, ?), ?) WHERE id = ?",
+                    (new_key.id, grace_until, grace_until, old_key_id),
+                )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        self._counter.bump()
+
+
+def _key_row(key: ApiKey) -> tuple[Any, ...]:
+    return (
+        key.id,
+        key.user_id,
+        key.name,
+        key.prefix,
+        key.key_hash,
+        key.created_at,
+        key.expires_at,
+        key.revoked_at,
+        key.last_used_at,
+        key.replaced_by,
+    )

@@ -1,0 +1,158 @@
+"""Who is calling: ``Authorization: Bearer <key>`` to an identity, through an in-memory cache.
+
+A cache hit costs a SHA-256 and two dictionary look-ups; no I/O. A miss checks the key's format
+and checksum (a made-up key never reaches the store), then makes one indexed look-up by hash,
+shared by every request waiting on the same key. Unknown hashes are remembered briefly too, so a
+flood of one bad key cannot hammer the store.
+
+Immediate revocation: every write to the store advances its change counter (``store.changes()``,
+a memory-mapped integer for SQLite: see ``changes.py``). Each request compares it with the value
+this process last saw, which costs well under a microsecond; when it differs, every cached
+verdict is dropped. So a revocation, a subscription change or a new key, made by the CLI in
+another process or by another worker, counts on the very next request, whatever the TTL. Time
+limits (an expiry, the end of a rotation's grace period) need no signal: each cached verdict
+carries the moment it stops being valid, checked on every hit against this server's clock. A
+revocation does not depend on clocks at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
+from gateway.keys import hash_key, is_well_formed
+from gateway.store import KeyStore
+
+__all__ = ["Identity", "Verifier"]
+
+# How long an unknown key's hash is remembered at most (a new key clears it at once anyway).
+MISS_TTL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    identity: Identity | None  # None: no such key
+    revoked: bool = False
+    valid_until: float | None = None
+    subscription_active: bool = True
+
+
+_UNKNOWN = _Verdict(identity=None)
+
+
+def bearer_token(values: Sequence[bytes]) -> bytes:
+    """The token of the one ``Authorization: Bearer`` header; MissingCredentials or InvalidCredentials."""
+    if not values:
+        raise MissingCredentials("no Authorization header")
+    if len(values) > 1:
+        raise InvalidCredentials("more than one Authorization header")
+    scheme, _, token = values[0].strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        raise InvalidCredentials("Authorization scheme is not Bearer")
+    token = token.strip(b" \t")
+    if not token or b" " in token or b"\t" in token or b"," in token:
+        raise InvalidCredentials("Bearer token is empty or not a single value")
+    return token
+
+
+class Verifier:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        prefix: str,
+        ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._prefix = prefix.encode()
+        self._clock = clock
+        self._hits: TTLCache[str, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
+        self._misses: TTLCache[str, _Verdict] = TTLCache(
+            maxsize=max(1024, max_entries // 10), ttl=min(ttl, MISS_TTL), timer=timer
+        )
+        self._inflight: dict[str, asyncio.Future[_Verdict]] = {}
+        self._seen = store.changes()
+
+    async def verify(self, authorization: Sequence[bytes]) -> Identity:
+        """The caller's identity; raises an AuthenticationError or SubscriptionInactive."""
+        token = bearer_token(authorization)
+        changes = self._store.changes()
+        if changes != self._seen:
+            self._forget(changes)
+        key_hash = hash_key(token)
+        try:
+            verdict: _Verdict | None = self._hits[key_hash]
+        except KeyError:
+            verdict = self._misses.get(key_hash)
+        if verdict is None:
+            if not is_well_formed(token, self._prefix):
+                raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
+            verdict = await self._look_up(key_hash)
+        identity = verdict.identity
+        if identity is None:
+            raise InvalidCredentials("unknown key")
+        if verdict.revoked:
+            raise InvalidCredentials(f"key {identity.key_id} is revoked")
+        if verdict.valid_until is not None and self._clock() >= verdict.valid_until:
+            raise InvalidCredentials(f"key {identity.key_id} has expired")
+        if not verdict.subscription_active:
+            raise SubscriptionInactive(f"user {identity.user_id} has no active subscription")
+        return identity
+
+    def _forget(self, changes: int) -> None:
+        self._hits.clear()
+        self._misses.clear()
+        # Look-ups already under way may have read the old state: let them finish for their
+        # own waiters, but make new requests start afresh.
+        self._inflight = {}
+        self._seen = changes
+
+    async def _look_up(self, key_hash: str) -> _Verdict:
+        pending = self._inflight.get(key_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        inflight = self._inflight
+        future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
+        inflight[key_hash] = future
+        changes_before = self._store.changes()
+        try:
+            verdict = await self._fetch(key_hash)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            inflight.pop(key_hash, None)
+        future.set_result(verdict)
+        # Cache only what was read with no write in between: a write during the look-up may
+        # have been missed by it.
+        if self._store.changes() == changes_before == self._seen:
+            (self._hits if verdict.identity is not None else self._misses)[key_hash] = verdict
+        return verdict
+
+    async def _fetch(self, key_hash: str) -> _Verdict:
+        found = await self._store.find_key(key_hash)
+        if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
+            return _UNKNOWN
+        key, user = found
+        return _Verdict(
+            identity=Identity(user_id=key.user_id, key_id=key.id),
+            revoked=key.revoked_at is not None,
+            valid_until=key.expires_at,
+            subscription_active=user.subscription == "active",
+        )

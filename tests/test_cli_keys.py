@@ -1,0 +1,166 @@
+"""The operator's commands, through click's runner (in process) on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from gateway.cli import main
+from gateway.keys import hash_key, is_well_formed
+
+Gateway = Callable[..., Result]
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"store": {"url": f"sqlite:///{tmp_path}/gateway.db"}}))
+    return path
+
+
+@pytest.fixture
+def gateway(config_path: Path) -> Gateway:
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(main, [*args, "--config", str(config_path)])
+
+    return run
+
+
+def ok_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def fails_with(result: Result, code: int, message: str) -> None:
+    assert result.exit_code == code
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+
+
+def test_users(gateway: Gateway) -> None:
+    added = ok_json(gateway("users", "add", "alice", "--json"))
+    assert isinstance(added, dict)
+    assert set(added) == {"id", "subscription", "created_at", "updated_at"}
+    assert added["subscription"] == "active" and added["created_at"].endswith("Z")
+    assert (
+        gateway("users", "add", "bob", "--subscription", "inactive").stdout
+        == "added user bob (subscription inactive)\n"
+    )
+    fails_with(
+        gateway("users", "add", "alice"),
+        1,
+        "user 'alice' exists already: change its subscription with `gateway users set-subscription alice",
+    )
+    assert ok_json(gateway("users", "set-subscription", "bob", "active", "--json"))["subscription"] == "active"
+    fails_with(
+        gateway("users", "set-subscription", "carol", "active"), 1, "add it first with `gateway users add carol`"
+    )
+    fails_with(gateway("users", "set-subscription", "bob", "paused"), 2, "Invalid value")
+    listed = ok_json(gateway("users", "list", "--json"))
+    assert [u["id"] for u in listed] == ["alice", "bob"]
+    table = gateway("users", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "SUBSCRIPTION", "CREATED_AT", "UPDATED_AT"]
+    assert table[1].split()[:2] == ["alice", "active"]
+
+
+def test_user_id_rules(gateway: Gateway) -> None:
+    fails_with(gateway("users", "add", "has space"), 1, "printable ASCII characters without spaces")
+    fails_with(gateway("users", "add", "x" * 256), 1, "1 to 255")
+
+
+def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
+    gateway("users", "add", "alice")
+    created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "prod", "--expires-in", "30d", "--json"))
+    assert isinstance(created, dict)
+    assert set(created) == {"id", "key", "prefix", "user_id", "name", "created_at", "expires_at"}
+    key = created["key"]
+    assert is_well_formed(key.encode(), b"mk_live_")
+    assert created["prefix"] == key[:12] and created["id"].startswith("key_")
+    assert (created["user_id"], created["name"]) == ("alice", "prod")
+    assert created["expires_at"] is not None
+
+    text = gateway("keys", "create", "--user", "alice").stdout
+    assert "This is the only time the key is shown" in text
+
+    for listing in (gateway("keys", "list").stdout, gateway("keys", "list", "--json").stdout):
+        assert key not in listing and hash_key(key.encode()) not in listing
+        assert created["id"] in listing and created["prefix"] in listing
+    listed = ok_json(gateway("keys", "list", "--user", "alice", "--json"))
+    assert isinstance(listed, list)
+    assert set(listed[0]) == {
+        "id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at",
+    }  # fmt: skip
+    assert [k["status"] for k in listed] == ["active", "active"]
+    with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
+        stored = db.execute("SELECT * FROM api_keys").fetchall()
+    assert key not in repr(stored) and hash_key(key.encode()) in repr(stored)
+
+
+def test_key_errors(gateway: Gateway) -> None:
+    fails_with(
+        gateway("keys", "create", "--user", "nobody"),
+        1,
+        "no user 'nobody': add it first with `gateway users add nobody`",
+    )
+    fails_with(gateway("keys", "create", "--user", "x", "--expires-in", "soon"), 2, "expected a duration")
+    fails_with(gateway("keys", "create"), 2, "Missing option '--user'")
+    fails_with(gateway("keys", "revoke", "key_nope"), 1, "no key 'key_nope' (see `gateway keys list`)")
+    fails_with(gateway("keys", "rotate", "key_nope"), 1, "no key 'key_nope'")
+    fails_with(gateway("keys", "list", "--user", "nobody"), 1, "no user 'nobody'")
+
+
+def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "ci", "--json"))
+    assert isinstance(created, dict)
+    rotated = ok_json(gateway("keys", "rotate", created["id"], "--grace", "1h", "--json"))
+    assert isinstance(rotated, dict)
+    assert rotated["replaces"] == created["id"] and rotated["name"] == "ci" and rotated["key"] != created["key"]
+    assert rotated["replaced_key_stops_at"] is not None
+    statuses = {k["id"]: k["status"] for k in ok_json(gateway("keys", "list", "--json"))}
+    assert statuses == {created["id"]: "active", rotated["id"]: "active"}  # the old one is in its grace period
+
+    first = gateway("keys", "revoke", created["id"])
+    assert first.exit_code == 0 and first.stdout == f"revoked key {created['id']}\n"
+    second = gateway("keys", "revoke", created["id"])
+    assert second.exit_code == 0 and "was already revoked" in second.stdout
+    fails_with(gateway("keys", "rotate", created["id"]), 1, "is revoked: create a new key instead")
+
+    text = gateway("keys", "rotate", rotated["id"]).stdout
+    assert f"The old key {rotated['id']} stops working now." in text
+
+
+def test_db_migrate(gateway: Gateway, tmp_path: Path) -> None:
+    assert ok_json(gateway("db", "migrate", "--json")) == {"schema_version": 1}
+    with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
+        db.execute("PRAGMA user_version = 99")
+    fails_with(gateway("db", "migrate"), 1, "schema version 99, newer than this gateway's 1: upgrade the gateway")
+    fails_with(gateway("users", "list"), 1, "upgrade the gateway")
+
+
+def test_missing_store_folder(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"store": {"url": f"sqlite:///{tmp_path}/nowhere/g.db"}}))
+    result = CliRunner().invoke(main, ["users", "list", "--config", str(config)])
+    fails_with(result, 1, "does not exist; create it or change store.url")
+
+
+def test_commands_are_pinned() -> None:
+    """The command names are a contract (scripts call them)."""
+    assert sorted(main.commands) == ["db", "keys", "serve", "users"]
+    groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
+    assert groups == {
+        "db": ["migrate"],
+        "keys": ["create", "list", "revoke", "rotate"],
+        "users": ["add", "list", "set-subscription"],
+    }

@@ -1,0 +1,107 @@
+"""The key store's contract, on a real SQLite file in a temporary folder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.store import ApiKey, KeyStore, NewerSchemaError, StoreError, User, open_store
+from gateway.store_sqlite import SCHEMA_VERSION
+
+
+def key(key_id: str, user_id: str = "alice", key_hash: str = "a" * 64, **kwargs: Any) -> ApiKey:
+    return ApiKey(
+        id=key_id, user_id=user_id, name="n", prefix="mk_live_abcd", key_hash=key_hash, created_at=1.0, **kwargs
+    )
+
+
+async def test_users(store: KeyStore) -> None:
+    assert await store.add_user(User("alice", "active", 1.0, 1.0))
+    assert not await store.add_user(User("alice", "inactive", 2.0, 2.0))
+    assert await store.get_user("alice") == User("alice", "active", 1.0, 1.0)
+    assert await store.get_user("nobody") is None
+    assert await store.set_subscription("alice", "inactive", 5.0) == User("alice", "inactive", 1.0, 5.0)
+    assert await store.set_subscription("nobody", "inactive", 5.0) is None
+    assert [u.id for u in await store.list_users()] == ["alice"]
+
+
+async def test_keys(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_user(User("bob", "inactive", 1.0, 1.0))
+    await store.add_key(key("key_1", key_hash="1" * 64))
+    await store.add_key(key("key_2", user_id="bob", key_hash="2" * 64, expires_at=50.0))
+    found = await store.find_key("2" * 64)
+    assert found is not None
+    assert found[0].id == "key_2" and found[0].expires_at == 50.0
+    assert found[1].subscription == "inactive"
+    assert await store.find_key("3" * 64) is None
+    assert [k.id for k in await store.list_keys()] == ["key_1", "key_2"]
+    assert [k.id for k in await store.list_keys("bob")] == ["key_2"]
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.add_key(key("key_3", key_hash="1" * 64))  # the hash is unique
+
+    revoked = await store.revoke_key("key_1", 10.0)
+    assert revoked is not None and revoked.revoked_at == 10.0
+    again = await store.revoke_key("key_1", 20.0)
+    assert again is not None and again.revoked_at == 10.0  # an earlier revocation stands
+    assert await store.revoke_key("key_9", 10.0) is None
+
+    # With grace: the old key expires then (never later than it would have), without a revocation.
+    await store.rotate_key("key_2", key("key_4", user_id="bob", key_hash="4" * 64), now=20.0, grace_until=30.0)
+    old = await store.get_key("key_2")
+    assert old is not None and (old.expires_at, old.revoked_at, old.replaced_by) == (30.0, None, "key_4")
+    assert old.status(29.0) == "active" and old.status(30.0) == "revoked"
+    await store.rotate_key("key_4", key("key_5", user_id="bob", key_hash="5" * 64), now=40.0, grace_until=None)
+    rotated = await store.get_key("key_4")
+    assert rotated is not None and (rotated.revoked_at, rotated.replaced_by) == (40.0, "key_5")
+    assert await store.get_key("key_5") is not None
+
+
+async def test_every_write_advances_the_change_counter(store: KeyStore, store_url: str) -> None:
+    other = await open_store(store_url)  # another process's view of the same store
+    try:
+        seen = other.changes()
+        writes = [
+            store.add_user(User("alice", "active", 1.0, 1.0)),
+            store.set_subscription("alice", "inactive", 2.0),
+            store.add_key(key("key_1")),
+            store.revoke_key("key_1", 3.0),
+            store.rotate_key("key_1", key("key_2", key_hash="b" * 64), now=4.0, grace_until=None),
+        ]
+        for write in writes:
+            await write
+            assert other.changes() != seen
+            seen = other.changes()
+    finally:
+        await other.close()
+
+
+async def test_key_repr_hides_the_hash() -> None:
+    assert "a" * 64 not in repr(key("key_1"))
+
+
+async def test_schema_is_versioned_and_migrated_once(store_url: str) -> None:
+    stores = await asyncio.gather(*(open_store(store_url) for _ in range(4)))  # concurrent start-ups
+    try:
+        assert {await s.schema_version() for s in stores} == {SCHEMA_VERSION}
+        assert await stores[0].migrate() == SCHEMA_VERSION
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_newer_store_is_refused(store_url: str, tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(NewerSchemaError, match="newer than this gateway's .*: upgrade the gateway"):
+        await open_store(store_url)
+
+
+async def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        await open_store(f"sqlite:///{tmp_path}/absent/gateway.db")

@@ -1,0 +1,173 @@
+"""The verifier on a real SQLite store, with an injected clock and timer (no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
+from gateway.keys import generate_key, hash_key
+from gateway.service import KeyService
+from gateway.store import ApiKey, KeyStore, open_store
+from gateway.verify import Identity, Verifier, bearer_token
+
+PREFIX = "mk_live_"
+T = TypeVar("T")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+async def other_process(store_url: str) -> AsyncIterator[KeyService]:
+    """The same store opened again, as the CLI in another process would."""
+    opened = await open_store(store_url)
+    yield KeyService(opened, key_prefix=PREFIX)
+    await opened.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def verifier(store: KeyStore, clock: Clock) -> Verifier:
+    return Verifier(store, prefix=PREFIX, ttl=3600, max_entries=1000, clock=clock, timer=clock)
+
+
+def bearer(key: str) -> list[bytes]:
+    return [b"Bearer " + key.encode()]
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        pytest.param([], MissingCredentials, id="none"),
+        pytest.param([b"Bearer a", b"Bearer b"], InvalidCredentials, id="two-headers"),
+        pytest.param([b"Basic dXNlcjpwYXNz"], InvalidCredentials, id="basic"),
+        pytest.param([b"Bearer"], InvalidCredentials, id="no-token"),
+        pytest.param([b"Bearer    "], InvalidCredentials, id="blank-token"),
+        pytest.param([b"Bearer a b"], InvalidCredentials, id="two-tokens"),
+        pytest.param([b"Bearer a,b"], InvalidCredentials, id="comma-list"),
+        pytest.param([b"Bearerabc"], InvalidCredentials, id="no-space"),
+    ],
+)
+def test_bearer_token_rejects(values: list[bytes], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        bearer_token(values)
+
+
+@pytest.mark.parametrize("scheme", [b"Bearer", b"bearer", b"BEARER", b"bEaReR"])
+def test_bearer_scheme_is_case_insensitive(scheme: bytes) -> None:
+    assert bearer_token([scheme + b"  tok  "]) == b"tok"
+
+
+async def test_valid_key_then_revoked_by_another_process(
+    verifier: Verifier, store: KeyStore, other_process: KeyService
+) -> None:
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    identity = await verifier.verify(bearer(created.key))
+    assert identity == Identity(user_id="alice", key_id=created.record.id)
+    await verifier.verify(bearer(created.key))  # from the cache now (TTL one hour)
+    await other_process.revoke_key(created.record.id)
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(created.key))
+
+
+def finishes_without_waiting(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` one step: it must finish without ever waiting (no I/O, no thread hop)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise AssertionError("the coroutine waited for something")
+
+
+async def test_a_cache_hit_needs_no_store(verifier: Verifier, store: KeyStore) -> None:
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    with pytest.raises(AssertionError, match="waited"):
+        finishes_without_waiting(asyncio.sleep(0.01))  # the check can tell
+    await verifier.verify(bearer(created.key))  # a miss: asks the store
+    for _ in range(3):
+        assert finishes_without_waiting(verifier.verify(bearer(created.key))).key_id == created.record.id
+
+
+async def test_expiry_and_grace_need_no_signal(verifier: Verifier, store: KeyStore, clock: Clock) -> None:
+    service = KeyService(store, key_prefix=PREFIX, clock=clock)
+    await service.add_user("alice")
+    expiring = await service.create_key("alice", expires_in=60)
+    await verifier.verify(bearer(expiring.key))
+    clock.tick(59.9)
+    await verifier.verify(bearer(expiring.key))
+    clock.tick(0.1)
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(expiring.key))
+
+    old = await service.create_key("alice")
+    new, _ = await service.rotate_key(old.record.id, grace=30)
+    await verifier.verify(bearer(old.key))
+    await verifier.verify(bearer(new.key))
+    clock.tick(30)
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(old.key))
+    await verifier.verify(bearer(new.key))
+
+
+async def test_subscription_lapse_and_return(verifier: Verifier, store: KeyStore, other_process: KeyService) -> None:
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    await verifier.verify(bearer(created.key))
+    await other_process.set_subscription("alice", "inactive")
+    with pytest.raises(SubscriptionInactive):
+        await verifier.verify(bearer(created.key))
+    await other_process.set_subscription("alice", "active")
+    await verifier.verify(bearer(created.key))
+
+
+async def test_unknown_key_is_remembered_until_a_key_is_added(
+    verifier: Verifier, store: KeyStore, other_process: KeyService
+) -> None:
+    await other_process.add_user("alice")
+    key = generate_key(PREFIX)
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            await verifier.verify(bearer(key))
+    # The key is added after the miss was cached: it works on its very next request.
+    await other_process.store.add_key(
+        ApiKey(id="key_x", user_id="alice", name=None, prefix=key[:12], key_hash=hash_key(key.encode()), created_at=1.0)
+    )
+    assert (await verifier.verify(bearer(key))).key_id == "key_x"
+
+
+async def test_malformed_keys_never_reach_the_store(verifier: Verifier) -> None:
+    good = generate_key(PREFIX)
+    mistyped = good[:-1] + ("x" if good[-1] != "x" else "y")
+    for token in ["nope", "mk_live_short", generate_key("other_"), mistyped]:
+        with pytest.raises(InvalidCredentials):
+            finishes_without_waiting(verifier.verify(bearer(token)))
+
+
+def test_error_messages_never_hold_the_key() -> None:
+    key = generate_key(PREFIX)
+    for values in ([b"Bearer " + key.encode() + b" x"], [b"Basic " + key.encode()]):
+        with pytest.raises(InvalidCredentials) as caught:
+            bearer_token(values)
+        assert key not in str(caught.value) and key not in repr(caught.value)
