@@ -111,8 +111,10 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
 def write_gateway_config(tmp: Path, client: str, upstream_url: str) -> Path:
     """The gateway's config for one target: its upstream client and a SQLite store of its own."""
     path = tmp / f"gw-{client}.yaml"
+    # Two windows, as in production, set high enough that the run never fills them.
     path.write_text(
         f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/gw-{client}.db\n"
+        'rate_limits:\n  default: ["1000000000/minute", "10000000000/day"]\nlog:\n  level: warning\n'
     )
     return path
 

@@ -5,15 +5,18 @@ Nothing on this listener is reserved for the gateway: every path belongs to the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
 from gateway.config import GatewayConfig
 from gateway.errors import InternalError, UpstreamAborted
 from gateway.proxy import Proxy, send_error
+from gateway.ratelimit import CompactMemoryStorage, Limiter
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, open_upstream_client
+from gateway.usage import UsageRecorder
 from gateway.verify import Verifier
 
 __all__ = ["GatewayApp", "create_app"]
@@ -61,16 +64,34 @@ class GatewayApp:
                     return
 
     async def _start(self, resources: contextlib.AsyncExitStack) -> None:
-        """Open the store (migrating it) and the upstream client; both close on shutdown."""
+        """Open the store (migrating it), the limiter, the usage recorder and the upstream client.
+
+        On shutdown they close in reverse order: the last usage is written before the store closes.
+        """
         config = self.config
         store = await open_store(config.store.url)
         resources.push_async_callback(store.close)
         self.proxy.verifier = Verifier(
-            store, prefix=config.keys.prefix, ttl=config.cache.ttl_seconds, max_entries=config.cache.max_entries
+            store,
+            prefix=config.keys.prefix,
+            default_limits=config.rate_limits.default,
+            ttl=config.cache.ttl_seconds,
+            max_entries=config.cache.max_entries,
         )
+        self.proxy.limiter = Limiter(CompactMemoryStorage())
+        usage = UsageRecorder(store)
+        self.proxy.usage = usage
+        flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
+        resources.push_async_callback(_stop_usage, usage, flusher)
         client = self._given_client or await open_upstream_client(config.upstream)
         resources.push_async_callback(client.aclose)
         self.proxy.client = client
+
+
+async def _stop_usage(usage: UsageRecorder, flusher: asyncio.Task[None]) -> None:
+    """Let the usage task write what is pending, then end."""
+    usage.stop()
+    await flusher
 
 
 def create_app(config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> GatewayApp:

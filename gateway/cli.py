@@ -13,8 +13,8 @@ import logging.config
 import click
 
 from gateway import __version__
-from gateway.cli_common import OneLineErrors, config_option, load
-from gateway.cli_manage import db, keys, users
+from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
+from gateway.cli_manage import db, keys, usage, users
 
 __all__ = ["main"]
 
@@ -30,8 +30,9 @@ def main() -> None:
 @config_option
 @click.option("--host", default=None, help="Address to listen on  [default: listen.host, 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="Port to listen on  [default: listen.port, 8080]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (uvicorn with uvloop and httptools)."""
     import uvicorn
 
@@ -39,6 +40,17 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     from gateway.logs import logging_config
 
     config = load(ctx)
+    if workers > 1:
+        # Each worker would keep its own in-memory windows: every limit would be multiplied.
+        where = (
+            "redis.url is set, but this version keeps rate limits in memory only"
+            if config.redis.url
+            else ("configure shared storage with redis.url (GATEWAY_REDIS_URL) once Redis-backed limits are available")
+        )
+        raise ConfigProblem(
+            f"--workers {workers}: rate limits are counted in each worker's memory, so {workers} workers would"
+            f" allow {workers} times every limit; run one worker ({where})"
+        )
     host = host or config.listen.host
     port = config.listen.port if port is None else port
     log_config = logging_config(config.log.level)
@@ -73,4 +85,5 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 main.add_command(users)
 main.add_command(keys)
+main.add_command(usage)
 main.add_command(db)

@@ -15,16 +15,29 @@ from typing import Any, TypeVar
 import click
 
 from gateway.cli_common import config_option, emit, iso, json_option, load, table
-from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
+from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, split_limits
 from gateway.store import ApiKey, StoreError, User, open_store
 from gateway.units import parse_duration
 
-__all__ = ["db", "keys", "users"]
+__all__ = ["db", "keys", "usage", "users"]
 
 T = TypeVar("T")
 
 USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
-KEY_COLUMNS = ("id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at")
+KEY_COLUMNS = (
+    "id",
+    "prefix",
+    "name",
+    "user_id",
+    "status",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+    "requests",
+    "rate_limited",
+    "credits",
+)
+USAGE_COLUMNS = ("user_id", "requests", "rate_limited", "credits", "last_used_at")
 
 
 def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hint: str = "") -> T:
@@ -77,7 +90,15 @@ def key_document(key: ApiKey, now: float) -> dict[str, Any]:
         "created_at": iso(key.created_at),
         "expires_at": iso(key.expires_at),
         "last_used_at": iso(key.last_used_at),
+        "requests": key.requests,
+        "rate_limited": key.rate_limited,
+        "credits": key.credits,
+        "rate_limits": split_limits(key.rate_limits),
     }
+
+
+def limits_text(key: ApiKey) -> str:
+    return key.rate_limits or "the default (rate_limits.default)"
 
 
 def created_document(created: CreatedKey) -> dict[str, Any]:
@@ -90,6 +111,7 @@ def created_document(created: CreatedKey) -> dict[str, Any]:
         "name": record.name,
         "created_at": iso(record.created_at),
         "expires_at": iso(record.expires_at),
+        "rate_limits": split_limits(record.rate_limits),
     }
 
 
@@ -97,7 +119,8 @@ def created_text(created: CreatedKey, what: str) -> str:
     record = created.record
     return (
         f"{what} key {record.id} for user {record.user_id}"
-        f" (name: {record.name or '-'}, expires: {iso(record.expires_at) or 'never'}):\n\n"
+        f" (name: {record.name or '-'}, expires: {iso(record.expires_at) or 'never'},"
+        f" rate limits: {limits_text(record)}):\n\n"
         f"    {created.key}\n\n"
         "This is the only time the key is shown: give it to its user now."
     )
@@ -163,12 +186,29 @@ def keys() -> None:
 @click.option("--user", "user_id", required=True, help="The user the key belongs to.")
 @click.option("--name", default=None, help="A label for people, e.g. 'production'.")
 @click.option("--expires-in", callback=duration, default=None, help="Lifetime, e.g. 30d or 12h  [default: never]")
+@click.option(
+    "--rate-limit",
+    "rate_limits",
+    default=None,
+    help='Its own limits, e.g. "1000/minute;100000/day"  [default: rate_limits.default]',
+)
 @json_option
 @click.pass_context
-def keys_create(ctx: click.Context, user_id: str, name: str | None, expires_in: float | None, as_json: bool) -> None:
+def keys_create(
+    ctx: click.Context,
+    user_id: str,
+    name: str | None,
+    expires_in: float | None,
+    rate_limits: str | None,
+    as_json: bool,
+) -> None:
     """Create a key and print it, the one time it is ever shown."""
     hint = f": add it first with `gateway users add {user_id}`"
-    created = run(ctx, lambda service: service.create_key(user_id, name=name, expires_in=expires_in), hint=hint)
+    created = run(
+        ctx,
+        lambda service: service.create_key(user_id, name=name, expires_in=expires_in, rate_limits=rate_limits),
+        hint=hint,
+    )
     emit(as_json, created_document(created), created_text(created, "Created"))
 
 
@@ -183,6 +223,34 @@ def keys_list(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
     now = time.time()
     documents = [key_document(key, now) for key in found]
     emit(as_json, documents, table(documents, KEY_COLUMNS))
+
+
+@keys.command("show")
+@config_option
+@click.argument("key_id")
+@json_option
+@click.pass_context
+def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
+    """One key, with its usage and rate limits (never the key)."""
+    key = run(ctx, lambda service: service.get_key(key_id), hint=" (see `gateway keys list`)")
+    document = key_document(key, time.time())
+    text = "\n".join(f"{name}: {'-' if value is None else value}" for name, value in document.items())
+    emit(as_json, document, text.replace("rate_limits: -", f"rate_limits: {limits_text(key)}"))
+
+
+@keys.command("set-limits")
+@config_option
+@click.argument("key_id")
+@click.argument("rate_limits", required=False)
+@click.option("--default", "use_default", is_flag=True, help="Go back to rate_limits.default.")
+@json_option
+@click.pass_context
+def keys_set_limits(ctx: click.Context, key_id: str, rate_limits: str | None, use_default: bool, as_json: bool) -> None:
+    """Give a key its own rate limits ("1000/minute;100000/day"), or --default; counts on its next request."""
+    if (rate_limits is None) == (not use_default):
+        raise click.UsageError('give either limits such as "1000/minute;100000/day" or --default')
+    key = run(ctx, lambda service: service.set_rate_limits(key_id, rate_limits), hint=" (see `gateway keys list`)")
+    emit(as_json, key_document(key, time.time()), f"key {key.id}: rate limits {limits_text(key)}")
 
 
 @keys.command("revoke")
@@ -211,6 +279,30 @@ def keys_rotate(ctx: click.Context, key_id: str, grace: float | None, as_json: b
     document = created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
     when = "now" if old.revoked_at is not None else f"at {iso(stops_at)}"
     emit(as_json, document, created_text(created, "Rotated: new") + f"\nThe old key {old.id} stops working {when}.")
+
+
+# ------------------------------------------------------------------------------------ usage
+
+
+@click.command("usage")
+@config_option
+@click.option("--user", "user_id", default=None, help="Only this user.")
+@json_option
+@click.pass_context
+def usage(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
+    """Usage summed per user: requests, rate_limited, credits, last_used_at."""
+    found = run(ctx, lambda service: service.usage(user_id), hint=" (see `gateway users list`)")
+    documents = [
+        {
+            "user_id": u.user_id,
+            "requests": u.requests,
+            "rate_limited": u.rate_limited,
+            "credits": u.credits,
+            "last_used_at": iso(u.last_used_at),
+        }
+        for u in found
+    ]
+    emit(as_json, documents, table(documents, USAGE_COLUMNS))
 
 
 # --------------------------------------------------------------------------------------- db

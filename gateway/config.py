@@ -23,9 +23,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+from limits import RateLimitItem
 
 from gateway.keys import PREFIX_PATTERN
 from gateway.profiles import BUILTIN_PROFILES, ErrorProfile, ProfileError, build_profile
+from gateway.ratelimit import parse_limits
 from gateway.units import parse_duration, parse_size
 
 __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
@@ -89,6 +91,32 @@ class CorsConfig:
     deny_prefixes: tuple[str, ...] = ("/api/v1/",)
 
 
+RateLimitHeaders = Literal["x-ratelimit", "ietf", "both", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    default: tuple[RateLimitItem, ...] = field(default_factory=lambda: parse_limits(["100/minute", "10000/day"]))
+    headers: RateLimitHeaders = "x-ratelimit"
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRule:
+    method: str  # upper case, or "*" for any
+    path: str  # exact, or a prefix when it ends in "*"
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsConfig:
+    rules: tuple[CreditRule, ...] = (CreditRule("POST", "/api/v1/mockups/generate", 1),)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageConfig:
+    flush_seconds: float = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
@@ -119,6 +147,9 @@ class GatewayConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     identity_headers: IdentityHeadersConfig = field(default_factory=IdentityHeadersConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    credits: CreditsConfig = field(default_factory=CreditsConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -229,6 +260,32 @@ def _path_prefixes(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _rate_limits(value: object) -> tuple[RateLimitItem, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('a list of limits such as ["100/minute", "10000/day"]')
+    try:
+        return parse_limits(value)
+    except ValueError:
+        raise ValueError('a list of limits such as ["100/minute", "10000/day"]') from None
+
+
+def _credit_rules(value: object) -> tuple[CreditRule, ...]:
+    expected = "a list of {method, path, cost} such as [{method: POST, path: /api/v1/mockups/generate, cost: 1}]"
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    rules = []
+    for rule in value:
+        if not isinstance(rule, dict) or set(rule) != {"method", "path", "cost"}:
+            raise ValueError(expected)
+        method, path, cost = rule["method"], rule["path"], rule["cost"]
+        valid_method = isinstance(method, str) and (method == "*" or _TOKEN.match(method))
+        valid_path = isinstance(path, str) and path.startswith("/")
+        if not valid_method or not valid_path or isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+            raise ValueError(expected)
+        rules.append(CreditRule(method.upper(), path, cost))
+    return tuple(rules)
+
+
 def _networks(value: object) -> tuple[IPNetwork, ...]:
     expected = "a list of IP addresses or networks, such as [10.0.0.0/8, 192.168.1.7]"
     if not isinstance(value, list):
@@ -258,6 +315,10 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "identity_headers.user_id": _header_name,
     "identity_headers.key_id": _header_name,
     "cors.deny_prefixes": _path_prefixes,
+    "rate_limits.default": _rate_limits,
+    "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
+    "credits.rules": _credit_rules,
+    "usage.flush_seconds": _positive_duration,
     "store.url": _store_url,
     "redis.url": _redis_url,
     "log.level": _choice("debug", "info", "warning", "error"),
@@ -272,6 +333,9 @@ _SECTIONS = {
     "cache": CacheConfig,
     "identity_headers": IdentityHeadersConfig,
     "cors": CorsConfig,
+    "rate_limits": RateLimitsConfig,
+    "credits": CreditsConfig,
+    "usage": UsageConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
     "log": LogConfig,

@@ -10,6 +10,7 @@ left is to break the connection (``UpstreamAborted``).
     │   ├── MissingCredentials    missing_credentials
     │   └── InvalidCredentials    invalid_credentials
     ├── SubscriptionInactive      subscription_inactive  (403)
+    ├── RateLimited               rate_limited           (429, with Retry-After)
     ├── PayloadTooLarge           payload_too_large      (413)
     ├── InternalError             internal_error         (500: a bug of ours, logged)
     └── UpstreamError
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidCredentials",
     "MissingCredentials",
     "PayloadTooLarge",
+    "RateLimited",
     "SubscriptionInactive",
     "UpstreamAborted",
     "UpstreamError",
@@ -84,6 +86,19 @@ class SubscriptionInactive(GatewayError):
     """A valid key whose user's subscription is not active."""
 
     situation = "subscription_inactive"
+
+
+class RateLimited(GatewayError):
+    """A window of the key's rate limits is full; ``window`` is its length, e.g. "60s"."""
+
+    situation = "rate_limited"
+
+    def __init__(self, *, limit: int, window: str, retry_after: int) -> None:
+        super().__init__(
+            f"rate limit of {limit} per {window} reached",
+            params={"limit": limit, "window": window, "retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 class PayloadTooLarge(GatewayError):

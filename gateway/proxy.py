@@ -2,7 +2,8 @@
 StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
 
 For each HTTP request: rewrite the headers (``headers.py``), authenticate the caller
-(``verify.py``) and add the identity headers, refuse a body declared larger than
+(``verify.py``), charge the key's rate limits (``ratelimit.py``; 429 when full), count the
+request (``usage.py``), add the identity headers, refuse a body declared larger than
 ``limits.max_body_bytes``, send method, raw path and raw query byte for byte to the upstream,
 stream the request body to it (cutting it off if it crosses the limit midway), and stream the
 response back. A response of known small length is read whole and sent as one message; anything
@@ -21,11 +22,14 @@ from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, PayloadTooLarge, UpstreamAborted
+from gateway.errors import GatewayError, PayloadTooLarge, RateLimited, UpstreamAborted
 from gateway.headers import RequestHeaderRules, response_headers
 from gateway.profiles import ErrorProfile
+from gateway.ratelimit import Limiter
+from gateway.ratelimit_headers import RateLimitHeaderWriter
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.usage import CreditRules, UsageRecorder
 from gateway.verify import Verifier
 
 __all__ = ["Proxy", "send_error"]
@@ -74,7 +78,14 @@ class _RequestBody:
                 return
 
 
-async def send_error(send: Send, profile: ErrorProfile, error: GatewayError, *, close: bool = False) -> None:
+async def send_error(
+    send: Send,
+    profile: ErrorProfile,
+    error: GatewayError,
+    *,
+    close: bool = False,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """Answer ``error`` as the profile says: JSON, never a traceback or an HTML page."""
     status, body = profile.render(error)
     headers = [
@@ -83,6 +94,8 @@ async def send_error(send: Send, profile: ErrorProfile, error: GatewayError, *, 
         (b"date", formatdate(usegmt=True).encode()),
     ]
     headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
+    if extra:
+        headers.extend(extra)
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -114,12 +127,16 @@ class Proxy:
         self._cors_raw_prefixes = tuple(prefix.encode() for prefix in config.cors.deny_prefixes)
         self._max_body = config.limits.max_body_bytes
         self._profile = config.error_profile
+        self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
+        self._credits = CreditRules(config.credits.rules)
         self.client: UpstreamClient | None = None
         self.verifier: Verifier | None = None
+        self.limiter: Limiter | None = None
+        self.usage: UsageRecorder | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client, verifier = self.client, self.verifier
-        assert client is not None and verifier is not None, "both are opened in the lifespan"
+        client, verifier, limiter, usage = self.client, self.verifier, self.limiter, self.usage
+        assert client and verifier and limiter and usage, "all are opened in the lifespan"
         peer = scope.get("client")
         forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
         try:
@@ -128,12 +145,25 @@ class Proxy:
             # Answered before the body is read: an unauthenticated upload is never taken in.
             await send_error(send, self._profile, error)
             return
+        decision = await limiter.hit(identity.quotas)
+        limit_headers = self._rate_headers.headers(decision, limiter.clock())
+        if not decision.allowed:
+            usage.rate_limited(identity.key_id)
+            window = decision.shown
+            limited = RateLimited(
+                limit=window.item.amount,
+                window=f"{window.item.get_expiry()}s",
+                retry_after=limiter.retry_after(window),
+            )
+            await send_error(send, self._profile, limited, extra=limit_headers)
+            return
         forwarded.headers.append((self._user_header, identity.user_id.encode()))
         forwarded.headers.append((self._key_header, identity.key_id.encode()))
         length = forwarded.content_length
         if length is not None and length > self._max_body:
-            await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True)
+            await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
             return
+        usage.forwarded(identity.key_id)
 
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
@@ -148,22 +178,36 @@ class Proxy:
                 return
             if body is not None and body.too_large:
                 # However the client library reported the cut-off upload, the client gets the 413.
-                await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True)
+                await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
             else:
-                await send_error(send, self._profile, exc)
+                await send_error(send, self._profile, exc, extra=limit_headers)
             return
+        if 200 <= response.status < 300:
+            cost = self._credits.cost(scope["method"], scope["path"])
+            if cost:
+                usage.charge(identity.key_id, cost)
         try:
-            await self._respond(scope, receive, send, response, request_read=body is None or body.complete)
+            await self._respond(
+                scope, receive, send, response, limit_headers, request_read=body is None or body.complete
+            )
         finally:
             await response.aclose()
 
     async def _respond(
-        self, scope: Scope, receive: Receive, send: Send, response: UpstreamResponse, *, request_read: bool
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        response: UpstreamResponse,
+        extra_headers: list[tuple[bytes, bytes]],
+        *,
+        request_read: bool,
     ) -> None:
         strip_cors = bool(self._cors_prefixes) and (
             scope["path"].startswith(self._cors_prefixes) or scope["raw_path"].startswith(self._cors_raw_prefixes)
         )
         headers = response_headers(response.headers, strip_cors=strip_cors)
+        headers += extra_headers
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
         if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
@@ -174,7 +218,7 @@ class Proxy:
             try:
                 content = await response.read()
             except GatewayError as error:
-                await send_error(send, self._profile, error)
+                await send_error(send, self._profile, error, extra=extra_headers)
                 return
             await send(start)
             await send({"type": "http.response.body", "body": content})

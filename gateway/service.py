@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
-from gateway.store import ApiKey, KeyStore, Subscription, User
+from gateway.ratelimit import parse_limits
+from gateway.store import ApiKey, KeyStore, Subscription, User, UserUsage
 
-__all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "ServiceError"]
+__all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "ServiceError", "split_limits"]
 
 # Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
 USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
@@ -74,6 +75,22 @@ def _check_name(name: str | None) -> str | None:
     return name
 
 
+def _check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
+    """The limits as stored ("1000/minute;100000/day"), or None for the default ones."""
+    if rate_limits is None:
+        return None
+    joined = rate_limits if isinstance(rate_limits, str) else ";".join(rate_limits)
+    try:
+        parse_limits(joined)
+    except ValueError:
+        raise Invalid("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
+    return ";".join(part.strip() for part in joined.split(";") if part.strip())
+
+
+def split_limits(stored: str | None) -> list[str] | None:
+    return None if stored is None else stored.split(";")
+
+
 class KeyService:
     def __init__(self, store: KeyStore, *, key_prefix: str, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -104,16 +121,36 @@ class KeyService:
     async def list_users(self) -> Sequence[User]:
         return await self.store.list_users()
 
+    async def usage(self, user_id: str | None = None) -> Sequence[UserUsage]:
+        """Usage summed per user (as last written by the gateways: see usage.flush_seconds)."""
+        if user_id is not None:
+            await self.get_user(user_id)
+        return await self.store.usage_by_user(user_id)
+
     # ------------------------------------------------------------------------------- keys
 
-    async def create_key(self, user_id: str, *, name: str | None = None, expires_in: float | None = None) -> CreatedKey:
+    async def create_key(
+        self,
+        user_id: str,
+        *,
+        name: str | None = None,
+        expires_in: float | None = None,
+        rate_limits: str | Sequence[str] | None = None,
+    ) -> CreatedKey:
         await self.get_user(user_id)
         if expires_in is not None and expires_in <= 0:
             raise Invalid("a key's lifetime must be above zero", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
-        created = self._new_key(user_id, _check_name(name), expires_at)
+        created = self._new_key(user_id, _check_name(name), expires_at, _check_limits(rate_limits))
         await self.store.add_key(created.record)
         return created
+
+    async def set_rate_limits(self, key_id: str, rate_limits: str | Sequence[str] | None) -> ApiKey:
+        """Give the key its own limits, or None for rate_limits.default; counts on its next request."""
+        await self.get_key(key_id)
+        key = await self.store.set_rate_limits(key_id, _check_limits(rate_limits))
+        assert key is not None
+        return key
 
     async def get_key(self, key_id: str) -> ApiKey:
         key = await self.store.get_key(key_id)
@@ -142,12 +179,12 @@ class KeyService:
         if grace is not None and grace < 0:
             raise Invalid("a grace period cannot be negative", "grace")
         # The new key expires when the old one would have: a rotation never extends a key's life.
-        created = self._new_key(old.user_id, old.name, old.expires_at)
+        created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None
         await self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until)
         return created, await self.get_key(old.id)
 
-    def _new_key(self, user_id: str, name: str | None, expires_at: float | None) -> CreatedKey:
+    def _new_key(self, user_id: str, name: str | None, expires_at: float | None, rate_limits: str | None) -> CreatedKey:
         now = self._clock()
         key = generate_key(self._prefix)
         record = ApiKey(
@@ -158,5 +195,6 @@ class KeyService:
             key_hash=hash_key(key.encode()),
             created_at=now,
             expires_at=expires_at,
+            rate_limits=rate_limits,
         )
         return CreatedKey(key=key, record=record)

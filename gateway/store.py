@@ -8,7 +8,7 @@ moment anything changed, whoever changed it: see ``verify.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -20,6 +20,8 @@ __all__ = [
     "StoreError",
     "Subscription",
     "User",
+    "UsageDelta",
+    "UserUsage",
     "open_store",
 ]
 
@@ -60,6 +62,12 @@ class ApiKey:
     last_used_at: float | None = None
     # The key that replaced this one in a rotation.
     replaced_by: str | None = None
+    # Its own rate limits ("1000/minute;100000/day"), or None for rate_limits.default.
+    rate_limits: str | None = None
+    # Usage: requests sent upstream, requests refused with 429, credits charged.
+    requests: int = 0
+    rate_limited: int = 0
+    credits: int = 0
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None:
@@ -72,6 +80,32 @@ class ApiKey:
     def __repr__(self) -> str:
         # The hash is not the key, but it is what a key is checked against: keep it out of logs.
         return f"ApiKey(id={self.id!r}, user_id={self.user_id!r}, prefix={self.prefix!r})"
+
+
+@dataclass(slots=True)
+class UsageDelta:
+    """Usage of one key since the last flush, added to its counters."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    credits: int = 0
+    last_used_at: float | None = None
+
+    def merge(self, other: UsageDelta) -> None:
+        self.requests += other.requests
+        self.rate_limited += other.rate_limited
+        self.credits += other.credits
+        if other.last_used_at is not None:
+            self.last_used_at = max(self.last_used_at or 0.0, other.last_used_at)
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    user_id: str
+    requests: int
+    rate_limited: int
+    credits: int
+    last_used_at: float | None
 
 
 class KeyStore(Protocol):
@@ -117,6 +151,15 @@ class KeyStore(Protocol):
         """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
         ``grace_until`` (never later than it would have anyway)."""
         ...
+
+    async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...
+
+    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+        """Add each key's usage to its counters, in one transaction. Not a change: it leaves the
+        change counter alone, so caches stay warm."""
+        ...
+
+    async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]: ...
 
 
 async def open_store(url: str) -> KeyStore:

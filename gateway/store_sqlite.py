@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from gateway.changes import ChangeCounter
-from gateway.store import ApiKey, NewerSchemaError, StoreError, Subscription, User
+from gateway.store import ApiKey, NewerSchemaError, StoreError, Subscription, UsageDelta, User, UserUsage
 
 __all__ = ["MIGRATIONS", "SQLiteStore", "sqlite_path"]
 
@@ -46,10 +46,19 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX api_keys_user_id ON api_keys (user_id)",
     ],
+    [
+        "ALTER TABLE api_keys ADD COLUMN rate_limits TEXT",
+        "ALTER TABLE api_keys ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE api_keys ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE api_keys ADD COLUMN credits INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_KEY_COLUMNS = "id, user_id, name, prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, replaced_by"
+_KEY_COLUMNS = (
+    "id, user_id, name, prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, replaced_by,"
+    " rate_limits, requests, rate_limited, credits"
+)
 _KEY_FIELDS = len(_KEY_COLUMNS.split(","))
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
 _USER_COLUMNS = "id, subscription, created_at, updated_at"
@@ -252,6 +261,45 @@ class SQLiteStore:
             raise
         self._counter.bump()
 
+    async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
+        await self._write("UPDATE api_keys SET rate_limits = ? WHERE id = ?", (rate_limits, key_id))
+        return await self.get_key(key_id)
+
+    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+        rows = [
+            {
+                "requests": d.requests,
+                "rate_limited": d.rate_limited,
+                "credits": d.credits,
+                "used": d.last_used_at,
+                "id": k,
+            }
+            for k, d in deltas.items()
+        ]
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(_ADD_USAGE, rows)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]:
+        sql = _USAGE_BY_USER
+        params: tuple[str, ...] = ()
+        if user_id is not None:
+            sql, params = sql + " WHERE user_id = ?", (user_id,)
+        async with self._db.execute(sql + " GROUP BY user_id ORDER BY user_id", params) as cursor:
+            return [UserUsage(*row) for row in await cursor.fetchall()]
+
+
+_ADD_USAGE = (
+    "UPDATE api_keys SET requests = requests + :requests, rate_limited = rate_limited + :rate_limited,"
+    " credits = credits + :credits, last_used_at = coalesce(max(last_used_at, :used), :used, last_used_at)"
+    " WHERE id = :id"
+)
+_USAGE_BY_USER = "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at) FROM api_keys"
+
 
 def _key_row(key: ApiKey) -> tuple[Any, ...]:
     return (
@@ -265,4 +313,8 @@ def _key_row(key: ApiKey) -> tuple[Any, ...]:
         key.revoked_at,
         key.last_used_at,
         key.replaced_by,
+        key.rate_limits,
+        key.requests,
+        key.rate_limited,
+        key.credits,
     )

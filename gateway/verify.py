@@ -18,18 +18,24 @@ revocation does not depend on clocks at all.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cachetools import TTLCache
+from limits import RateLimitItem
 
 from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
-from gateway.keys import hash_key, is_well_formed
+from gateway.keys import is_well_formed
+from gateway.ratelimit import Quota, parse_limits, quotas
 from gateway.store import KeyStore
 
 __all__ = ["Identity", "Verifier"]
+
+logger = logging.getLogger("gateway.error")
 
 # How long an unknown key's hash is remembered at most (a new key clears it at once anyway).
 MISS_TTL = 10.0
@@ -39,6 +45,8 @@ MISS_TTL = 10.0
 class Identity:
     user_id: str
     key_id: str
+    # The key's rate-limit windows: its own limits, or rate_limits.default.
+    quotas: Quota = Quota((), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,7 @@ class Verifier:
         store: KeyStore,
         *,
         prefix: str,
+        default_limits: tuple[RateLimitItem, ...],
         ttl: float,
         max_entries: int,
         clock: Callable[[], float] = time.time,
@@ -80,12 +89,13 @@ class Verifier:
     ) -> None:
         self._store = store
         self._prefix = prefix.encode()
+        self._default_limits = default_limits
         self._clock = clock
-        self._hits: TTLCache[str, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
-        self._misses: TTLCache[str, _Verdict] = TTLCache(
+        self._hits: TTLCache[bytes, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
+        self._misses: TTLCache[bytes, _Verdict] = TTLCache(
             maxsize=max(1024, max_entries // 10), ttl=min(ttl, MISS_TTL), timer=timer
         )
-        self._inflight: dict[str, asyncio.Future[_Verdict]] = {}
+        self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
         self._seen = store.changes()
 
     async def verify(self, authorization: Sequence[bytes]) -> Identity:
@@ -94,15 +104,16 @@ class Verifier:
         changes = self._store.changes()
         if changes != self._seen:
             self._forget(changes)
-        key_hash = hash_key(token)
+        # The cache is keyed by the raw digest (half the memory of the hex the store uses).
+        digest = hashlib.sha256(token).digest()
         try:
-            verdict: _Verdict | None = self._hits[key_hash]
+            verdict: _Verdict | None = self._hits[digest]
         except KeyError:
-            verdict = self._misses.get(key_hash)
+            verdict = self._misses.get(digest)
         if verdict is None:
             if not is_well_formed(token, self._prefix):
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
-            verdict = await self._look_up(key_hash)
+            verdict = await self._look_up(digest)
         identity = verdict.identity
         if identity is None:
             raise InvalidCredentials("unknown key")
@@ -122,27 +133,27 @@ class Verifier:
         self._inflight = {}
         self._seen = changes
 
-    async def _look_up(self, key_hash: str) -> _Verdict:
-        pending = self._inflight.get(key_hash)
+    async def _look_up(self, digest: bytes) -> _Verdict:
+        pending = self._inflight.get(digest)
         if pending is not None:
             return await asyncio.shield(pending)
         inflight = self._inflight
         future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
-        inflight[key_hash] = future
+        inflight[digest] = future
         changes_before = self._store.changes()
         try:
-            verdict = await self._fetch(key_hash)
+            verdict = await self._fetch(digest.hex())
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody else needs to
             raise
         finally:
-            inflight.pop(key_hash, None)
+            inflight.pop(digest, None)
         future.set_result(verdict)
         # Cache only what was read with no write in between: a write during the look-up may
         # have been missed by it.
         if self._store.changes() == changes_before == self._seen:
-            (self._hits if verdict.identity is not None else self._misses)[key_hash] = verdict
+            (self._hits if verdict.identity is not None else self._misses)[digest] = verdict
         return verdict
 
     async def _fetch(self, key_hash: str) -> _Verdict:
@@ -150,8 +161,14 @@ class Verifier:
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
             return _UNKNOWN
         key, user = found
+        items = self._default_limits
+        if key.rate_limits is not None:
+            try:
+                items = parse_limits(key.rate_limits)
+            except ValueError:
+                logger.error("key %s has unreadable rate limits; using the default ones", key.id)
         return _Verdict(
-            identity=Identity(user_id=key.user_id, key_id=key.id),
+            identity=Identity(user_id=key.user_id, key_id=key.id, quotas=quotas(key.id, items)),
             revoked=key.revoked_at is not None,
             valid_until=key.expires_at,
             subscription_active=user.subscription == "active",

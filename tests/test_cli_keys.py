@@ -82,7 +82,8 @@ def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
     gateway("users", "add", "alice")
     created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "prod", "--expires-in", "30d", "--json"))
     assert isinstance(created, dict)
-    assert set(created) == {"id", "key", "prefix", "user_id", "name", "created_at", "expires_at"}
+    assert set(created) == {"id", "key", "prefix", "user_id", "name", "created_at", "expires_at", "rate_limits"}
+    assert created["rate_limits"] is None  # rate_limits.default
     key = created["key"]
     assert is_well_formed(key.encode(), b"mk_live_")
     assert created["prefix"] == key[:12] and created["id"].startswith("key_")
@@ -99,6 +100,7 @@ def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
     assert isinstance(listed, list)
     assert set(listed[0]) == {
         "id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at",
+        "requests", "rate_limited", "credits", "rate_limits",
     }  # fmt: skip
     assert [k["status"] for k in listed] == ["active", "active"]
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
@@ -141,10 +143,10 @@ def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
 
 
 def test_db_migrate(gateway: Gateway, tmp_path: Path) -> None:
-    assert ok_json(gateway("db", "migrate", "--json")) == {"schema_version": 1}
+    assert ok_json(gateway("db", "migrate", "--json")) == {"schema_version": 2}
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
         db.execute("PRAGMA user_version = 99")
-    fails_with(gateway("db", "migrate"), 1, "schema version 99, newer than this gateway's 1: upgrade the gateway")
+    fails_with(gateway("db", "migrate"), 1, "schema version 99, newer than this gateway's 2: upgrade the gateway")
     fails_with(gateway("users", "list"), 1, "upgrade the gateway")
 
 
@@ -157,10 +159,31 @@ def test_missing_store_folder(tmp_path: Path) -> None:
 
 def test_commands_are_pinned() -> None:
     """The command names are a contract (scripts call them)."""
-    assert sorted(main.commands) == ["db", "keys", "serve", "users"]
+    assert sorted(main.commands) == ["db", "keys", "serve", "usage", "users"]
     groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
     assert groups == {
         "db": ["migrate"],
-        "keys": ["create", "list", "revoke", "rotate"],
+        "keys": ["create", "list", "revoke", "rotate", "set-limits", "show"],
         "users": ["add", "list", "set-subscription"],
     }
+
+
+def test_rate_limit_options(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    fails_with(gateway("keys", "create", "--user", "alice", "--rate-limit", "lots"), 1, "written like 1000/minute")
+    created = ok_json(gateway("keys", "create", "--user", "alice", "--rate-limit", "10/minute; 99/day", "--json"))
+    assert created["rate_limits"] == ["10/minute", "99/day"]
+    fails_with(gateway("keys", "set-limits", created["id"]), 2, "either limits such as")
+    fails_with(gateway("keys", "set-limits", created["id"], "5/minute", "--default"), 2, "either limits such as")
+    shown = ok_json(gateway("keys", "show", created["id"], "--json"))
+    assert (shown["requests"], shown["rate_limited"], shown["credits"]) == (0, 0, 0)
+    assert (
+        "rate_limits: the default"
+        in gateway(
+            "keys", "show", ok_json(gateway("keys", "set-limits", created["id"], "--default", "--json"))["id"]
+        ).stdout
+    )
+    fails_with(gateway("usage", "--user", "nobody"), 1, "no user 'nobody'")
+    assert ok_json(gateway("usage", "--json")) == [
+        {"user_id": "alice", "requests": 0, "rate_limited": 0, "credits": 0, "last_used_at": None}
+    ]

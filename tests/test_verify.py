@@ -10,9 +10,10 @@ import pytest
 
 from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.keys import generate_key, hash_key
+from gateway.ratelimit import parse_limits
 from gateway.service import KeyService
 from gateway.store import ApiKey, KeyStore, open_store
-from gateway.verify import Identity, Verifier, bearer_token
+from gateway.verify import Verifier, bearer_token
 
 PREFIX = "mk_live_"
 T = TypeVar("T")
@@ -44,7 +45,15 @@ def clock() -> Clock:
 
 @pytest.fixture
 def verifier(store: KeyStore, clock: Clock) -> Verifier:
-    return Verifier(store, prefix=PREFIX, ttl=3600, max_entries=1000, clock=clock, timer=clock)
+    return Verifier(
+        store,
+        prefix=PREFIX,
+        default_limits=parse_limits("5/minute"),
+        ttl=3600,
+        max_entries=1000,
+        clock=clock,
+        timer=clock,
+    )
 
 
 def bearer(key: str) -> list[bytes]:
@@ -81,7 +90,8 @@ async def test_valid_key_then_revoked_by_another_process(
     await service.add_user("alice")
     created = await service.create_key("alice")
     identity = await verifier.verify(bearer(created.key))
-    assert identity == Identity(user_id="alice", key_id=created.record.id)
+    assert (identity.user_id, identity.key_id) == ("alice", created.record.id)
+    assert identity.quotas.items == parse_limits("5/minute")
     await verifier.verify(bearer(created.key))  # from the cache now (TTL one hour)
     await other_process.revoke_key(created.record.id)
     with pytest.raises(InvalidCredentials):

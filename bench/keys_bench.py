@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Cold verification and memory at scale, in process (no HTTP): what the proxy bench cannot show.
+
+1. Cold verification: a SQLite store with --keys keys (default 1,000,000); --sample keys chosen at
+   random are verified once each through a Verifier whose cache is empty, so every one is a cache
+   miss and a store hit (format check, one indexed look-up by hash, verdict). Prints p50/p99/max.
+   Baseline in the same run: the bare indexed SELECT through aiosqlite for the same keys.
+2. Memory: --active keys (default 100,000) each verified (cache filled) and charged to the
+   default limits (100/minute and 10000/day: two windows each); prints the memory the cache and
+   the limiter hold (tracemalloc), and the process's RSS growth.
+
+    bench/.venv/bin/python bench/keys_bench.py [--keys 1000000] [--sample 2000] [--active 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import resource
+import sqlite3
+import statistics
+import tempfile
+import time
+import tracemalloc
+from contextlib import closing
+from pathlib import Path
+
+from gateway.keys import display_prefix, generate_key, hash_key
+from gateway.ratelimit import CompactMemoryStorage, Limiter, parse_limits
+from gateway.store import open_store
+from gateway.verify import Verifier
+
+PREFIX = "mk_live_"
+
+
+def fill(path: Path, count: int) -> list[str]:
+    """``count`` keys for 1,000 users, inserted in one transaction; returns the full keys."""
+    keys = [generate_key(PREFIX) for _ in range(count)]
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO users (id, subscription, created_at, updated_at) VALUES (?, 'active', 0, 0)",
+            [(f"user_{u}",) for u in range(1000)],
+        )
+        db.executemany(
+            "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at) VALUES (?, ?, NULL, ?, ?, 0)",
+            (
+                (f"key_{i:016d}", f"user_{i % 1000}", display_prefix(k, PREFIX), hash_key(k.encode()))
+                for i, k in enumerate(keys)
+            ),
+        )
+        db.execute("COMMIT")
+    return keys
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p = statistics.quantiles(ordered, n=100)
+    return f"p50 {p[49] * 1e3:.3f} ms  p99 {p[98] * 1e3:.3f} ms  max {ordered[-1] * 1e3:.3f} ms"
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        store = await open_store(url)  # creates and migrates the schema
+        started = time.perf_counter()
+        keys = fill(Path(tmp) / "bench.db", args.keys)
+        print(f"# {args.keys:,} keys generated and stored in {time.perf_counter() - started:.1f} s")
+        try:
+            sample = random.Random(7).sample(keys, args.sample)
+            defaults = parse_limits(["100/minute", "10000/day"])
+
+            # Baseline: the look-up alone, as the store makes it.
+            raw: list[float] = []
+            for key in sample:
+                t = time.perf_counter()
+                assert await store.find_key(hash_key(key.encode())) is not None
+                raw.append(time.perf_counter() - t)
+
+            verifier = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.keys)
+            cold: list[float] = []
+            for key in sample:
+                header = [b"Bearer " + key.encode()]
+                t = time.perf_counter()
+                await verifier.verify(header)
+                cold.append(time.perf_counter() - t)
+            hot: list[float] = []
+            for key in sample:
+                header = [b"Bearer " + key.encode()]
+                t = time.perf_counter()
+                await verifier.verify(header)
+                hot.append(time.perf_counter() - t)
+            print(f"store look-up alone (baseline)  {percentiles(raw)}")
+            print(f"cold verification (cache miss)  {percentiles(cold)}")
+            print(f"warm verification (cache hit)   {percentiles(hot)}")
+
+            # Memory of the cache and the limiter for --active keys.
+            active = keys[: args.active]
+            headers = [[b"Bearer " + key.encode()] for key in active]
+            gc.collect()
+            rss_before = rss_mib()
+            tracemalloc.start()
+            verifier = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.active)
+            limiter = Limiter(CompactMemoryStorage())
+            before = tracemalloc.take_snapshot()
+            for header in headers:
+                identity = await verifier.verify(header)
+                await limiter.hit(identity.quotas)
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+            print(
+                f"memory for {args.active:,} active keys (verdict cache + two limit windows each): "
+                f"{grown / 2**20:.1f} MiB traced; peak RSS grew {rss_mib() - rss_before:.1f} MiB"
+            )
+        finally:
+            await store.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--sample", type=int, default=2000)
+    parser.add_argument("--active", type=int, default=100_000)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,46 @@
+"""The rate-limit headers on every response that went through the limiter (``rate_limits.headers``).
+
+``x-ratelimit``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (Unix
+time in seconds) of the window shown: the one that denied the request, or the one closest to
+running out. ``ietf``: ``RateLimit-Policy`` and ``RateLimit`` of
+draft-ietf-httpapi-ratelimit-headers-11, one item per window, e.g.
+``RateLimit-Policy: "minute";q=100;w=60, "day";q=10000;w=86400`` and
+``RateLimit: "minute";r=95;t=42, "day";r=9995;t=86342``. ``both``, or ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gateway.config import RateLimitHeaders
+from gateway.ratelimit import Decision, window_name
+
+__all__ = ["RateLimitHeaderWriter"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RateLimitHeaderWriter:
+    def __init__(self, mode: RateLimitHeaders) -> None:
+        self._legacy = mode in ("x-ratelimit", "both")
+        self._ietf = mode in ("ietf", "both")
+
+    def headers(self, decision: Decision, now: float) -> Headers:
+        headers: Headers = []
+        if self._legacy:
+            shown = decision.shown
+            headers += [
+                (b"x-ratelimit-limit", str(shown.item.amount).encode()),
+                (b"x-ratelimit-remaining", str(shown.remaining).encode()),
+                (b"x-ratelimit-reset", str(math.ceil(shown.reset_at)).encode()),
+            ]
+        if self._ietf:
+            policy = ", ".join(
+                f'"{window_name(w.item)}";q={w.item.amount};w={w.item.get_expiry()}' for w in decision.windows
+            )
+            state = ", ".join(
+                f'"{window_name(w.item)}";r={w.remaining};t={max(0, math.ceil(w.reset_at - now))}'
+                for w in decision.windows
+            )
+            headers += [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+        return headers

@@ -1,0 +1,118 @@
+"""Usage per key, counted in memory on the hot path and written to the store in the background.
+
+A request adds to a small in-memory record (no I/O, no await). Every ``usage.flush_seconds`` a
+background task swaps the pending records out and adds them to the store in one transaction;
+if that fails they are merged back and written with the next batch. A graceful stop (the
+lifespan's shutdown, on SIGTERM or SIGINT) flushes before the store closes, so nothing is lost;
+a crash loses at most one interval.
+
+Credits are charged by rule (``credits.rules``) when the upstream answers 2xx. The path a rule
+is matched against is the request's path with dot segments resolved and repeated slashes
+collapsed, so ``/api/v1/mockups/./generate`` cannot dodge the charge for
+``/api/v1/mockups/generate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import time
+from collections.abc import Callable
+
+from gateway.config import CreditRule
+from gateway.store import KeyStore, UsageDelta
+
+__all__ = ["CreditRules", "UsageRecorder", "normalized_path"]
+
+logger = logging.getLogger("gateway.error")
+
+
+def normalized_path(path: str) -> str:
+    """``path`` with dot segments resolved and repeated slashes collapsed; a trailing slash kept."""
+    if "/." not in path and "//" not in path:
+        return path
+    resolved = posixpath.normpath(path)
+    if resolved.startswith("//"):  # normpath keeps exactly two leading slashes (POSIX)
+        resolved = "/" + resolved.lstrip("/")
+    if path.endswith("/") and resolved != "/":
+        resolved += "/"
+    return resolved
+
+
+class CreditRules:
+    def __init__(self, rules: tuple[CreditRule, ...]) -> None:
+        self._rules = rules
+
+    def cost(self, method: str, path: str) -> int:
+        """The first matching rule's cost, or 0."""
+        if not self._rules:
+            return 0
+        path = normalized_path(path)
+        for rule in self._rules:
+            if rule.method != "*" and rule.method != method:
+                continue
+            if rule.path.endswith("*"):
+                if path.startswith(rule.path[:-1]):
+                    return rule.cost
+            elif path == rule.path:
+                return rule.cost
+        return 0
+
+
+class UsageRecorder:
+    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._pending: dict[str, UsageDelta] = {}
+        self._stopping = asyncio.Event()
+
+    def _delta(self, key_id: str) -> UsageDelta:
+        delta = self._pending.get(key_id)
+        if delta is None:
+            delta = self._pending[key_id] = UsageDelta()
+        return delta
+
+    def forwarded(self, key_id: str) -> None:
+        delta = self._delta(key_id)
+        delta.requests += 1
+        delta.last_used_at = self._clock()
+
+    def rate_limited(self, key_id: str) -> None:
+        delta = self._delta(key_id)
+        delta.rate_limited += 1
+        delta.last_used_at = self._clock()
+
+    def charge(self, key_id: str, credits: int) -> None:
+        self._delta(key_id).credits += credits
+
+    async def flush(self) -> None:
+        """Write what is pending; on failure keep it for the next flush, and raise."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await self._store.add_usage(batch)
+        except BaseException:
+            for key_id, delta in batch.items():
+                self._delta(key_id).merge(delta)
+            raise
+
+    async def run(self, interval: float) -> None:
+        """Flush every ``interval`` seconds until ``stop()``, then once more.
+
+        Never cancelled mid-write: a write cut off between its commit and its return would be
+        merged back and counted twice.
+        """
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            try:
+                await self.flush()
+            except Exception as exc:
+                final = self._stopping.is_set()
+                logger.error("could not write usage to the store%s: %s", "" if final else ", will retry", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,187 @@
+"""Rate limits and usage end to end: real gateways, real stores, concurrent clients, a real SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+from tests.conftest import GatewayFactory
+from tests.servers import GatewayProcess, ServerProcess, gateway_cli
+
+
+def cli(gateway: GatewayProcess, *args: str) -> Any:
+    done = gateway_cli(gateway.config_path, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def new_key(gateway: GatewayProcess, *extra: str) -> str:
+    return cli(gateway, "keys", "create", "--user", gateway.user_id, *extra)["key"]
+
+
+def get(gateway: GatewayProcess, key: str, path: str = "/api/v1/templates", **kwargs) -> httpx.Response:
+    return httpx.get(gateway.url + path, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def limited(gateway_factory: GatewayFactory) -> GatewayProcess:
+    return gateway_factory({"rate_limits": {"default": ["5/minute", "8/day"]}})
+
+
+@pytest.fixture(scope="module")
+def panda(gateway_factory: GatewayFactory) -> GatewayProcess:
+    return gateway_factory({"rate_limits": {"default": ["5/minute", "8/day"]}, "errors": {"profile": "mockupanda"}})
+
+
+def test_exact_count_under_concurrency(gateway_factory: GatewayFactory) -> None:
+    n = 20
+    server = gateway_factory({"rate_limits": {"default": [f"{n}/minute"]}})
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=3 * n)
+        async with httpx.AsyncClient(base_url=server.url, headers=server.auth, limits=limits, timeout=30) as client:
+            return await asyncio.gather(*(client.get("/api/v1/templates") for _ in range(3 * n)))
+
+    statuses = sorted(r.status_code for r in asyncio.run(burst()))
+    assert statuses == [200] * n + [429] * (2 * n)
+
+
+def test_minute_window_headers_and_429(limited: GatewayProcess, stub: ServerProcess) -> None:
+    key = new_key(limited)
+    started = time.time()
+    remaining = []
+    for _ in range(5):
+        response = get(limited, key)
+        assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit"] == "5"
+        remaining.append(int(response.headers["x-ratelimit-remaining"]))
+        reset = int(response.headers["x-ratelimit-reset"])
+        assert math.ceil(started + 60) <= reset <= math.ceil(time.time() + 60)
+    assert remaining == [4, 3, 2, 1, 0]
+    request_id = uuid.uuid4().hex
+    denied = get(limited, key, "/__stub/echo", params={"id": request_id})
+    assert denied.status_code == 429
+    assert denied.headers["content-type"] == "application/json"
+    retry_after = int(denied.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    assert denied.headers["x-ratelimit-remaining"] == "0" and denied.headers["x-ratelimit-limit"] == "5"
+    assert denied.json() == {
+        "error": {
+            "code": "rate_limited",
+            "message": f"Rate limit of 5 requests per 60s exceeded; retry in {retry_after}s",
+        }
+    }
+    received = httpx.get(stub.url + "/__stub/received").json()["requests"]
+    assert not [r for r in received if request_id in r["raw_path"]]
+
+
+def test_day_window_and_mockupanda_body(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory({"rate_limits": {"default": ["20/minute", "8/day"]}, "errors": {"profile": "mockupanda"}})
+    statuses = [get(server, server.key).status_code for _ in range(9)]
+    assert statuses == [200] * 8 + [429]
+    denied = get(server, server.key)
+    body = denied.json()
+    assert body["error"] == "Rate limit exceeded" and body["code"] == "RATE_LIMIT_EXCEEDED"
+    assert body["details"]["limit"] == 8 and body["details"]["window"] == "86400s"
+    assert body["details"]["retry_after"] == int(denied.headers["retry-after"])
+    assert 86000 < body["details"]["retry_after"] <= 86400
+    assert denied.headers["x-ratelimit-limit"] == "8"
+
+
+def test_mockupanda_minute_429(panda: GatewayProcess) -> None:
+    key = new_key(panda)
+    for _ in range(5):
+        assert get(panda, key).status_code == 200
+    denied = get(panda, key)
+    retry_after = int(denied.headers["retry-after"])
+    assert denied.json() == {
+        "error": "Rate limit exceeded",
+        "code": "RATE_LIMIT_EXCEEDED",
+        "details": {"limit": 5, "window": "60s", "retry_after": retry_after},
+    }
+
+
+def test_per_key_limits_and_their_change(limited: GatewayProcess) -> None:
+    created = cli(limited, "keys", "create", "--user", limited.user_id, "--rate-limit", "3/minute;100/day")
+    assert created["rate_limits"] == ["3/minute", "100/day"]
+    key, key_id = created["key"], created["id"]
+    assert [get(limited, key).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert cli(limited, "keys", "set-limits", key_id, "6/minute")["rate_limits"] == ["6/minute"]
+    response = get(limited, key)
+    assert response.status_code == 200 and response.headers["x-ratelimit-limit"] == "6"
+    assert cli(limited, "keys", "set-limits", key_id, "--default")["rate_limits"] is None
+    assert get(limited, key).headers["x-ratelimit-limit"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("mode", "present", "absent"),
+    [
+        ("ietf", {"ratelimit-policy", "ratelimit"}, {"x-ratelimit-limit"}),
+        ("both", {"ratelimit-policy", "ratelimit", "x-ratelimit-limit"}, set()),
+        ("none", set(), {"ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining"}),
+    ],
+)
+def test_header_modes(gateway_factory: GatewayFactory, mode: str, present: set[str], absent: set[str]) -> None:
+    server = gateway_factory({"rate_limits": {"default": ["5/minute", "8/day"], "headers": mode}})
+    response = get(server, server.key)
+    assert present <= set(response.headers) and not absent & set(response.headers)
+    if "ratelimit-policy" in present:
+        assert response.headers["ratelimit-policy"] == '"minute";q=5;w=60, "day";q=8;w=86400'
+        minute, day = response.headers["ratelimit"].split(", ")
+        assert minute.startswith('"minute";r=4;t=') and day.startswith('"day";r=7;t=')
+        assert 59 <= int(minute.rpartition("=")[2]) <= 60
+
+
+def test_workers_above_one_are_refused_without_shared_storage() -> None:
+    result = CliRunner().invoke(main, ["serve", "--workers", "2", "--config", "/dev/null"])
+    assert result.exit_code == 2
+    assert "2 workers would allow 2 times every limit" in result.stderr
+    assert "redis.url" in result.stderr
+
+
+def test_usage_and_credits_survive_a_sigterm(gateway_factory: GatewayFactory) -> None:
+    # Nothing is written on a timer here: every count below comes from the shutdown flush.
+    server = gateway_factory({"rate_limits": {"default": ["6/minute"]}, "usage": {"flush_seconds": "1h"}})
+    generate = {"template_id": "tpl_mug", "artwork_url": "https://a.example/art.png"}
+    with httpx.Client(base_url=server.url, headers=server.auth) as client:
+        assert client.get("/api/v1/templates").status_code == 200
+        assert client.post("/api/v1/mockups/generate", json=generate).status_code == 201  # 1 credit
+        assert client.post("/api/v1/mockups/generate", json=generate).status_code == 201  # 1 credit
+        assert client.post("/api/v1/mockups/generate", json={"template_id": "x"}).status_code == 400  # none
+        assert client.get("/__stub/status/500").status_code == 500
+        assert client.get("/api/v1/templates/tpl_mug").status_code == 200
+        assert [client.get("/api/v1/templates").status_code for _ in range(3)] == [429] * 3
+    server.stop()
+    assert "Application shutdown complete" in server.log
+    shown = cli(server, "keys", "show", server.key_id)
+    assert (shown["requests"], shown["rate_limited"], shown["credits"]) == (6, 3, 2)
+    assert shown["last_used_at"] is not None
+    listed = {k["id"]: k for k in cli(server, "keys", "list")}
+    assert listed[server.key_id]["requests"] == 6
+    assert cli(server, "usage", "--user", server.user_id) == [
+        {
+            "user_id": server.user_id,
+            "requests": 6,
+            "rate_limited": 3,
+            "credits": 2,
+            "last_used_at": shown["last_used_at"],
+        }
+    ]
+
+
+def test_usage_is_written_while_running(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory({"usage": {"flush_seconds": "100ms"}})
+    assert get(server, server.key).status_code == 200
+    deadline = time.monotonic() + 10
+    while cli(server, "keys", "show", server.key_id)["requests"] != 1:
+        assert time.monotonic() < deadline, "usage never reached the store"
+    assert server.process.poll() is None
