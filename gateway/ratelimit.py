@@ -8,9 +8,10 @@ hit, window stats) on a ``limits`` storage, with each window's storage key compu
 API key (``quotas``) rather than on every call, which is most of the strategy's cost.
 
 Every window of a key is enforced, and a request denied by one window is charged to none: all
-are tested first, and only if all have room are all hit. The in-memory storage never suspends
-(no await inside), so that test-then-hit runs without interruption in the event loop and the
-count is exact under any concurrency within one process.
+are tested first, and only if all have room are all hit. On the in-memory storage that whole
+test-then-hit is one synchronous call (``CompactMemoryStorage.charge``), so nothing can interleave
+and the count is exact under any concurrency within one process; it also spares the hot path six
+awaits through ``limits``' error-wrapping layer.
 
 The storage is ours, registered with ``limits`` as ``gateway-memory://``, because ``limits``' own
 memory storage rescans every key after each request once there are many: 0.6 ms per request with
@@ -25,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage
@@ -97,11 +99,27 @@ class CompactMemoryStorage(Storage):
             del self._counts[key], self._expires[key]
         self._until_sweep = max(self.MIN_SWEEP_INTERVAL, len(self._counts))
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def charge(self, keys: Sequence[str], items: Sequence[RateLimitItem]) -> tuple[bool, list[int], list[float]]:
+        """The fixed-window test-then-hit for all of a key's windows in one synchronous call (so
+        nothing can interleave): whether it was allowed, and each window's count and expiry."""
+        now = self._clock()
+        counts = [self._count(key, now) for key in keys]
+        allowed = all(count < item.amount for count, item in zip(counts, items, strict=True))
+        if allowed:
+            counts = [self._incr(key, item.get_expiry(), 1, now) for key, item in zip(keys, items, strict=True)]
+        expiries = [self._expires.get(key, now) if count else now for key, count in zip(keys, counts, strict=True)]
+        return allowed, counts, expiries
+
+    def _count(self, key: str, now: float) -> int:
+        expires = self._expires.get(key)
+        if expires is None or expires <= now:
+            return 0
+        return self._counts[key]
+
+    def _incr(self, key: str, expiry: float, amount: int, now: float) -> int:
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self.sweep()
-        now = self._clock()
         expires = self._expires.get(key)
         if expires is None or expires <= now:
             self._expires[key] = now + expiry
@@ -111,11 +129,11 @@ class CompactMemoryStorage(Storage):
         self._counts[key] = count
         return count
 
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        return self._incr(key, expiry, amount, self._clock())
+
     async def get(self, key: str) -> int:
-        expires = self._expires.get(key)
-        if expires is None or expires <= self._clock():
-            return 0
-        return self._counts[key]
+        return self._count(key, self._clock())
 
     async def get_expiry(self, key: str) -> float:
         now = self._clock()
@@ -150,15 +168,15 @@ def quotas(key_id: str, items: tuple[RateLimitItem, ...]) -> Quota:
     return Quota(items, tuple(f"{key_id}/{item.amount}/{item.get_expiry()}" for item in items))
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(NamedTuple):
+    # NamedTuples, not frozen dataclasses: two are made on every request, and a frozen
+    # dataclass's __init__ costs several times more.
     item: RateLimitItem
     remaining: int
     reset_at: float  # Unix time at which the window closes
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     # The window the headers describe: the one that denied the request, or the one closest to
     # running out (fewest remaining; on a tie, the one that resets later).
@@ -174,15 +192,19 @@ class Limiter:
     async def hit(self, quota: Quota) -> Decision:
         """Charge one request to every window of a key, or to none if any is full."""
         storage = self._storage
-        pairs = list(zip(quota.items, quota.keys, strict=True))
-        counts = [await storage.get(key) for _, key in pairs]
-        allowed = all(count < item.amount for count, (item, _) in zip(counts, pairs, strict=True))
-        if allowed:
-            counts = [await storage.incr(key, item.get_expiry()) for item, key in pairs]
+        if isinstance(storage, CompactMemoryStorage):
+            allowed, counts, expiries = storage.charge(quota.keys, quota.items)
+        else:
+            pairs = list(zip(quota.items, quota.keys, strict=True))
+            counts = [await storage.get(key) for _, key in pairs]
+            allowed = all(count < item.amount for count, (item, _) in zip(counts, pairs, strict=True))
+            if allowed:
+                counts = [await storage.incr(key, item.get_expiry()) for item, key in pairs]
+            expiries = [await storage.get_expiry(key) for key in quota.keys]
         windows = tuple(
             [
-                Window(item, max(0, item.amount - count), await storage.get_expiry(key))
-                for count, (item, key) in zip(counts, pairs, strict=True)
+                Window(item, max(0, item.amount - count), expires)
+                for item, count, expires in zip(quota.items, counts, expiries, strict=True)
             ]
         )
         if allowed:
