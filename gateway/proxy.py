@@ -136,7 +136,9 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client, verifier, limiter, usage = self.client, self.verifier, self.limiter, self.usage
-        assert client and verifier and limiter and usage, "all are opened in the lifespan"
+        assert client is not None and verifier is not None and limiter is not None and usage is not None, (
+            "opened in the lifespan"
+        )
         peer = scope.get("client")
         forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
         try:
@@ -145,7 +147,7 @@ class Proxy:
             # Answered before the body is read: an unauthenticated upload is never taken in.
             await send_error(send, self._profile, error)
             return
-        decision = await limiter.hit(identity.quotas)
+        decision = limiter.hit(identity.key_id, identity.limits)
         limit_headers = self._rate_headers.headers(decision, limiter.clock())
         if not decision.allowed:
             usage.rate_limited(identity.key_id)

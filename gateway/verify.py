@@ -30,7 +30,7 @@ from limits import RateLimitItem
 
 from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.keys import is_well_formed
-from gateway.ratelimit import Quota, parse_limits, quotas
+from gateway.ratelimit import parse_limits
 from gateway.store import KeyStore
 
 __all__ = ["Identity", "Verifier"]
@@ -45,8 +45,8 @@ MISS_TTL = 10.0
 class Identity:
     user_id: str
     key_id: str
-    # The key's rate-limit windows: its own limits, or rate_limits.default.
-    quotas: Quota = Quota((), ())
+    # The key's rate limits: its own, or rate_limits.default (the very same tuple).
+    limits: tuple[RateLimitItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,7 @@ class Verifier:
             except ValueError:
                 logger.error("key %s has unreadable rate limits; using the default ones", key.id)
         return _Verdict(
-            identity=Identity(user_id=key.user_id, key_id=key.id, quotas=quotas(key.id, items)),
+            identity=Identity(user_id=key.user_id, key_id=key.id, limits=items),
             revoked=key.revoked_at is not None,
             valid_until=key.expires_at,
             subscription_active=user.subscription == "active",

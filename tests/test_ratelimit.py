@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway.config import RateLimitHeaders
-from gateway.ratelimit import CompactMemoryStorage, Limiter, parse_limits, quotas
+from gateway.ratelimit import Limiter, parse_limits
 from gateway.ratelimit_headers import RateLimitHeaderWriter
 
 
@@ -25,36 +25,31 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def storage(clock: Clock) -> CompactMemoryStorage:
-    return CompactMemoryStorage(clock=clock)
-
-
-@pytest.fixture
-def limiter(storage: CompactMemoryStorage, clock: Clock) -> Limiter:
-    return Limiter(storage, clock=clock)
+def limiter(clock: Clock) -> Limiter:
+    return Limiter(clock=clock)
 
 
 async def test_fixed_window_opens_at_the_first_request(limiter: Limiter, clock: Clock) -> None:
     """The Mockupanda behaviour: the whole allowance early in the window, then nothing until it ends."""
-    key = quotas("key_a", parse_limits("100/minute"))
+    key = ("key_a", parse_limits("100/minute"))
     for second in range(100):
         clock.now = 1_700_000_000.0 + second * 0.3  # 100 requests in the first 30 s
-        assert (await limiter.hit(key)).allowed
+        assert (limiter.hit(*key)).allowed
     clock.now = 1_700_000_059.9
-    denied = await limiter.hit(key)
+    denied = limiter.hit(*key)
     assert not denied.allowed
     assert limiter.retry_after(denied.shown) == 1
     clock.now = 1_700_000_060.0
-    assert (await limiter.hit(key)).allowed
+    assert (limiter.hit(*key)).allowed
 
 
 async def test_a_denied_request_is_charged_to_no_window(limiter: Limiter, clock: Clock) -> None:
-    key = quotas("key_b", parse_limits("5/minute;8/day"))
-    results = [await limiter.hit(key) for _ in range(7)]
+    key = ("key_b", parse_limits("5/minute;8/day"))
+    results = [limiter.hit(*key) for _ in range(7)]
     assert [r.allowed for r in results] == [True] * 5 + [False] * 2
     assert [w.remaining for w in results[-1].windows] == [0, 3]  # the day was charged 5, not 7
     clock.now += 60
-    results = [await limiter.hit(key) for _ in range(4)]
+    results = [limiter.hit(*key) for _ in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
     denied = results[-1]
     assert denied.shown.item.get_expiry() == 86400  # the day denied it
@@ -62,28 +57,38 @@ async def test_a_denied_request_is_charged_to_no_window(limiter: Limiter, clock:
 
 
 async def test_exact_under_concurrency(limiter: Limiter) -> None:
-    key = quotas("key_c", parse_limits("20/minute;30/hour"))
-    results = await asyncio.gather(*(limiter.hit(key) for _ in range(60)))
-    assert sum(r.allowed for r in results) == 20
+    key = ("key_c", parse_limits("20/minute;30/hour"))
+
+    async def one() -> bool:
+        return limiter.hit(*key).allowed
+
+    results = await asyncio.gather(*(one() for _ in range(60)))
+    assert sum(results) == 20
 
 
 async def test_the_window_shown(limiter: Limiter, clock: Clock) -> None:
-    key = quotas("key_d", parse_limits("3/minute;10/day"))
-    first = await limiter.hit(key)
+    key = ("key_d", parse_limits("3/minute;10/day"))
+    first = limiter.hit(*key)
     assert first.shown.item.get_expiry() == 60 and first.shown.remaining == 2  # fewest remaining
-    tie = quotas("key_e", parse_limits("5/minute;5/day"))
-    assert (await limiter.hit(tie)).shown.item.get_expiry() == 86400  # a tie: the later reset
+    assert limiter.hit("key_e", parse_limits("5/minute;5/day")).shown.item.get_expiry() == 86400  # a tie
 
 
-async def test_memory_follows_active_keys(storage: CompactMemoryStorage, limiter: Limiter, clock: Clock) -> None:
+async def test_memory_follows_active_keys(limiter: Limiter, clock: Clock) -> None:
     items = parse_limits("10/second")
     for i in range(5000):
-        await limiter.hit(quotas(f"key_{i}", items))
-    assert len(storage) <= 5000
+        limiter.hit(f"key_{i}", items)
+    assert len(limiter) == 5000
     clock.now += 2
-    for i in range(5000):  # new keys: the old windows, expired, are swept out on the way
-        await limiter.hit(quotas(f"other_{i}", items))
-    assert len(storage) <= 5000 + CompactMemoryStorage.MIN_SWEEP_INTERVAL
+    for i in range(5000):  # new keys: the old ones, their windows closed, are swept out on the way
+        limiter.hit(f"other_{i}", items)
+    assert len(limiter) <= 5000 + Limiter.MIN_SWEEP_INTERVAL
+
+
+async def test_changed_limits_start_afresh_but_equal_ones_do_not(limiter: Limiter) -> None:
+    for _ in range(3):
+        limiter.hit("key_h", parse_limits("3/minute"))
+    assert not limiter.hit("key_h", parse_limits("3/minute")).allowed  # equal limits, parsed again
+    assert limiter.hit("key_h", parse_limits("6/minute")).allowed
 
 
 @pytest.mark.parametrize(
@@ -104,13 +109,13 @@ async def test_memory_follows_active_keys(storage: CompactMemoryStorage, limiter
     ],
 )
 async def test_headers(limiter: Limiter, clock: Clock, mode: RateLimitHeaders, expected: dict[str, str]) -> None:
-    decision = await limiter.hit(quotas("key_f", parse_limits("3/minute;10/day")))
+    decision = limiter.hit("key_f", parse_limits("3/minute;10/day"))
     headers = RateLimitHeaderWriter(mode).headers(decision, clock())
     assert {name.decode(): value.decode() for name, value in headers} == expected
 
 
 async def test_both_header_sets(limiter: Limiter, clock: Clock) -> None:
-    decision = await limiter.hit(quotas("key_g", parse_limits("5/2minutes")))
+    decision = limiter.hit("key_g", parse_limits("5/2minutes"))
     names = [name for name, _ in RateLimitHeaderWriter("both").headers(decision, clock())]
     assert names == [
         b"x-ratelimit-limit",

@@ -91,7 +91,7 @@ async def test_valid_key_then_revoked_by_another_process(
     created = await service.create_key("alice")
     identity = await verifier.verify(bearer(created.key))
     assert (identity.user_id, identity.key_id) == ("alice", created.record.id)
-    assert identity.quotas.items == parse_limits("5/minute")
+    assert identity.limits == parse_limits("5/minute")
     await verifier.verify(bearer(created.key))  # from the cache now (TTL one hour)
     await other_process.revoke_key(created.record.id)
     with pytest.raises(InvalidCredentials):
