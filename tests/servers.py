@@ -8,12 +8,14 @@ its PID, and its stderr is kept so a test can read the log.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -167,3 +169,16 @@ def gateway_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[st
         timeout=60,
         check=False,
     )
+
+
+def cli_json(gateway: GatewayProcess, *args: str) -> Any:
+    """``gateway ARGS --json`` against ``gateway``'s config in another process; its JSON answer."""
+    done = gateway_cli(gateway.config_path, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def received_ids(stub: ServerProcess) -> list[str | None]:
+    """The X-Request-Id of every request whose body the stub received completely."""
+    with urllib.request.urlopen(stub.url + "/__stub/received", timeout=10) as answer:
+        return [r["request_id"] for r in json.load(answer)["requests"]]

@@ -13,7 +13,7 @@ from gateway.keys import generate_key
 from gateway.service import KeyService
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
-from tests.servers import GatewayProcess, ServerProcess, gateway_cli
+from tests.servers import GatewayProcess, ServerProcess, cli_json as cli, gateway_cli, received_ids
 
 MOCKLY_MISSING = {
     "error": {"code": "invalid_credentials", "message": "Missing API key: send it as 'Authorization: Bearer <key>'"}
@@ -28,12 +28,6 @@ PANDA_INACTIVE = {"error": "Subscription is not active", "code": "SUBSCRIPTION_I
 @pytest.fixture(scope="module")
 def panda(gateway_factory: GatewayFactory) -> GatewayProcess:
     return gateway_factory({"errors": {"profile": "mockupanda"}})
-
-
-def cli(gateway: GatewayProcess, *args: str) -> dict:
-    done = gateway_cli(gateway.config_path, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def new_key(gateway: GatewayProcess, user_id: str | None = None, *extra: str) -> dict:
@@ -52,10 +46,6 @@ def refused(response: httpx.Response, status: int, body: dict) -> None:
     assert response.json() == body
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
-
-
-def received_ids(stub: ServerProcess) -> list[str | None]:
-    return [r["request_id"] for r in httpx.get(stub.url + "/__stub/received").json()["requests"]]
 
 
 # ------------------------------------------------------------------------- the answers

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
-from tests.servers import GatewayProcess, ServerProcess, free_port
+from tests.servers import GatewayProcess, ServerProcess, free_port, received_ids
 
 FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 # What the gateway adds after the client's own headers.
@@ -248,10 +248,6 @@ def test_mockup_api_round_trip(client: httpx.Client):
 @pytest.fixture(scope="module")
 def small_limit_gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
     return gateway_factory({"limits": {"max_body_bytes": "64KiB"}})
-
-
-def received_ids(stub: ServerProcess) -> list[str | None]:
-    return [r["request_id"] for r in httpx.get(stub.url + "/__stub/received").json()["requests"]]
 
 
 def test_declared_body_over_the_limit_is_refused_before_it_is_sent(small_limit_gateway, stub):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
-from typing import Any
 
 import httpx
 import pytest
@@ -15,13 +13,7 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, ServerProcess, gateway_cli
-
-
-def cli(gateway: GatewayProcess, *args: str) -> Any:
-    done = gateway_cli(gateway.config_path, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+from tests.servers import GatewayProcess, ServerProcess, cli_json as cli
 
 
 def new_key(gateway: GatewayProcess, *extra: str) -> str:
