@@ -345,3 +345,10 @@ def test_shutdown_closes_the_upstream_pool(gateway_factory: GatewayFactory):
     server.stop()  # SIGTERM; uvicorn re-raises it after a graceful shutdown, so the status is -15
     assert "Application shutdown complete" in server.log
     assert "Unclosed" not in server.log
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/admin/v1/keys", "/admin/v1/openapi.json"])
+def test_no_path_is_reserved_on_the_public_listener(client: httpx.Client, path: str):
+    """Paths a gateway might keep for itself go to the upstream like any other."""
+    seen = echo(client.get(path))
+    assert seen["raw_path"] == path
