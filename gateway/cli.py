@@ -7,10 +7,17 @@ configuration or usage problem.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import logging.config
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
 
 import click
+import uvicorn
 
 from gateway import __version__
 from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
@@ -33,9 +40,7 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
-    """Run the gateway (uvicorn with uvloop and httptools)."""
-    import uvicorn
-
+    """Run the gateway (uvicorn with uvloop and httptools), and the admin API if a token is set."""
     from gateway.app import create_app
     from gateway.logs import logging_config
 
@@ -64,23 +69,66 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         config.error_profile.name,
         config.upstream.client,
     )
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        lifespan="on",
+    server_options: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "none",
+        "lifespan": "on",
         # The gateway decides what X-Forwarded-* means (proxy.trusted_peers); uvicorn's own
         # handling would trust loopback peers by default.
-        proxy_headers=False,
+        "proxy_headers": False,
         # The upstream's own Server and Date headers are passed through; uvicorn's would double them.
-        server_header=False,
-        date_header=False,
-        access_log=False,
-        log_config=log_config,
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+    }
+    public = uvicorn.Config(create_app(config), host=host, port=port, log_config=log_config, **server_options)
+    if config.admin_token is None:
+        logging.getLogger("gateway.error").info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
+        uvicorn.Server(public).run()
+        return
+    from gateway.admin import create_admin_app
+
+    admin = uvicorn.Config(
+        create_admin_app(config), host=config.admin.host, port=config.admin.port, log_config=None, **server_options
     )
+    logging.getLogger("gateway.error").info(
+        "admin API on http://%s:%d (token from %s)",
+        config.admin.host,
+        config.admin.port,
+        "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
+    )
+    run_servers([public, admin])
+
+
+class _SharedSignals(uvicorn.Server):
+    """A uvicorn server that leaves signals to ``run_servers``, which stops every server on one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def run_servers(configs: list[uvicorn.Config]) -> None:
+    """Serve several listeners in one process and event loop; SIGTERM or SIGINT stops them all
+    gracefully (each runs its lifespan shutdown), a second one forces the exit."""
+    servers = [_SharedSignals(config) for config in configs]
+
+    async def serve_all() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for server in servers:
+                if server.should_exit:
+                    server.force_exit = True
+                server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
+        runner.run(serve_all())
 
 
 main.add_command(users)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 
-__all__ = ["ConfigProblem", "OneLineErrors", "config_option", "emit", "iso", "json_option", "load", "table"]
+__all__ = ["ConfigProblem", "OneLineErrors", "config_option", "emit", "json_option", "load", "table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _CONFIG_KEY = "gateway.config_path"
@@ -77,13 +76,6 @@ def load(ctx: click.Context) -> GatewayConfig:
         return load_config(ctx.find_root().meta.get(_CONFIG_KEY))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
-
-
-def iso(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

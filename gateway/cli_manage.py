@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
-from gateway.cli_common import config_option, emit, iso, json_option, load, table
-from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, split_limits
-from gateway.store import ApiKey, StoreError, User, open_store
+from gateway.cli_common import config_option, emit, json_option, load, table
+from gateway.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
+from gateway.store import ApiKey, StoreError, open_store
 from gateway.units import parse_duration
 
 __all__ = ["db", "keys", "usage", "users"]
@@ -70,49 +71,8 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"expected {exc}, got {value!r}") from None
 
 
-def user_document(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "subscription": user.subscription,
-        "created_at": iso(user.created_at),
-        "updated_at": iso(user.updated_at),
-    }
-
-
-def key_document(key: ApiKey, now: float) -> dict[str, Any]:
-    """What may be shown of a stored key: never the key, never its hash."""
-    return {
-        "id": key.id,
-        "prefix": key.prefix,
-        "name": key.name,
-        "user_id": key.user_id,
-        "status": key.status(now),
-        "created_at": iso(key.created_at),
-        "expires_at": iso(key.expires_at),
-        "last_used_at": iso(key.last_used_at),
-        "requests": key.requests,
-        "rate_limited": key.rate_limited,
-        "credits": key.credits,
-        "rate_limits": split_limits(key.rate_limits),
-    }
-
-
 def limits_text(key: ApiKey) -> str:
     return key.rate_limits or "the default (rate_limits.default)"
-
-
-def created_document(created: CreatedKey) -> dict[str, Any]:
-    record = created.record
-    return {
-        "id": record.id,
-        "key": created.key,
-        "prefix": record.prefix,
-        "user_id": record.user_id,
-        "name": record.name,
-        "created_at": iso(record.created_at),
-        "expires_at": iso(record.expires_at),
-        "rate_limits": split_limits(record.rate_limits),
-    }
 
 
 def created_text(created: CreatedKey, what: str) -> str:
@@ -292,16 +252,7 @@ def keys_rotate(ctx: click.Context, key_id: str, grace: float | None, as_json: b
 def usage(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
     """Usage summed per user: requests, rate_limited, credits, last_used_at."""
     found = run(ctx, lambda service: service.usage(user_id), hint=" (see `gateway users list`)")
-    documents = [
-        {
-            "user_id": u.user_id,
-            "requests": u.requests,
-            "rate_limited": u.rate_limited,
-            "credits": u.credits,
-            "last_used_at": iso(u.last_used_at),
-        }
-        for u in found
-    ]
+    documents = [usage_document(u) for u in found]
     emit(as_json, documents, table(documents, USAGE_COLUMNS))
 
 

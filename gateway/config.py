@@ -123,6 +123,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    check_upstream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = "sqlite:///./gateway.db"
 
@@ -150,6 +162,8 @@ class GatewayConfig:
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -319,6 +333,10 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,
     "usage.flush_seconds": _positive_duration,
+    "admin.host": _string,
+    "admin.port": _port,
+    "admin.token_file": lambda value: None if value is None else _string(value),
+    "health.check_upstream": _boolean,
     "store.url": _store_url,
     "redis.url": _redis_url,
     "log.level": _choice("debug", "info", "warning", "error"),
@@ -336,6 +354,8 @@ _SECTIONS = {
     "rate_limits": RateLimitsConfig,
     "credits": CreditsConfig,
     "usage": UsageConfig,
+    "admin": AdminConfig,
+    "health": HealthConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
     "log": LogConfig,
@@ -369,6 +389,12 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         if variable in environ:
             values[key] = _parse(key, environ[variable], f"environment variable {variable}")
     admin_token = environ.get("GATEWAY_ADMIN_TOKEN") or None
+    token_file = values.get("admin.token_file")
+    if admin_token is None and token_file is not None:
+        admin_token = _read_token(token_file, source)
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+        where = "environment variable GATEWAY_ADMIN_TOKEN" if environ.get("GATEWAY_ADMIN_TOKEN") else source
+        raise ConfigError(f"{where}: admin token: expected at least {MIN_ADMIN_TOKEN} characters")
 
     profiles: dict[str, ErrorProfile] = dict(BUILTIN_PROFILES)
     for name, definition in custom_profiles.items():
@@ -385,6 +411,19 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         prefix = section + "."
         sections[section] = cls(**{k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})
     return GatewayConfig(**sections, error_profile=profiles[profile_name], admin_token=admin_token, source=source)
+
+
+MIN_ADMIN_TOKEN = 16
+
+
+def _read_token(token_file: str, source: str) -> str:
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: admin.token_file: cannot read {token_file}: {exc.strerror or exc}") from None
+    if not token:
+        raise ConfigError(f"{source}: admin.token_file: {token_file} is empty")
+    return token
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

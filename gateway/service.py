@@ -97,6 +97,9 @@ class KeyService:
         self._prefix = key_prefix
         self._clock = clock
 
+    def now(self) -> float:
+        return self._clock()
+
     # ------------------------------------------------------------------------------ users
 
     async def add_user(self, user_id: str, subscription: str = "active") -> User:

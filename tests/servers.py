@@ -42,6 +42,7 @@ class ServerProcess:
 
     def __init__(self, args: list[str], *, port: int, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.port = port
+        self._ready_line = f"Uvicorn running on http://127.0.0.1:{port} "
         self.url = f"http://127.0.0.1:{port}"
         self._lines: list[str] = []
         self._new_line = threading.Condition()
@@ -68,7 +69,7 @@ class ServerProcess:
                 with self._new_line:
                     self._lines.append(line)
                     self._new_line.notify_all()
-                if "Uvicorn running on" in line:
+                if self._ready_line in line:
                     self._ready.set()
         self._ready.set()  # ended before becoming ready: wake the waiter
         self._ended.set()
@@ -105,9 +106,20 @@ def start_stub() -> ServerProcess:
 class GatewayProcess(ServerProcess):
     """``gateway serve`` on a config file and a SQLite store of its own, with one user and key."""
 
-    def __init__(self, tmp_dir: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None):
+    ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+    def __init__(
+        self, tmp_dir: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None, admin: bool = False
+    ):
         port = free_port()
         settings = dict(settings)
+        env = dict(env or {})
+        self.admin_url: str | None = None
+        if admin:
+            admin_port = free_port()
+            settings["admin"] = {"host": "127.0.0.1", "port": admin_port} | settings.get("admin", {})
+            self.admin_url = f"http://127.0.0.1:{admin_port}"
+            env["GATEWAY_ADMIN_TOKEN"] = self.ADMIN_TOKEN
         settings.setdefault("store", {"url": f"sqlite:///{tmp_dir}/gateway.db"})
         self.config_path = tmp_dir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
@@ -122,6 +134,9 @@ class GatewayProcess(ServerProcess):
             env=env,
             cwd=tmp_dir,
         )
+        if self.admin_url is not None and not self.wait_for_log(f"Uvicorn running on {self.admin_url} ", 20):
+            self.stop()
+            raise RuntimeError(f"the admin listener did not start:\n{self.log}")
 
     @property
     def auth(self) -> dict[str, str]:

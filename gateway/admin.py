@@ -1,0 +1,294 @@
+"""The admin listener: the JSON API the fronted service's dashboard calls, and health checks.
+
+It runs on its own address (``admin.host``, ``admin.port``), in the same ``gateway serve`` process,
+only when an admin token is configured; nothing of it is reachable through the public listener.
+Every ``/admin/v1/`` request needs ``Authorization: Bearer <admin token>``, compared in constant
+time; ``/healthz`` and ``/readyz`` do not. Every operation goes through the same service layer as
+the CLI (``service.py``), so a rule such as "revoking is immediate everywhere" lives in one place.
+
+Errors have one envelope, not the public error profile:
+``{"error": {"code": "...", "message": "...", "field": "..."}}`` (``field`` when one is to blame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.config import GatewayConfig
+from gateway.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.service import AlreadyExists, Invalid, KeyService, NotFound
+from gateway.store import open_store
+from gateway.types import Receive, Scope, Send
+from gateway.units import parse_duration
+
+__all__ = ["create_admin_app"]
+
+API = "/admin/v1"
+MAX_PAGE = 200
+KEY_STATUSES = ("active", "revoked", "expired")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class AdminToken:
+    """Requires the admin token on every ``/admin/v1/`` path (pure ASGI, constant-time compare)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(API + "/"):
+            given = [value for name, value in scope["headers"] if name == b"authorization"]
+            # compare_digest on every request, whatever was sent: no early exit to time.
+            ok = hmac.compare_digest(given[0] if len(given) == 1 else b"", self._expected) and len(given) == 1
+            if not ok:
+                response = error(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise BadRequest(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "invalid_json", "the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(422, "validation_failed", f"unknown field {unknown[0]!r}", unknown[0])
+    return body
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(422, "validation_failed", f"{name} is required", name)
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(422, "validation_failed", f"{name} must be a string", name)
+    return value
+
+
+def _duration(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(422, "validation_failed", f"{name}: expected {exc}", name) from None
+
+
+def _limits(body: dict[str, Any]) -> list[str] | None:
+    limits = body.get("rate_limits")
+    if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
+        raise BadRequest(
+            422, "validation_failed", 'rate_limits: a list such as ["1000/minute"], or null', "rate_limits"
+        )
+    return limits
+
+
+def _encode_cursor(created_at: float, key_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, key_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, key_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(created_at), str(key_id)
+    except (ValueError, TypeError):
+        raise BadRequest(422, "validation_failed", "cursor is not one this API gave", "cursor") from None
+
+
+class AdminApi:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.service: KeyService | None = None
+
+    @property
+    def keys(self) -> KeyService:
+        assert self.service is not None, "opened in the lifespan"
+        return self.service
+
+    # ---------------------------------------------------------------------- health
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            await asyncio.wait_for(self.keys.store.schema_version(), timeout=2)
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"store: {exc or type(exc).__name__}"}, 503)
+        if self.config.health.check_upstream:
+            url = urlsplit(self.config.upstream.url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, port), timeout=2)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError) as exc:
+                reason = f"upstream {url.hostname}:{port}: {exc or type(exc).__name__}"
+                return JSONResponse({"status": "unavailable", "reason": reason}, 503)
+        return JSONResponse({"status": "ready"})
+
+    # ---------------------------------------------------------------------- users
+
+    async def add_user(self, request: Request) -> Response:
+        body = await _json_object(request, {"id", "subscription"})
+        user_id = _string(body, "id", required=True)
+        assert user_id is not None
+        user = await self.keys.add_user(user_id, _string(body, "subscription") or "active")
+        return JSONResponse(user_document(user), 201)
+
+    async def get_user(self, request: Request) -> Response:
+        return JSONResponse(user_document(await self.keys.get_user(request.path_params["user_id"])))
+
+    async def set_subscription(self, request: Request) -> Response:
+        body = await _json_object(request, {"status"})
+        status = _string(body, "status", required=True)
+        assert status is not None
+        try:
+            user = await self.keys.set_subscription(request.path_params["user_id"], status)
+        except Invalid as exc:
+            raise BadRequest(422, "validation_failed", str(exc), "status") from None
+        return JSONResponse(user_document(user))
+
+    # ---------------------------------------------------------------------- keys
+
+    async def create_key(self, request: Request) -> Response:
+        body = await _json_object(request, {"user_id", "name", "expires_in", "rate_limits"})
+        user_id = _string(body, "user_id", required=True)
+        assert user_id is not None
+        limits = body.get("rate_limits")
+        if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
+            raise BadRequest(422, "validation_failed", 'rate_limits: a list such as ["1000/minute"]', "rate_limits")
+        created = await self.keys.create_key(
+            user_id, name=_string(body, "name"), expires_in=_duration(body, "expires_in"), rate_limits=limits
+        )
+        return JSONResponse(created_document(created), 201)
+
+    async def list_keys(self, request: Request) -> Response:
+        query = request.query_params
+        status = query.get("status")
+        if status is not None and status not in KEY_STATUSES:
+            raise BadRequest(422, "validation_failed", f"status: one of {', '.join(KEY_STATUSES)}", "status")
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(422, "validation_failed", f"limit: a whole number from 1 to {MAX_PAGE}", "limit")
+        after = _decode_cursor(query["cursor"]) if query.get("cursor") else None
+        now = self.keys.now()
+        found = [
+            key
+            for key in await self.keys.list_keys(query.get("user_id"))
+            if (status is None or key.status(now) == status) and (after is None or (key.created_at, key.id) > after)
+        ]
+        page = found[:limit]
+        next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(found) > limit else None
+        return JSONResponse({"items": [key_document(key, now) for key in page], "next_cursor": next_cursor})
+
+    async def get_key(self, request: Request) -> Response:
+        key = await self.keys.get_key(request.path_params["key_id"])
+        return JSONResponse(key_document(key, self.keys.now()))
+
+    async def revoke_key(self, request: Request) -> Response:
+        await self.keys.revoke_key(request.path_params["key_id"])
+        return Response(status_code=204)
+
+    async def rotate_key(self, request: Request) -> Response:
+        body = await _json_object(request, {"grace"})
+        created, old = await self.keys.rotate_key(request.path_params["key_id"], grace=_duration(body, "grace"))
+        stops_at = old.revoked_at if old.revoked_at is not None else old.expires_at
+        document = created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
+        return JSONResponse(document, 201)
+
+    async def set_rate_limits(self, request: Request) -> Response:
+        body = await _json_object(request, {"rate_limits"})
+        limits = body.get("rate_limits")
+        if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
+            raise BadRequest(
+                422, "validation_failed", 'rate_limits: a list such as ["1000/minute"], or null', "rate_limits"
+            )
+        key = await self.keys.set_rate_limits(request.path_params["key_id"], limits)
+        return JSONResponse(key_document(key, self.keys.now()))
+
+    async def usage(self, request: Request) -> Response:
+        found = await self.keys.usage(request.query_params.get("user_id"))
+        return JSONResponse({"items": [usage_document(u) for u in found]})
+
+
+async def _service_errors(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, BadRequest):
+        return error(exc.status, exc.code, exc.message, exc.field)
+    if isinstance(exc, NotFound):
+        return error(404, "not_found", str(exc))
+    if isinstance(exc, AlreadyExists):
+        return error(409, "conflict", str(exc))
+    if isinstance(exc, Invalid):
+        return error(422, "validation_failed", str(exc), exc.field)
+    raise exc
+
+
+def create_admin_app(config: GatewayConfig) -> AdminToken:
+    """The admin ASGI app; ``config.admin_token`` must be set."""
+    assert config.admin_token is not None
+    api = AdminApi(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await open_store(config.store.url)
+        api.service = KeyService(store, key_prefix=config.keys.prefix)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    routes = [
+        Route("/healthz", api.healthz),
+        Route("/readyz", api.readyz),
+        Route(f"{API}/users", api.add_user, methods=["POST"]),
+        Route(f"{API}/users/{{user_id}}", api.get_user, methods=["GET"]),
+        Route(f"{API}/users/{{user_id}}/subscription", api.set_subscription, methods=["PUT"]),
+        Route(f"{API}/keys", api.create_key, methods=["POST"]),
+        Route(f"{API}/keys", api.list_keys, methods=["GET"]),
+        Route(f"{API}/keys/{{key_id}}", api.get_key, methods=["GET"]),
+        Route(f"{API}/keys/{{key_id}}", api.revoke_key, methods=["DELETE"]),
+        Route(f"{API}/keys/{{key_id}}/rotate", api.rotate_key, methods=["POST"]),
+        Route(f"{API}/keys/{{key_id}}/rate-limits", api.set_rate_limits, methods=["PUT"]),
+        Route(f"{API}/usage", api.usage, methods=["GET"]),
+    ]
+    handlers = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    return AdminToken(app, config.admin_token)

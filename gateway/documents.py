@@ -1,0 +1,73 @@
+"""What users, keys and usage look like outside: the JSON the CLI's --json and the admin API print.
+
+One place, so the two cannot drift. A stored key shows its id and prefix, never the key or its
+hash; a created key is the one document that holds the full key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.service import CreatedKey, split_limits
+from gateway.store import ApiKey, User, UserUsage
+
+__all__ = ["created_document", "iso", "key_document", "usage_document", "user_document"]
+
+
+def iso(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def user_document(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "subscription": user.subscription,
+        "created_at": iso(user.created_at),
+        "updated_at": iso(user.updated_at),
+    }
+
+
+def key_document(key: ApiKey, now: float) -> dict[str, Any]:
+    """What may be shown of a stored key: never the key, never its hash."""
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "name": key.name,
+        "user_id": key.user_id,
+        "status": key.status(now),
+        "created_at": iso(key.created_at),
+        "expires_at": iso(key.expires_at),
+        "last_used_at": iso(key.last_used_at),
+        "requests": key.requests,
+        "rate_limited": key.rate_limited,
+        "credits": key.credits,
+        "rate_limits": split_limits(key.rate_limits),
+    }
+
+
+def created_document(created: CreatedKey) -> dict[str, Any]:
+    record = created.record
+    return {
+        "id": record.id,
+        "key": created.key,
+        "prefix": record.prefix,
+        "user_id": record.user_id,
+        "name": record.name,
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "rate_limits": split_limits(record.rate_limits),
+    }
+
+
+def usage_document(usage: UserUsage) -> dict[str, Any]:
+    return {
+        "user_id": usage.user_id,
+        "requests": usage.requests,
+        "rate_limited": usage.rate_limited,
+        "credits": usage.credits,
+        "last_used_at": iso(usage.last_used_at),
+    }

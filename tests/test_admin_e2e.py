@@ -1,0 +1,168 @@
+"""The admin listener end to end: a real gateway with an admin token, its public listener beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.servers import GatewayProcess, free_port
+
+API = "/admin/v1"
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory: GatewayFactory) -> GatewayProcess:
+    return gateway_factory({}, admin=True)
+
+
+@pytest.fixture
+def admin(gw: GatewayProcess):
+    assert gw.admin_url is not None
+    auth = {"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}"}
+    with httpx.Client(base_url=gw.admin_url, headers=auth, timeout=10) as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str, field: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == code and body["message"]
+    assert body.get("field") == field
+
+
+def test_health_needs_no_token(gw: GatewayProcess) -> None:
+    assert httpx.get(f"{gw.admin_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gw.admin_url}/readyz").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="none"),
+        pytest.param({"Authorization": "Bearer wrong-token-0123456789abcdef"}, id="wrong"),
+        pytest.param({"Authorization": f"Basic {GatewayProcess.ADMIN_TOKEN}"}, id="other-scheme"),
+        pytest.param({"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}x"}, id="longer"),
+    ],
+)
+def test_admin_paths_need_the_token(gw: GatewayProcess, headers: dict[str, str]) -> None:
+    for method, path in (("GET", f"{API}/keys"), ("POST", f"{API}/users"), ("GET", f"{API}/usage")):
+        response = httpx.request(method, f"{gw.admin_url}{path}", headers=headers)
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_users(admin: httpx.Client) -> None:
+    created = admin.post(f"{API}/users", json={"id": "dash-user", "subscription": "inactive"})
+    assert created.status_code == 201
+    assert created.json()["subscription"] == "inactive"
+    assert_error(admin.post(f"{API}/users", json={"id": "dash-user"}), 409, "conflict")
+    assert admin.get(f"{API}/users/dash-user").json()["id"] == "dash-user"
+    assert_error(admin.get(f"{API}/users/nobody"), 404, "not_found")
+    changed = admin.put(f"{API}/users/dash-user/subscription", json={"status": "active"})
+    assert changed.json()["subscription"] == "active"
+    assert_error(
+        admin.put(f"{API}/users/dash-user/subscription", json={"status": "paused"}), 422, "validation_failed", "status"
+    )
+    assert_error(admin.put(f"{API}/users/nobody/subscription", json={"status": "active"}), 404, "not_found")
+    assert_error(admin.post(f"{API}/users", content=b"{not json"), 400, "invalid_json")
+    assert_error(admin.post(f"{API}/users", json={"id": 7}), 422, "validation_failed", "id")
+    assert_error(admin.post(f"{API}/users", json={"id": "x", "colour": "red"}), 422, "validation_failed", "colour")
+    assert_error(admin.post(f"{API}/users", json={"id": "has space"}), 422, "validation_failed", "user_id")
+
+
+def test_keys_lifecycle_and_revocation_on_the_next_public_request(gw: GatewayProcess, admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "kl-user"})
+    created = admin.post(f"{API}/keys", json={"user_id": "kl-user", "name": "web", "expires_in": "30d"})
+    assert created.status_code == 201
+    key = created.json()
+    assert set(key) == {"id", "key", "prefix", "user_id", "name", "created_at", "expires_at", "rate_limits"}
+    public = {"Authorization": f"Bearer {key['key']}"}
+    assert httpx.get(gw.url + "/api/v1/templates", headers=public).status_code == 200
+
+    shown = admin.get(f"{API}/keys/{key['id']}").json()
+    assert shown["status"] == "active" and "key" not in shown and shown["requests"] >= 0
+    limits = admin.put(f"{API}/keys/{key['id']}/rate-limits", json={"rate_limits": ["7/minute"]})
+    assert limits.json()["rate_limits"] == ["7/minute"]
+    assert httpx.get(gw.url + "/api/v1/templates", headers=public).headers["x-ratelimit-limit"] == "7"
+
+    assert admin.delete(f"{API}/keys/{key['id']}").status_code == 204
+    assert httpx.get(gw.url + "/api/v1/templates", headers=public).status_code == 401
+    assert admin.delete(f"{API}/keys/{key['id']}").status_code == 204  # already revoked: still 204
+    assert admin.get(f"{API}/keys/{key['id']}").json()["status"] == "revoked"
+    assert_error(admin.delete(f"{API}/keys/key_nope"), 404, "not_found")
+
+
+def test_key_errors(admin: httpx.Client) -> None:
+    assert_error(admin.post(f"{API}/keys", json={"user_id": "nobody"}), 404, "not_found")
+    assert_error(admin.post(f"{API}/keys", json={}), 422, "validation_failed", "user_id")
+    admin.post(f"{API}/users", json={"id": "ke-user"})
+    bad: dict[str, Any] = {"user_id": "ke-user", "expires_in": "soon"}
+    assert_error(admin.post(f"{API}/keys", json=bad), 422, "validation_failed", "expires_in")
+    bad = {"user_id": "ke-user", "rate_limits": "5/minute"}
+    assert_error(admin.post(f"{API}/keys", json=bad), 422, "validation_failed", "rate_limits")
+    bad = {"user_id": "ke-user", "rate_limits": ["lots"]}
+    assert_error(admin.post(f"{API}/keys", json=bad), 422, "validation_failed", "rate_limits")
+
+
+def test_rotate(gw: GatewayProcess, admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "rot-user"})
+    old = admin.post(f"{API}/keys", json={"user_id": "rot-user", "name": "ci"}).json()
+    rotated = admin.post(f"{API}/keys/{old['id']}/rotate", json={"grace": 3600})
+    assert rotated.status_code == 201
+    new = rotated.json()
+    assert new["replaces"] == old["id"] and new["name"] == "ci" and new["replaced_key_stops_at"]
+    for key in (old["key"], new["key"]):  # in its grace period the old one still works
+        assert httpx.get(gw.url + "/api/v1/templates", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert_error(admin.post(f"{API}/keys/{old['id']}/rotate", json={"grace": "x"}), 422, "validation_failed", "grace")
+
+
+def test_list_keys_pages_and_filters(admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "page-user"})
+    ids = [admin.post(f"{API}/keys", json={"user_id": "page-user"}).json()["id"] for _ in range(5)]
+    admin.delete(f"{API}/keys/{ids[0]}")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"user_id": "page-user", "limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = admin.get(f"{API}/keys", params=params).json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    active = admin.get(f"{API}/keys", params={"user_id": "page-user", "status": "active"}).json()["items"]
+    assert [k["id"] for k in active] == ids[1:]
+    assert_error(admin.get(f"{API}/keys", params={"status": "lost"}), 422, "validation_failed", "status")
+    assert_error(admin.get(f"{API}/keys", params={"limit": 0}), 422, "validation_failed", "limit")
+    assert_error(admin.get(f"{API}/keys", params={"cursor": "!!"}), 422, "validation_failed", "cursor")
+    assert_error(admin.get(f"{API}/keys", params={"user_id": "nobody"}), 404, "not_found")
+
+
+def test_usage(gw: GatewayProcess, admin: httpx.Client) -> None:
+    items = admin.get(f"{API}/usage", params={"user_id": gw.user_id}).json()["items"]
+    assert [item["user_id"] for item in items] == [gw.user_id]
+    assert set(items[0]) == {"user_id", "requests", "rate_limited", "credits", "last_used_at"}
+
+
+def test_the_public_listener_answers_no_admin_path(gw: GatewayProcess) -> None:
+    response = httpx.get(gw.url + f"{API}/keys", headers=gw.auth | {"x-stub": "1"})
+    assert response.status_code == 200
+    assert response.json()["raw_path"] == f"{API}/keys"  # the stub's echo: it went upstream
+
+
+def test_readyz_reports_an_unreachable_upstream(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory(
+        {"upstream": {"url": f"http://127.0.0.1:{free_port()}"}, "health": {"check_upstream": True}}, admin=True
+    )
+    response = httpx.get(f"{server.admin_url}/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable" and response.json()["reason"].startswith("upstream")
+
+
+def test_admin_api_is_off_without_a_token(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory()
+    assert server.wait_for_log("the admin API is off")
