@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.documents import created_document, iso, key_document, usage_document, user_document
 from gateway.service import AlreadyExists, Invalid, KeyService, NotFound
@@ -36,6 +37,7 @@ from gateway.units import parse_duration
 __all__ = ["create_admin_app"]
 
 API = "/admin/v1"
+OPENAPI_PATH = f"{API}/openapi.json"
 MAX_PAGE = 200
 KEY_STATUSES = ("active", "revoked", "expired")
 
@@ -61,7 +63,7 @@ class AdminToken:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(API + "/"):
+        if scope["type"] == "http" and scope["path"].startswith(API + "/") and scope["path"] != OPENAPI_PATH:
             given = [value for name, value in scope["headers"] if name == b"authorization"]
             # compare_digest on every request, whatever was sent: no early exit to time.
             ok = hmac.compare_digest(given[0] if len(given) == 1 else b"", self._expected) and len(given) == 1
@@ -275,7 +277,11 @@ def create_admin_app(config: GatewayConfig) -> AdminToken:
         finally:
             await store.close()
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
     routes = [
+        Route(f"{API}/openapi.json", openapi),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route(f"{API}/users", api.add_user, methods=["POST"]),

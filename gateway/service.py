@@ -21,6 +21,7 @@ __all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "
 # Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
 USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
 NAME_MAX = 200
+MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be written
 SUBSCRIPTIONS: tuple[Subscription, ...] = ("active", "inactive")
 
 
@@ -141,8 +142,8 @@ class KeyService:
         rate_limits: str | Sequence[str] | None = None,
     ) -> CreatedKey:
         await self.get_user(user_id)
-        if expires_in is not None and expires_in <= 0:
-            raise Invalid("a key's lifetime must be above zero", "expires_in")
+        if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
+            raise Invalid("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, _check_name(name), expires_at, _check_limits(rate_limits))
         await self.store.add_key(created.record)
@@ -179,8 +180,8 @@ class KeyService:
         old = await self.get_key(key_id)
         if old.status(now) != "active":
             raise Invalid(f"key {key_id} is {old.status(now)}: create a new key instead", "key_id")
-        if grace is not None and grace < 0:
-            raise Invalid("a grace period cannot be negative", "grace")
+        if grace is not None and not 0 <= grace <= MAX_DURATION:
+            raise Invalid("a grace period is from zero to 100 years", "grace")
         # The new key expires when the old one would have: a rotation never extends a key's life.
         created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None

@@ -1,0 +1,312 @@
+"""The admin API's OpenAPI 3.1 document, served at ``/admin/v1/openapi.json`` without the token.
+
+Written out by hand, next to the routes in ``admin.py``; CI checks the two against each other with
+schemathesis (tests/test_admin_openapi.py), every operation and bad inputs too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI"]
+
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_USER_ID = {"type": "string", "pattern": "^[!-~]{1,255}$"}
+_DURATION = {
+    "description": 'A duration: seconds, or a string such as "30d", "12h", "15m", "30s", "500ms".',
+    "oneOf": [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 3153600000},
+        {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m|h|d)?$"},
+    ],
+}
+_LIMITS = {
+    "description": 'Rate limits such as ["1000/minute", "100000/day"] (limits notation); null: the default.',
+    "type": ["array", "null"],
+    "items": {"type": "string"},
+    "minItems": 1,
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "The body is not valid JSON",
+        401: "The admin token is missing or wrong",
+        404: "No such user or key",
+        409: "It exists already",
+        422: "A value is not acceptable",
+    }
+    return {str(status): _json(_ref("Error"), text[status]) for status in statuses}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_PATH_USER = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_PATH_KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "API key gateway: admin API", "version": "1"},
+    "security": [{"adminToken": []}],
+    "paths": {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "security": [],
+                "responses": {"200": _json(_ref("Health"), "The process is alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref("Health"), "The store answers (and the upstream, if checked)"),
+                    "503": _json(_ref("Health"), "Not ready, with the reason"),
+                },
+            }
+        },
+        "/admin/v1/users": {
+            "post": {
+                "operationId": "addUser",
+                "requestBody": _body(_ref("NewUser")),
+                "responses": {"201": _json(_ref("User"), "Added"), **_errors(400, 401, 409, 422)},
+            }
+        },
+        "/admin/v1/users/{user_id}": {
+            "get": {
+                "operationId": "getUser",
+                "parameters": [_PATH_USER],
+                "responses": {"200": _json(_ref("User"), "The user"), **_errors(401, 404)},
+            }
+        },
+        "/admin/v1/users/{user_id}/subscription": {
+            "put": {
+                "operationId": "setSubscription",
+                "parameters": [_PATH_USER],
+                "requestBody": _body(_ref("SubscriptionChange")),
+                "responses": {"200": _json(_ref("User"), "Changed"), **_errors(400, 401, 404, 422)},
+            }
+        },
+        "/admin/v1/keys": {
+            "post": {
+                "operationId": "createKey",
+                "requestBody": _body(_ref("NewKey")),
+                "responses": {
+                    "201": _json(_ref("CreatedKey"), "Created: the full key, shown this once"),
+                    **_errors(400, 401, 404, 422),
+                },
+            },
+            "get": {
+                "operationId": "listKeys",
+                "parameters": [
+                    {"name": "user_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked", "expired"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json(_ref("KeyPage"), "A page of keys"), **_errors(401, 404, 422)},
+            },
+        },
+        "/admin/v1/keys/{key_id}": {
+            "get": {
+                "operationId": "getKey",
+                "parameters": [_PATH_KEY],
+                "responses": {"200": _json(_ref("Key"), "The key, with its usage"), **_errors(401, 404)},
+            },
+            "delete": {
+                "operationId": "revokeKey",
+                "parameters": [_PATH_KEY],
+                "responses": {"204": {"description": "Revoked (also when it already was)"}, **_errors(401, 404)},
+            },
+        },
+        "/admin/v1/keys/{key_id}/rotate": {
+            "post": {
+                "operationId": "rotateKey",
+                "parameters": [_PATH_KEY],
+                "requestBody": _body(_ref("Rotation")),
+                "responses": {
+                    "201": _json(_ref("RotatedKey"), "The new key, shown this once"),
+                    **_errors(400, 401, 404, 422),
+                },
+            }
+        },
+        "/admin/v1/keys/{key_id}/rate-limits": {
+            "put": {
+                "operationId": "setRateLimits",
+                "parameters": [_PATH_KEY],
+                "requestBody": _body(_ref("RateLimitsChange")),
+                "responses": {"200": _json(_ref("Key"), "Changed"), **_errors(400, 401, 404, 422)},
+            }
+        },
+        "/admin/v1/usage": {
+            "get": {
+                "operationId": "usage",
+                "parameters": [{"name": "user_id", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("UsagePage"), "Usage summed per user"), **_errors(401, 404)},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "field": {"type": "string"},
+                        },
+                    }
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"enum": ["ok", "ready", "unavailable"]}, "reason": {"type": "string"}},
+            },
+            "NewUser": {
+                "type": "object",
+                "required": ["id"],
+                "additionalProperties": False,
+                "properties": {"id": _USER_ID, "subscription": {"enum": ["active", "inactive"]}},
+            },
+            "User": {
+                "type": "object",
+                "required": ["id", "subscription", "created_at", "updated_at"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "subscription": {"enum": ["active", "inactive"]},
+                    "created_at": _TIME,
+                    "updated_at": _TIME,
+                },
+            },
+            "SubscriptionChange": {
+                "type": "object",
+                "required": ["status"],
+                "additionalProperties": False,
+                "properties": {"status": {"enum": ["active", "inactive"]}},
+            },
+            "NewKey": {
+                "type": "object",
+                "required": ["user_id"],
+                "additionalProperties": False,
+                "properties": {
+                    "user_id": _USER_ID,
+                    "name": {"type": ["string", "null"], "maxLength": 200},
+                    "expires_in": _DURATION,
+                    "rate_limits": _LIMITS,
+                },
+            },
+            "Rotation": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"grace": _DURATION},
+            },
+            "RateLimitsChange": {
+                "type": "object",
+                "required": ["rate_limits"],
+                "additionalProperties": False,
+                "properties": {"rate_limits": _LIMITS},
+            },
+            "CreatedKey": {
+                "type": "object",
+                "required": ["id", "key", "prefix", "user_id", "name", "created_at", "expires_at", "rate_limits"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "key": {"type": "string"},
+                    "prefix": {"type": "string"},
+                    "user_id": {"type": "string"},
+                    "name": {"type": ["string", "null"]},
+                    "created_at": _TIME,
+                    "expires_at": _NULLABLE_TIME,
+                    "rate_limits": {"type": ["array", "null"], "items": {"type": "string"}},
+                },
+            },
+            "RotatedKey": {
+                "allOf": [
+                    _ref("CreatedKey"),
+                    {
+                        "type": "object",
+                        "required": ["replaces", "replaced_key_stops_at"],
+                        "properties": {"replaces": {"type": "string"}, "replaced_key_stops_at": _NULLABLE_TIME},
+                    },
+                ]
+            },
+            "Key": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "prefix",
+                    "name",
+                    "user_id",
+                    "status",
+                    "created_at",
+                    "expires_at",
+                    "last_used_at",
+                    "requests",
+                    "rate_limited",
+                    "credits",
+                    "rate_limits",
+                ],  # fmt: skip
+                "properties": {
+                    "id": {"type": "string"},
+                    "prefix": {"type": "string"},
+                    "name": {"type": ["string", "null"]},
+                    "user_id": {"type": "string"},
+                    "status": {"enum": ["active", "revoked", "expired"]},
+                    "created_at": _TIME,
+                    "expires_at": _NULLABLE_TIME,
+                    "last_used_at": _NULLABLE_TIME,
+                    "requests": {"type": "integer", "minimum": 0},
+                    "rate_limited": {"type": "integer", "minimum": 0},
+                    "credits": {"type": "integer", "minimum": 0},
+                    "rate_limits": {"type": ["array", "null"], "items": {"type": "string"}},
+                },
+            },
+            "KeyPage": {
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {"type": "array", "items": _ref("Key")},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+            },
+            "UsagePage": {
+                "type": "object",
+                "required": ["items"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["user_id", "requests", "rate_limited", "credits", "last_used_at"],
+                            "properties": {
+                                "user_id": {"type": "string"},
+                                "requests": {"type": "integer"},
+                                "rate_limited": {"type": "integer"},
+                                "credits": {"type": "integer"},
+                                "last_used_at": _NULLABLE_TIME,
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+}
