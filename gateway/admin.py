@@ -3,8 +3,10 @@
 It runs on its own address (``admin.host``, ``admin.port``), in the same ``gateway serve`` process,
 only when an admin token is configured; nothing of it is reachable through the public listener.
 Every ``/admin/v1/`` request needs ``Authorization: Bearer <admin token>``, compared in constant
-time; ``/healthz`` and ``/readyz`` do not. Every operation goes through the same service layer as
-the CLI (``service.py``), so a rule such as "revoking is immediate everywhere" lives in one place.
+time, and so does ``/metrics`` unless ``metrics.public``; ``/healthz``, ``/readyz`` and the
+OpenAPI document do not. Every refusal is counted in ``gateway_admin_auth_failures_total``.
+Every operation goes through the same service layer as the CLI (``service.py``), so a rule such
+as "revoking is immediate everywhere" lives in one place.
 
 Errors have one envelope, not the public error profile:
 ``{"error": {"code": "...", "message": "...", "field": "..."}}`` (``field`` when one is to blame).
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +32,7 @@ from starlette.routing import Route
 from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.metrics import Metrics
 from gateway.service import AlreadyExists, Invalid, KeyService, NotFound
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
@@ -58,16 +62,31 @@ def error(status: int, code: str, message: str, field: str | None = None) -> JSO
 class AdminToken:
     """Requires the admin token on every ``/admin/v1/`` path (pure ASGI, constant-time compare)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], token: str) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        token: str,
+        metrics: Metrics,
+        *,
+        public_metrics: bool,
+    ) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
+        self._metrics = metrics
+        self._public_metrics = public_metrics
+
+    def _needs_token(self, path: str) -> bool:
+        if path == "/metrics":
+            return not self._public_metrics
+        return path.startswith(API + "/") and path != OPENAPI_PATH
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(API + "/") and scope["path"] != OPENAPI_PATH:
+        if scope["type"] == "http" and self._needs_token(scope["path"]):
             given = [value for name, value in scope["headers"] if name == b"authorization"]
             # compare_digest on every request, whatever was sent: no early exit to time.
             ok = hmac.compare_digest(given[0] if len(given) == 1 else b"", self._expected) and len(given) == 1
             if not ok:
+                self._metrics.admin_auth_failures.inc()
                 response = error(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
@@ -263,8 +282,8 @@ async def _service_errors(request: Request, exc: Exception) -> Response:
     raise exc
 
 
-def create_admin_app(config: GatewayConfig) -> AdminToken:
-    """The admin ASGI app; ``config.admin_token`` must be set."""
+def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
+    """The admin ASGI app, showing ``metrics``; ``config.admin_token`` must be set."""
     assert config.admin_token is not None
     api = AdminApi(config)
 
@@ -280,8 +299,12 @@ def create_admin_app(config: GatewayConfig) -> AdminToken:
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
+    async def metrics_text(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         Route(f"{API}/openapi.json", openapi),
+        Route("/metrics", metrics_text),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route(f"{API}/users", api.add_user, methods=["POST"]),
@@ -297,4 +320,4 @@ def create_admin_app(config: GatewayConfig) -> AdminToken:
     ]
     handlers = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return AdminToken(app, config.admin_token)
+    return AdminToken(app, config.admin_token, metrics, public_metrics=config.metrics.public)

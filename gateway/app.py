@@ -12,6 +12,7 @@ import logging
 
 from gateway.config import GatewayConfig
 from gateway.errors import InternalError, UpstreamAborted
+from gateway.metrics import Metrics
 from gateway.proxy import Proxy, send_error
 from gateway.ratelimit import Limiter
 from gateway.store import open_store
@@ -26,9 +27,13 @@ logger = logging.getLogger("gateway.error")
 
 
 class GatewayApp:
-    def __init__(self, config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, upstream_client: UpstreamClient | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.proxy = Proxy(config)
+        self.proxy.metrics = self.metrics
         self._given_client = upstream_client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,9 +86,10 @@ class GatewayApp:
             default_limits=config.rate_limits.default,
             ttl=config.cache.ttl_seconds,
             max_entries=config.cache.max_entries,
+            metrics=self.metrics,
         )
         self.proxy.limiter = Limiter()
-        usage = UsageRecorder(store)
+        usage = UsageRecorder(store, metrics=self.metrics)
         self.proxy.usage = usage
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
@@ -98,6 +104,9 @@ async def _stop_usage(usage: UsageRecorder, flusher: asyncio.Task[None]) -> None
     await flusher
 
 
-def create_app(config: GatewayConfig, *, upstream_client: UpstreamClient | None = None) -> GatewayApp:
-    """The gateway as an ASGI app; ``upstream_client`` replaces the one the lifespan would open."""
-    return GatewayApp(config, upstream_client=upstream_client)
+def create_app(
+    config: GatewayConfig, *, upstream_client: UpstreamClient | None = None, metrics: Metrics | None = None
+) -> GatewayApp:
+    """The gateway as an ASGI app; ``upstream_client`` replaces the one the lifespan would open, and
+    ``metrics`` is shared with the admin listener."""
+    return GatewayApp(config, upstream_client=upstream_client, metrics=metrics)

@@ -43,6 +43,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
     """Run the gateway (uvicorn with uvloop and httptools), and the admin API if a token is set."""
     from gateway.app import create_app
     from gateway.logs import logging_config
+    from gateway.metrics import Metrics
 
     config = load(ctx)
     if workers > 1:
@@ -82,7 +83,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         "date_header": False,
         "access_log": False,
     }
-    public = uvicorn.Config(create_app(config), host=host, port=port, log_config=log_config, **server_options)
+    metrics = Metrics()
+    public = uvicorn.Config(
+        create_app(config, metrics=metrics), host=host, port=port, log_config=log_config, **server_options
+    )
     if config.admin_token is None:
         logging.getLogger("gateway.error").info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
         uvicorn.Server(public).run()
@@ -90,7 +94,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
     from gateway.admin import create_admin_app
 
     admin = uvicorn.Config(
-        create_admin_app(config), host=config.admin.host, port=config.admin.port, log_config=None, **server_options
+        create_admin_app(config, metrics),
+        host=config.admin.host,
+        port=config.admin.port,
+        log_config=None,
+        **server_options,
     )
     logging.getLogger("gateway.error").info(
         "admin API on http://%s:%d (token from %s)",

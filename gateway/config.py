@@ -130,6 +130,11 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HealthConfig:
     check_upstream: bool = False
 
@@ -164,6 +169,7 @@ class GatewayConfig:
     usage: UsageConfig = field(default_factory=UsageConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -337,6 +343,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "admin.port": _port,
     "admin.token_file": lambda value: None if value is None else _string(value),
     "health.check_upstream": _boolean,
+    "metrics.public": _boolean,
     "store.url": _store_url,
     "redis.url": _redis_url,
     "log.level": _choice("debug", "info", "warning", "error"),
@@ -356,6 +363,7 @@ _SECTIONS = {
     "usage": UsageConfig,
     "admin": AdminConfig,
     "health": HealthConfig,
+    "metrics": MetricsConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
     "log": LogConfig,

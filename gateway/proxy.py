@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, PayloadTooLarge, RateLimited, UpstreamAborted
 from gateway.headers import RequestHeaderRules, response_headers
+from gateway.metrics import Metrics
 from gateway.profiles import ErrorProfile
 from gateway.ratelimit import Limiter
 from gateway.ratelimit_headers import RateLimitHeaderWriter
@@ -35,6 +37,18 @@ from gateway.verify import Verifier
 __all__ = ["Proxy", "send_error"]
 
 logger = logging.getLogger("gateway.error")
+
+# The metrics outcome of each answer the gateway gives by itself.
+OUTCOME_OF = {
+    "missing_credentials": "missing_key",
+    "invalid_credentials": "invalid_key",
+    "subscription_inactive": "subscription_inactive",
+    "rate_limited": "rate_limited",
+    "payload_too_large": "too_large",
+    "upstream_unavailable": "upstream_unavailable",
+    "upstream_timeout": "upstream_timeout",
+    "internal_error": "internal_error",
+}
 
 # A response whose Content-Length is at most this is read whole and sent in one body message.
 SMALL_BODY = 64 * 1024
@@ -133,8 +147,27 @@ class Proxy:
         self.verifier: Verifier | None = None
         self.limiter: Limiter | None = None
         self.usage: UsageRecorder | None = None
+        self.metrics: Metrics | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        outcome: str | None = "internal_error"
+        upstream = 0.0
+        try:
+            outcome, upstream = await self._handle(scope, receive, send)
+        except UpstreamAborted:
+            outcome = "upstream_unavailable"
+            raise
+        finally:
+            metrics = self.metrics
+            if metrics is not None and outcome is not None:
+                metrics.outcome[outcome].inc()
+                metrics.overhead.observe(time.perf_counter() - started - upstream)
+                if upstream:
+                    metrics.upstream.observe(upstream)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> tuple[str | None, float]:
+        """Answer one request; its outcome (None: the client went away) and the upstream's time."""
         client, verifier, limiter, usage = self.client, self.verifier, self.limiter, self.usage
         assert client is not None and verifier is not None and limiter is not None and usage is not None, (
             "opened in the lifespan"
@@ -146,7 +179,7 @@ class Proxy:
         except GatewayError as error:
             # Answered before the body is read: an unauthenticated upload is never taken in.
             await send_error(send, self._profile, error)
-            return
+            return OUTCOME_OF[error.situation], 0.0
         decision = limiter.hit(identity.key_id, identity.limits)
         limit_headers = self._rate_headers.headers(decision, limiter.clock())
         if not decision.allowed:
@@ -158,32 +191,35 @@ class Proxy:
                 retry_after=limiter.retry_after(window),
             )
             await send_error(send, self._profile, limited, extra=limit_headers)
-            return
+            return "rate_limited", 0.0
         forwarded.headers.append((self._user_header, identity.user_id.encode()))
         forwarded.headers.append((self._key_header, identity.key_id.encode()))
         length = forwarded.content_length
         if length is not None and length > self._max_body:
             await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
-            return
+            return "too_large", 0.0
         usage.forwarded(identity.key_id)
 
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         body = _RequestBody(receive, self._max_body) if length else None
+        sent_at = time.perf_counter()
         try:
             response = await client.request(scope["method"], target, forwarded.headers, body)
         except ClientDisconnected:
-            return
+            return None, 0.0
         except GatewayError as exc:
+            upstream = time.perf_counter() - sent_at
             if body is not None and body.disconnected:
-                return
+                return None, upstream
             if body is not None and body.too_large:
                 # However the client library reported the cut-off upload, the client gets the 413.
                 await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
-            else:
-                await send_error(send, self._profile, exc, extra=limit_headers)
-            return
+                return "too_large", upstream
+            await send_error(send, self._profile, exc, extra=limit_headers)
+            return OUTCOME_OF[exc.situation], upstream
+        upstream = time.perf_counter() - sent_at
         if 200 <= response.status < 300:
             cost = self._credits.cost(scope["method"], scope["path"])
             if cost:
@@ -194,6 +230,7 @@ class Proxy:
             )
         finally:
             await response.aclose()
+        return "forwarded", upstream
 
     async def _respond(
         self,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config import CreditRule
+from gateway.metrics import Metrics
 from gateway.store import KeyStore, UsageDelta
 
 __all__ = ["CreditRules", "UsageRecorder", "normalized_path"]
@@ -62,8 +63,11 @@ class CreditRules:
 
 
 class UsageRecorder:
-    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: KeyStore, *, clock: Callable[[], float] = time.time, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._clock = clock
         self._pending: dict[str, UsageDelta] = {}
         self._stopping = asyncio.Event()
@@ -92,12 +96,17 @@ class UsageRecorder:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
+        started = time.perf_counter()
         try:
             await self._store.add_usage(batch)
         except BaseException:
             for key_id, delta in batch.items():
                 self._delta(key_id).merge(delta)
+            if self._metrics is not None:
+                self._metrics.usage_flush_failures.inc()
             raise
+        if self._metrics is not None:
+            self._metrics.usage_flush.observe(time.perf_counter() - started)
 
     async def run(self, interval: float) -> None:
         """Flush every ``interval`` seconds until ``stop()``, then once more.

@@ -30,6 +30,7 @@ from limits import RateLimitItem
 
 from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.keys import is_well_formed
+from gateway.metrics import Metrics
 from gateway.ratelimit import parse_limits
 from gateway.store import KeyStore
 
@@ -86,8 +87,10 @@ class Verifier:
         max_entries: int,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._prefix = prefix.encode()
         self._default_limits = default_limits
         self._clock = clock
@@ -113,7 +116,11 @@ class Verifier:
         if verdict is None:
             if not is_well_formed(token, self._prefix):
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
+            if self._metrics is not None:
+                self._metrics.cache_misses.inc()
             verdict = await self._look_up(digest)
+        elif self._metrics is not None:
+            self._metrics.cache_hits.inc()
         identity = verdict.identity
         if identity is None:
             raise InvalidCredentials("unknown key")
@@ -157,7 +164,10 @@ class Verifier:
         return verdict
 
     async def _fetch(self, key_hash: str) -> _Verdict:
+        started = time.perf_counter()
         found = await self._store.find_key(key_hash)
+        if self._metrics is not None:
+            self._metrics.store_query.observe(time.perf_counter() - started)
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
             return _UNKNOWN
         key, user = found

@@ -1,0 +1,88 @@
+"""Metrics end to end: outcomes counted as a client sees them, read from the admin listener."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import GatewayFactory
+from tests.servers import GatewayProcess, cli_json, free_port
+
+
+def samples(gw: GatewayProcess, token: bool = True) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    headers = {"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}"} if token else {}
+    response = httpx.get(f"{gw.admin_url}/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def outcome(values: dict, name: str) -> float:
+    return values[("gateway_requests_total", (("outcome", name),))]
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory: GatewayFactory) -> GatewayProcess:
+    return gateway_factory({"rate_limits": {"default": ["3/minute"]}, "limits": {"max_body_bytes": 100}}, admin=True)
+
+
+def test_outcomes_are_counted(gw: GatewayProcess) -> None:
+    url = gw.url + "/api/v1/templates"
+    assert httpx.get(url).status_code == 401  # missing_key
+    assert httpx.get(url, headers={"Authorization": "Bearer mk_live_nope"}).status_code == 401  # invalid_key
+    inactive = "metrics-inactive"
+    cli_json(gw, "users", "add", inactive, "--subscription", "inactive")
+    inactive_key = cli_json(gw, "keys", "create", "--user", inactive)["key"]
+    assert httpx.get(url, headers={"Authorization": f"Bearer {inactive_key}"}).status_code == 403
+    big = httpx.post(gw.url + "/__stub/echo", headers=gw.auth, content=b"x" * 101)
+    assert big.status_code == 413  # too_large (charged to the 3/minute)
+    assert [httpx.get(url, headers=gw.auth).status_code for _ in range(3)] == [200, 200, 429]
+
+    values = samples(gw)
+    assert outcome(values, "missing_key") == 1 and outcome(values, "invalid_key") == 1
+    assert outcome(values, "subscription_inactive") == 1 and outcome(values, "too_large") == 1
+    assert outcome(values, "forwarded") == 2 and outcome(values, "rate_limited") == 1
+    assert outcome(values, "upstream_unavailable") == 0 and outcome(values, "upstream_timeout") == 0
+    assert values[("gateway_overhead_seconds_count", ())] == 7
+    assert values[("gateway_upstream_seconds_count", ())] == 2
+    assert values[("gateway_cache_misses_total", ())] >= 2
+    assert values[("gateway_cache_hits_total", ())] >= 1
+    assert values[("gateway_store_query_seconds_count", ())] >= 2
+    # No key material, no per-key label.
+    text = httpx.get(f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}"}).text
+    assert gw.key not in text and gw.key_id not in text and inactive_key not in text
+
+
+def test_metrics_need_the_token_and_failures_are_counted(gw: GatewayProcess) -> None:
+    before = samples(gw)[("gateway_admin_auth_failures_total", ())]
+    assert httpx.get(f"{gw.admin_url}/metrics").status_code == 401
+    assert httpx.get(f"{gw.admin_url}/admin/v1/keys", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert samples(gw)[("gateway_admin_auth_failures_total", ())] == before + 2
+
+
+def test_public_metrics_and_upstream_outcomes(gateway_factory: GatewayFactory) -> None:
+    down = gateway_factory(
+        {"upstream": {"url": f"http://127.0.0.1:{free_port()}"}, "metrics": {"public": True}}, admin=True
+    )
+    assert httpx.get(down.url + "/api/v1/templates", headers=down.auth).status_code == 502
+    values = samples(down, token=False)
+    assert outcome(values, "upstream_unavailable") == 1
+
+
+def test_usage_flushes_are_timed(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory({"usage": {"flush_seconds": "100ms"}}, admin=True)
+    assert httpx.get(server.url + "/api/v1/templates", headers=server.auth).status_code == 200
+    # The first flush with something to write happens within a few intervals; wait on the store.
+    deadline = time.monotonic() + 10
+    while cli_json(server, "keys", "show", server.key_id)["requests"] != 1:
+        assert time.monotonic() < deadline, "usage never reached the store"
+    values = samples(server)
+    assert values[("gateway_usage_flush_seconds_count", ())] >= 1
+    assert values[("gateway_usage_flush_failures_total", ())] == 0
