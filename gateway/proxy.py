@@ -161,10 +161,7 @@ class Proxy:
         finally:
             metrics = self.metrics
             if metrics is not None and outcome is not None:
-                metrics.outcome[outcome].inc()
-                metrics.overhead.observe(time.perf_counter() - started - upstream)
-                if upstream:
-                    metrics.upstream.observe(upstream)
+                metrics.request(outcome, time.perf_counter() - started - upstream, upstream)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> tuple[str | None, float]:
         """Answer one request; its outcome (None: the client went away) and the upstream's time."""

@@ -117,10 +117,10 @@ class Verifier:
             if not is_well_formed(token, self._prefix):
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
             if self._metrics is not None:
-                self._metrics.cache_misses.inc()
+                self._metrics.cache_misses += 1
             verdict = await self._look_up(digest)
         elif self._metrics is not None:
-            self._metrics.cache_hits.inc()
+            self._metrics.cache_hits += 1
         identity = verdict.identity
         if identity is None:
             raise InvalidCredentials("unknown key")
