@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.documents import KEY_FIELDS
+
 __all__ = ["OPENAPI"]
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -250,20 +252,7 @@ OPENAPI: dict[str, Any] = {
             },
             "Key": {
                 "type": "object",
-                "required": [
-                    "id",
-                    "prefix",
-                    "name",
-                    "user_id",
-                    "status",
-                    "created_at",
-                    "expires_at",
-                    "last_used_at",
-                    "requests",
-                    "rate_limited",
-                    "credits",
-                    "rate_limits",
-                ],  # fmt: skip
+                "required": list(KEY_FIELDS),
                 "properties": {
                     "id": {"type": "string"},
                     "prefix": {"type": "string"},

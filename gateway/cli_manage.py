@@ -15,7 +15,7 @@ from typing import TypeVar
 import click
 
 from gateway.cli_common import config_option, emit, json_option, load, table
-from gateway.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.documents import KEY_FIELDS, created_document, iso, key_document, usage_document, user_document
 from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
 from gateway.store import ApiKey, StoreError, open_store
 from gateway.units import parse_duration
@@ -25,19 +25,8 @@ __all__ = ["db", "keys", "usage", "users"]
 T = TypeVar("T")
 
 USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
-KEY_COLUMNS = (
-    "id",
-    "prefix",
-    "name",
-    "user_id",
-    "status",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-    "requests",
-    "rate_limited",
-    "credits",
-)
+# The table leaves the limits out; `keys show` has them.
+KEY_COLUMNS = KEY_FIELDS[:-1]
 USAGE_COLUMNS = ("user_id", "requests", "rate_limited", "credits", "last_used_at")
 
 

@@ -12,7 +12,23 @@ from typing import Any
 from gateway.service import CreatedKey, split_limits
 from gateway.store import ApiKey, User, UserUsage
 
-__all__ = ["created_document", "iso", "key_document", "usage_document", "user_document"]
+__all__ = ["KEY_FIELDS", "created_document", "iso", "key_document", "usage_document", "user_document"]
+
+# What a stored key shows, in this order (key_document).
+KEY_FIELDS = (
+    "id",
+    "prefix",
+    "name",
+    "user_id",
+    "status",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+    "requests",
+    "rate_limited",
+    "credits",
+    "rate_limits",
+)
 
 
 def iso(timestamp: float | None) -> str | None:
