@@ -210,11 +210,8 @@ class AdminApi:
         body = await _json_object(request, {"user_id", "name", "expires_in", "rate_limits"})
         user_id = _string(body, "user_id", required=True)
         assert user_id is not None
-        limits = body.get("rate_limits")
-        if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
-            raise BadRequest(422, "validation_failed", 'rate_limits: a list such as ["1000/minute"]', "rate_limits")
         created = await self.keys.create_key(
-            user_id, name=_string(body, "name"), expires_in=_duration(body, "expires_in"), rate_limits=limits
+            user_id, name=_string(body, "name"), expires_in=_duration(body, "expires_in"), rate_limits=_limits(body)
         )
         return JSONResponse(created_document(created), 201)
 
@@ -257,12 +254,7 @@ class AdminApi:
 
     async def set_rate_limits(self, request: Request) -> Response:
         body = await _json_object(request, {"rate_limits"})
-        limits = body.get("rate_limits")
-        if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
-            raise BadRequest(
-                422, "validation_failed", 'rate_limits: a list such as ["1000/minute"], or null', "rate_limits"
-            )
-        key = await self.keys.set_rate_limits(request.path_params["key_id"], limits)
+        key = await self.keys.set_rate_limits(request.path_params["key_id"], _limits(body))
         return JSONResponse(key_document(key, self.keys.now()))
 
     async def usage(self, request: Request) -> Response:

@@ -22,7 +22,6 @@ __all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "
 USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
 NAME_MAX = 200
 MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be written
-SUBSCRIPTIONS: tuple[Subscription, ...] = ("active", "inactive")
 
 
 class ServiceError(Exception):
