@@ -9,6 +9,7 @@ every selected target on its own port, and runs wrk against each in turn:
   asgiproxy         the published asgiproxy (PyPI) as its CLI sets it up, uvicorn (uvloop, httptools)
   gateway-aiohttp   `gateway serve` with upstream.client: aiohttp
   gateway-httpx     `gateway serve` with upstream.client: httpx
+  gateway-aiohttp-no-access-log   gateway-aiohttp with logging.access: false (the access log's cost)
 
 Per round and target: 2 s warm-up, `wrk -t1 -c32 -d{duration}s` GET (throughput, p50/p99),
 `wrk -t1 -c1 -d{duration}s` GET (added latency). The order of the targets rotates per round.
@@ -64,6 +65,7 @@ TARGETS: dict[str, str] = {
     "asgiproxy": "published asgiproxy 0.2 (aiohttp), set up as its CLI does, uvicorn uvloop+httptools, no access log",
     "gateway-aiohttp": "the product: gateway serve, upstream.client = aiohttp",
     "gateway-httpx": "the product: gateway serve, upstream.client = httpx",
+    "gateway-aiohttp-no-access-log": "gateway-aiohttp with logging.access: false",
 }
 # Ratios are taken against these, when they ran in the same round.
 REFERENCES = ("direct", "raw-asgi-aiohttp", "asgiproxy")
@@ -108,13 +110,15 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
     ]
 
 
-def write_gateway_config(tmp: Path, client: str, upstream_url: str) -> Path:
-    """The gateway's config for one target: its upstream client and a SQLite store of its own."""
-    path = tmp / f"gw-{client}.yaml"
+def write_gateway_config(tmp: Path, name: str, client: str, upstream_url: str, *, access_log: bool) -> Path:
+    """The gateway's config for one target: its upstream client and a SQLite store of its own.
+    The access log goes to the target's log file, as stdout to a file would in production."""
+    path = tmp / f"{name}.yaml"
     # Two windows, as in production, set high enough that the run never fills them.
     path.write_text(
-        f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/gw-{client}.db\n"
-        'rate_limits:\n  default: ["1000000000/minute", "10000000000/day"]\nlog:\n  level: warning\n'
+        f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/{name}.db\n"
+        'rate_limits:\n  default: ["1000000000/minute", "10000000000/day"]\n'
+        f"logging:\n  level: warning\n  access: {str(access_log).lower()}\n"
     )
     return path
 
@@ -143,8 +147,8 @@ def build_target(name: str, port: int, tmp: Path, upstream_url: str) -> Target:
         return Target(name, port, uvicorn_argv("baselines.raw_asgi_aiohttp:app", port), cwd=tmp)
     if name == "asgiproxy":
         return Target(name, port, uvicorn_argv("baselines.asgiproxy_app:app", port), cwd=tmp)
-    client = name.removeprefix("gateway-")
-    config = write_gateway_config(tmp, client, upstream_url)
+    client = name.removeprefix("gateway-").removesuffix("-no-access-log")
+    config = write_gateway_config(tmp, name, client, upstream_url, access_log=not name.endswith("-no-access-log"))
     argv = [str(VENV_BIN / "gateway"), "serve", "--config", str(config), "--host", HOST, "--port", str(port)]
     return Target(name, port, argv, cwd=tmp, api_key=gateway_api_key(client, config, tmp))
 

@@ -166,8 +166,8 @@ class AdminApi:
 
     async def readyz(self, request: Request) -> Response:
         try:
-            await asyncio.wait_for(self.keys.store.schema_version(), timeout=2)
-        except Exception as exc:
+            await asyncio.wait_for(self.keys.store.check(), timeout=2)
+        except Exception as exc:  # whatever the reason, not ready
             return JSONResponse({"status": "unavailable", "reason": f"store: {exc or type(exc).__name__}"}, 503)
         if self.config.health.check_upstream:
             url = urlsplit(self.config.upstream.url)

@@ -10,10 +10,10 @@ import contextlib
 import gc
 import logging
 
+from gateway.access_log import AccessLog
 from gateway.config import GatewayConfig
-from gateway.errors import InternalError, UpstreamAborted
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy, send_error
+from gateway.proxy import Proxy
 from gateway.ratelimit import Limiter
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
@@ -38,15 +38,7 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            try:
-                await self.proxy(scope, receive, send)
-            except UpstreamAborted:
-                raise
-            except Exception:
-                logger.exception("unexpected error while handling %s %s", scope["method"], scope["path"])
-                # If the response had already started, send() refuses a second start with
-                # RuntimeError and the server closes the connection, which is all that is left.
-                await send_error(send, self.config.error_profile, InternalError(), close=True)
+            await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         # Other scopes (websocket) never arrive: the server runs with ws="none", and Upgrade is
@@ -73,11 +65,18 @@ class GatewayApp:
                     return
 
     async def _start(self, resources: contextlib.AsyncExitStack) -> None:
-        """Open the store (migrating it), the limiter, the usage recorder and the upstream client.
+        """Open the access log, the store (migrating it), the limiter, the usage recorder and the
+        upstream client.
 
-        On shutdown they close in reverse order: the last usage is written before the store closes.
+        On shutdown they close in reverse order: the last usage is written before the store closes,
+        and the last access-log line after everything else.
         """
         config = self.config
+        if config.logging.access:
+            access_log = AccessLog()
+            access_log.start()
+            resources.push_async_callback(asyncio.to_thread, access_log.close)
+            self.proxy.access_log = access_log
         store = await open_store(config.store.url)
         resources.push_async_callback(store.close)
         self.proxy.verifier = Verifier(

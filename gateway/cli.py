@@ -59,7 +59,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         )
     host = host or config.listen.host
     port = config.listen.port if port is None else port
-    log_config = logging_config(config.log.level)
+    log_config = logging_config(config.logging.level)
     logging.config.dictConfig(log_config)
     logging.getLogger("gateway.error").info(
         "forwarding http://%s:%d to %s (config: %s, error profile: %s, upstream client: %s)",

@@ -150,8 +150,10 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LogConfig:
+class LoggingConfig:
     level: LogLevel = "info"
+    # One JSON line per public request on stdout.
+    access: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,7 @@ class GatewayConfig:
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin_token: str | None = field(default=None, repr=False)
     # Where the settings came from, for messages: a path, or "defaults".
     source: str = "defaults"
@@ -346,7 +348,8 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "metrics.public": _boolean,
     "store.url": _store_url,
     "redis.url": _redis_url,
-    "log.level": _choice("debug", "info", "warning", "error"),
+    "logging.level": _choice("debug", "info", "warning", "error"),
+    "logging.access": _boolean,
     "errors.profile": _string,
 }
 _SECTIONS = {
@@ -366,7 +369,7 @@ _SECTIONS = {
     "metrics": MetricsConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
-    "log": LogConfig,
+    "logging": LoggingConfig,
 }
 
 

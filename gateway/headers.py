@@ -14,11 +14,13 @@ After authentication the upstream learns who is calling from the identity header
 (``X-User-Id`` and ``X-Api-Key-Id`` by default). Any client-sent header that could be taken for
 one of them is removed first: any letter case, any number of copies, and the spellings with
 ``_`` or ``.`` for ``-`` (``X_User_Id``, ``x.user.id``), which some servers read as the same name.
-``Authorization`` is not forwarded unless ``upstream.forward_authorization``. Everything else
-passes unchanged and in order, repeated headers included.
+``Authorization`` is not forwarded unless ``upstream.forward_authorization``. ``X-Request-Id``
+is taken out for the proxy, which forwards one (``request_id.py``). Everything else passes
+unchanged and in order, repeated headers included.
 
 Towards the client, ``Access-Control-*`` headers are removed on the paths under
-``cors.deny_prefixes``: the API offers no CORS, whatever the upstream says.
+``cors.deny_prefixes``: the API offers no CORS, whatever the upstream says. The upstream's
+``X-Request-Id`` is dropped: the client gets the one the gateway logged and forwarded.
 
 Header names arrive lowercased in the ASGI scope; values are passed as the bytes received.
 """
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import IPNetwork
+from gateway.request_id import HEADER as REQUEST_ID, acceptable
 
 __all__ = ["HOP_BY_HOP", "ForwardedRequest", "RequestHeaderRules", "response_headers"]
 
@@ -71,6 +74,8 @@ class ForwardedRequest:
     content_length: int | None
     # The values of every Authorization header received, for the verifier.
     authorization: list[bytes]
+    # The client's X-Request-Id, if it sent one acceptable one.
+    request_id: bytes | None
 
 
 class RequestHeaderRules:
@@ -112,6 +117,7 @@ class RequestHeaderRules:
         forwarded_proto: bytes | None = None
         forwarded_host: bytes | None = None
         authorization: list[bytes] = []
+        request_ids: list[bytes] = []
         for name, value in scope_headers:
             if len(name) in self._identity_lengths and _canonical(name) in self._identity:
                 continue
@@ -124,6 +130,9 @@ class RequestHeaderRules:
                     connection.append(value)
                 elif name == b"transfer-encoding":
                     content_length = -1
+                continue
+            if name == REQUEST_ID:
+                request_ids.append(value)
                 continue
             if name in _X_FORWARDED:
                 if name == b"x-forwarded-for":
@@ -157,7 +166,12 @@ class RequestHeaderRules:
         host = forwarded_host or client_host
         if host is not None:
             headers.append((b"x-forwarded-host", host))
-        return ForwardedRequest(headers=headers, content_length=content_length, authorization=authorization)
+        return ForwardedRequest(
+            headers=headers,
+            content_length=content_length,
+            authorization=authorization,
+            request_id=acceptable(request_ids) if request_ids else None,
+        )
 
 
 def _canonical(name: bytes) -> bytes:
@@ -177,6 +191,8 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], *, strip_cors: bool = F
                 connection.append(value)
             continue
         if strip_cors and lowered.startswith(b"access-control-"):
+            continue
+        if lowered == REQUEST_ID:
             continue
         kept.append((name, value))
     nominated = _nominated(connection) if connection else None

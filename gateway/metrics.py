@@ -32,6 +32,7 @@ OUTCOMES = (
     "upstream_unavailable",
     "upstream_timeout",
     "internal_error",
+    "client_closed",
 )
 # The gateway's own time is tens of microseconds; the upstream's, milliseconds to seconds.
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
@@ -105,11 +106,11 @@ class Metrics:
             "gateway_admin_auth_failures", "Admin requests with a missing or wrong token.", registry=registry
         )
 
-    def request(self, outcome: str, overhead: float, upstream: float) -> None:
-        """One request on the public listener."""
+    def request(self, outcome: str, overhead: float, upstream: float | None) -> None:
+        """One request on the public listener; ``upstream`` is None when it was not sent upstream."""
         self.outcomes[outcome] += 1
         self.overhead.observe(overhead)
-        if upstream:
+        if upstream is not None:
             self.upstream.observe(upstream)
 
     def render(self) -> bytes:

@@ -22,13 +22,15 @@ from collections.abc import AsyncIterator
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
+from gateway.access_log import AccessLog
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, PayloadTooLarge, RateLimited, UpstreamAborted
-from gateway.headers import RequestHeaderRules, response_headers
+from gateway.errors import GatewayError, InternalError, PayloadTooLarge, RateLimited, UpstreamAborted
+from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
 from gateway.metrics import Metrics
 from gateway.profiles import ErrorProfile
 from gateway.ratelimit import Limiter
 from gateway.ratelimit_headers import RateLimitHeaderWriter
+from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.usage import CreditRules, UsageRecorder
@@ -53,6 +55,22 @@ OUTCOME_OF = {
 # A response whose Content-Length is at most this is read whole and sent in one body message.
 SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Exchange:
+    """What became of one request, for the metrics and the access log."""
+
+    __slots__ = ("key_id", "outcome", "request_id", "status", "upstream", "user_id")
+
+    def __init__(self) -> None:
+        self.request_id = b""
+        # Until an answer is sent: the client left first (499, as nginx logs it).
+        self.outcome = "client_closed"
+        self.status = 499
+        # Seconds from sending the request upstream until its response head (None: not sent).
+        self.upstream: float | None = None
+        self.key_id: str | None = None
+        self.user_id: str | None = None
 
 
 class ClientDisconnected(Exception):
@@ -99,8 +117,8 @@ async def send_error(
     *,
     close: bool = False,
     extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """Answer ``error`` as the profile says: JSON, never a traceback or an HTML page."""
+) -> int:
+    """Answer ``error`` as the profile says (JSON, never a traceback or an HTML page); its status."""
     status, body = profile.render(error)
     headers = [
         (b"content-type", b"application/json"),
@@ -114,6 +132,7 @@ async def send_error(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
 async def _watch_disconnect(receive: Receive) -> None:
@@ -143,42 +162,71 @@ class Proxy:
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._credits = CreditRules(config.credits.rules)
+        self._request_ids = RequestIds()
         self.client: UpstreamClient | None = None
         self.verifier: Verifier | None = None
         self.limiter: Limiter | None = None
         self.usage: UsageRecorder | None = None
         self.metrics: Metrics | None = None
+        self.access_log: AccessLog | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        outcome: str | None = "internal_error"
-        upstream = 0.0
+        exchange = Exchange()
         try:
-            outcome, upstream = await self._handle(scope, receive, send)
+            peer = scope.get("client")
+            forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
+            exchange.request_id = forwarded.request_id or self._request_ids.new().encode()
+            await self._handle(scope, receive, send, forwarded, exchange)
         except UpstreamAborted:
-            outcome = "upstream_unavailable"
+            exchange.outcome = "upstream_unavailable"
             raise
+        except Exception:
+            logger.exception("unexpected error while handling %s %s", scope["method"], scope["path"])
+            exchange.outcome, exchange.status = "internal_error", 500
+            exchange.request_id = exchange.request_id or self._request_ids.new().encode()
+            # If the response had already started, send() refuses a second start with RuntimeError
+            # and the server closes the connection, which is all that is left.
+            extra = [(REQUEST_ID, exchange.request_id)]
+            await send_error(send, self._profile, InternalError(), close=True, extra=extra)
         finally:
-            metrics = self.metrics
-            if metrics is not None and outcome is not None:
-                metrics.request(outcome, time.perf_counter() - started - upstream, upstream)
+            upstream = exchange.upstream
+            duration = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.request(exchange.outcome, duration - (upstream or 0.0), upstream)
+            if self.access_log is not None:
+                self.access_log.record(
+                    request_id=exchange.request_id.decode(),
+                    method=scope["method"],
+                    raw_path=scope["raw_path"],
+                    status=exchange.status,
+                    outcome=exchange.outcome,
+                    duration=duration,
+                    upstream=upstream,
+                    key_id=exchange.key_id,
+                    user_id=exchange.user_id,
+                )
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> tuple[str | None, float]:
-        """Answer one request; its outcome (None: the client went away) and the upstream's time."""
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, forwarded: ForwardedRequest, exchange: Exchange
+    ) -> None:
+        """Answer one request, noting in ``exchange`` what happened."""
         client, verifier, limiter, usage = self.client, self.verifier, self.limiter, self.usage
         assert client is not None and verifier is not None and limiter is not None and usage is not None, (
             "opened in the lifespan"
         )
-        peer = scope.get("client")
-        forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
+        request_id = (REQUEST_ID, exchange.request_id)
         try:
             identity = await verifier.verify(forwarded.authorization)
         except GatewayError as error:
             # Answered before the body is read: an unauthenticated upload is never taken in.
-            await send_error(send, self._profile, error)
-            return OUTCOME_OF[error.situation], 0.0
+            exchange.status = await send_error(send, self._profile, error, extra=[request_id])
+            exchange.outcome = OUTCOME_OF[error.situation]
+            return
+        exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
         decision = limiter.hit(identity.key_id, identity.limits)
-        limit_headers = self._rate_headers.headers(decision, limiter.clock())
+        extra_headers = self._rate_headers.headers(decision, limiter.clock())
+        extra_headers.append(request_id)
         if not decision.allowed:
             usage.rate_limited(identity.key_id)
             window = decision.shown
@@ -187,14 +235,19 @@ class Proxy:
                 window=f"{window.item.get_expiry()}s",
                 retry_after=limiter.retry_after(window),
             )
-            await send_error(send, self._profile, limited, extra=limit_headers)
-            return "rate_limited", 0.0
-        forwarded.headers.append((self._user_header, identity.user_id.encode()))
-        forwarded.headers.append((self._key_header, identity.key_id.encode()))
+            exchange.status = await send_error(send, self._profile, limited, extra=extra_headers)
+            exchange.outcome = "rate_limited"
+            return
+        headers = forwarded.headers
+        headers.append((self._user_header, identity.user_id.encode()))
+        headers.append((self._key_header, identity.key_id.encode()))
+        headers.append(request_id)
         length = forwarded.content_length
         if length is not None and length > self._max_body:
-            await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
-            return "too_large", 0.0
+            too_large = PayloadTooLarge(self._max_body)
+            exchange.status = await send_error(send, self._profile, too_large, close=True, extra=extra_headers)
+            exchange.outcome = "too_large"
+            return
         usage.forwarded(identity.key_id)
 
         target = scope["raw_path"].decode("latin-1")
@@ -203,31 +256,34 @@ class Proxy:
         body = _RequestBody(receive, self._max_body) if length else None
         sent_at = time.perf_counter()
         try:
-            response = await client.request(scope["method"], target, forwarded.headers, body)
+            response = await client.request(scope["method"], target, headers, body)
         except ClientDisconnected:
-            return None, 0.0
+            exchange.upstream = time.perf_counter() - sent_at
+            return
         except GatewayError as exc:
-            upstream = time.perf_counter() - sent_at
+            exchange.upstream = time.perf_counter() - sent_at
             if body is not None and body.disconnected:
-                return None, upstream
+                return
             if body is not None and body.too_large:
                 # However the client library reported the cut-off upload, the client gets the 413.
-                await send_error(send, self._profile, PayloadTooLarge(self._max_body), close=True, extra=limit_headers)
-                return "too_large", upstream
-            await send_error(send, self._profile, exc, extra=limit_headers)
-            return OUTCOME_OF[exc.situation], upstream
-        upstream = time.perf_counter() - sent_at
+                too_large = PayloadTooLarge(self._max_body)
+                exchange.status = await send_error(send, self._profile, too_large, close=True, extra=extra_headers)
+                exchange.outcome = "too_large"
+                return
+            exchange.status = await send_error(send, self._profile, exc, extra=extra_headers)
+            exchange.outcome = OUTCOME_OF[exc.situation]
+            return
+        exchange.upstream = time.perf_counter() - sent_at
         if 200 <= response.status < 300:
             cost = self._credits.cost(scope["method"], scope["path"])
             if cost:
                 usage.charge(identity.key_id, cost)
         try:
             await self._respond(
-                scope, receive, send, response, limit_headers, request_read=body is None or body.complete
+                scope, receive, send, response, extra_headers, exchange, request_read=body is None or body.complete
             )
         finally:
             await response.aclose()
-        return "forwarded", upstream
 
     async def _respond(
         self,
@@ -236,6 +292,7 @@ class Proxy:
         send: Send,
         response: UpstreamResponse,
         extra_headers: list[tuple[bytes, bytes]],
+        exchange: Exchange,
         *,
         request_read: bool,
     ) -> None:
@@ -246,6 +303,7 @@ class Proxy:
         headers += extra_headers
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
+        exchange.outcome, exchange.status = "forwarded", response.status
         if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
             await send(start)
             await send({"type": "http.response.body", "body": b""})
@@ -254,7 +312,8 @@ class Proxy:
             try:
                 content = await response.read()
             except GatewayError as error:
-                await send_error(send, self._profile, error, extra=extra_headers)
+                exchange.status = await send_error(send, self._profile, error, extra=extra_headers)
+                exchange.outcome = OUTCOME_OF[error.situation]
                 return
             await send(start)
             await send({"type": "http.response.body", "body": content})

@@ -119,6 +119,11 @@ class KeyStore(Protocol):
 
     async def schema_version(self) -> int: ...
 
+    async def check(self) -> None:
+        """Raise StoreError, saying why, unless the store answers a query and is still the one
+        the other processes (CLI, replicas) write to."""
+        ...
+
     async def migrate(self) -> int:
         """Bring the schema up to date; the version it is at afterwards."""
         ...

@@ -101,11 +101,17 @@ def _key(row: Any) -> ApiKey:
     return ApiKey(*row[:_KEY_FIELDS])
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
 class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
         self._db = db
         self._counter = counter
         self.path = path
+        self._file_id = _file_id(path)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> SQLiteStore:
@@ -146,6 +152,20 @@ class SQLiteStore:
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def check(self) -> None:
+        try:
+            await self.schema_version()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        # An open SQLite file keeps working after it is deleted or replaced, but the CLI and any
+        # other process then write elsewhere: revocations would never reach this process.
+        try:
+            current = await asyncio.to_thread(_file_id, self.path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
+        if current != self._file_id:
+            raise StoreError(f"{self.path} was replaced after the gateway opened it; restart the gateway")
 
     async def _check_not_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:

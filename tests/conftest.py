@@ -29,7 +29,7 @@ def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactor
     def start(settings: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
         settings = dict(settings or {})
         settings.setdefault("upstream", {}).setdefault("url", stub.url)
-        settings.setdefault("log", {"level": "info"})
+        settings.setdefault("logging", {"level": "info"})
         # Tests that are not about rate limits must never meet one.
         settings.setdefault("rate_limits", {"default": ["1000000/minute"]})
         server = GatewayProcess(tmp_path_factory.mktemp("gateway"), settings, **kwargs)

@@ -2,7 +2,7 @@
 
 Each is started with its own console entry point (``python -m gateway serve``, ``python -m
 upstream_stub``) on a free port, and is ready when uvicorn says it is running; it is stopped by
-its PID, and its stderr is kept so a test can read the log.
+its PID, and its stderr and stdout are kept so a test can read the log and the access log.
 """
 
 from __future__ import annotations
@@ -38,19 +38,20 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server subprocess whose stderr is collected line by line by a reader thread."""
+    """A server subprocess whose stderr and stdout are collected line by line by reader threads."""
 
     def __init__(self, args: list[str], *, port: int, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.port = port
         self._ready_line = f"Uvicorn running on http://127.0.0.1:{port} "
         self.url = f"http://127.0.0.1:{port}"
         self._lines: list[str] = []
+        self._out_lines: list[str] = []
         self._new_line = threading.Condition()
         self._ready = threading.Event()
         self._ended = threading.Event()
         self.process = subprocess.Popen(
             [sys.executable, *args],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
@@ -58,6 +59,8 @@ class ServerProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
         if not self._ready.wait(STARTUP_TIMEOUT) or self.process.poll() is not None:
             self.stop()
             raise RuntimeError(f"{args} did not start:\n{self.log}")
@@ -74,9 +77,43 @@ class ServerProcess:
         self._ready.set()  # ended before becoming ready: wake the waiter
         self._ended.set()
 
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                with self._new_line:
+                    self._out_lines.append(line)
+                    self._new_line.notify_all()
+
     @property
     def log(self) -> str:
         return "".join(self._lines)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out_lines)
+
+    def access_entry(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The access-log entry (a JSON line on stdout) of the request with this id, once written."""
+
+        def find() -> dict[str, Any] | None:
+            for line in self._out_lines:
+                entry: dict[str, Any] = json.loads(line)
+                if entry["request_id"] == request_id:
+                    return entry
+            return None
+
+        with self._new_line:
+            entry = self._new_line.wait_for(find, timeout)
+        if entry is None:
+            raise AssertionError(f"no access-log line for request {request_id} in {timeout} s:\n{self.stdout}")
+        return entry
+
+    def wait_for_stdout_lines(self, count: int, timeout: float = 10.0) -> list[str]:
+        """The first ``count`` lines of stdout, once written (fewer if ``timeout`` passes first)."""
+        with self._new_line:
+            self._new_line.wait_for(lambda: len(self._out_lines) >= count, timeout)
+            return self._out_lines[:count]
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> bool:
         """Whether ``text`` appears in the log within ``timeout`` seconds (woken by each new line)."""
@@ -96,6 +133,7 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._ended.wait(5)
+        self._out_reader.join(5)
 
 
 def start_stub() -> ServerProcess:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -166,3 +168,31 @@ def test_readyz_reports_an_unreachable_upstream(gateway_factory: GatewayFactory)
 def test_admin_api_is_off_without_a_token(gateway_factory: GatewayFactory) -> None:
     server = gateway_factory()
     assert server.wait_for_log("the admin API is off")
+
+
+def test_readyz_reports_a_store_file_that_is_gone(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory(admin=True)
+    database = Path(server.config.store.url.removeprefix("sqlite:///"))
+    assert httpx.get(f"{server.admin_url}/readyz").status_code == 200
+    moved = database.with_suffix(".moved")
+    database.rename(moved)
+    try:
+        gone = httpx.get(f"{server.admin_url}/readyz")
+        assert gone.status_code == 503
+        assert gone.json()["status"] == "unavailable"
+        assert gone.json()["reason"].startswith(f"store: {database}")
+    finally:
+        moved.rename(database)
+    assert httpx.get(f"{server.admin_url}/readyz").status_code == 200
+
+
+def test_readyz_reports_a_store_file_that_was_replaced(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory(admin=True)
+    database = Path(server.config.store.url.removeprefix("sqlite:///"))
+    # A copy put in its place, as a restore from backup would: the CLI now writes to the copy.
+    copy = database.with_suffix(".copy")
+    shutil.copyfile(database, copy)
+    copy.replace(database)
+    response = httpx.get(f"{server.admin_url}/readyz")
+    assert response.status_code == 503
+    assert "was replaced" in response.json()["reason"]

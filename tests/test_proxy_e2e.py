@@ -15,7 +15,7 @@ from tests.servers import GatewayProcess, ServerProcess, free_port, received_ids
 
 FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 # What the gateway adds after the client's own headers.
-ADDED = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-user-id", "x-api-key-id"]
+ADDED = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-user-id", "x-api-key-id", "x-request-id"]
 
 
 def echo(response: httpx.Response) -> dict:
@@ -63,7 +63,15 @@ def test_upstream_receives_exactly_the_client_headers_plus_forwarding_ones(gatew
         ["x-forwarded-host", "api.example.test"],
         ["x-user-id", gateway.user_id],
         ["x-api-key-id", gateway.key_id],
+        ["x-request-id", seen_request_id(seen)],
     ]
+
+
+def seen_request_id(seen: dict) -> str:
+    """The X-Request-Id the upstream received (the gateway's own: the client sent none)."""
+    ids = [value for name, value in seen["headers"] if name == "x-request-id"]
+    assert len(ids) == 1 and ids[0].isalnum()
+    return ids[0]
 
 
 def gateway_upstream_host(gateway: GatewayProcess) -> str:
@@ -225,9 +233,9 @@ def test_response_headers_are_the_upstreams_only(client: httpx.Client, stub: Ser
     direct = httpx.get(stub.url + "/api/v1/templates")
     through = client.get("/api/v1/templates")
     assert through.content == direct.content
-    limit_headers = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+    added = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "x-request-id"]
     names = [name for name, _ in through.headers.multi_items()]
-    assert names == [name for name, _ in direct.headers.multi_items()] + limit_headers
+    assert names == [name for name, _ in direct.headers.multi_items()] + added
     assert through.headers.get_list("server") == ["uvicorn"]
     assert len(through.headers.get_list("date")) == 1
 

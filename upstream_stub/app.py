@@ -316,6 +316,13 @@ async def status(request: Request) -> Response:
     return JSONResponse({"status": code, "phrase": phrase}, status_code=code)
 
 
+async def headers(request: Request) -> Response:
+    response = JSONResponse({})
+    for name, value in request.query_params.multi_items():
+        response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return response
+
+
 def _gzip_response(compressed: bytes) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         return Response(compressed, media_type="application/json", headers={"content-encoding": "gzip"})
@@ -374,6 +381,7 @@ class StubApp:
                 Route("/__stub/cookies", cookies),
                 Route("/__stub/status/{code:int}", _AnyMethod(status)),
                 Route("/__stub/gzip", _gzip_response(compressed)),
+                Route("/__stub/headers", headers),
                 Route("/__stub/reset", reset),
                 Route("/__stub/received", self.list_received, methods=["GET", "DELETE"]),
             ],
