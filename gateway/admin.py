@@ -34,7 +34,7 @@ from gateway.config import GatewayConfig
 from gateway.documents import created_document, iso, key_document, usage_document, user_document
 from gateway.metrics import Metrics
 from gateway.service import AlreadyExists, Invalid, KeyService, NotFound
-from gateway.store import open_store
+from gateway.store import is_store_failure, open_store
 from gateway.types import Receive, Scope, Send
 from gateway.units import parse_duration
 
@@ -274,6 +274,16 @@ async def _service_errors(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Any other failure, in the envelope: 503 when the store failed (the write did not happen),
+    500 otherwise. Starlette still raises it afterwards, so uvicorn logs the traceback."""
+    if is_store_failure(exc):
+        response = error(503, "store_unavailable", "The key store is unavailable; nothing was changed. Retry later.")
+        response.headers["Retry-After"] = "5"
+        return response
+    return error(500, "internal_error", "Internal error; see the gateway's log")
+
+
 def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     """The admin ASGI app, showing ``metrics``; ``config.admin_token`` must be set."""
     assert config.admin_token is not None
@@ -310,6 +320,7 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/keys/{{key_id}}/rate-limits", api.set_rate_limits, methods=["PUT"]),
         Route(f"{API}/usage", api.usage, methods=["GET"]),
     ]
-    handlers = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
+    handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
+    handlers[Exception] = _unexpected
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     return AdminToken(app, config.admin_token, metrics, public_metrics=config.metrics.public)

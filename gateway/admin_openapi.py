@@ -45,8 +45,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "No such user or key",
         409: "It exists already",
         422: "A value is not acceptable",
+        503: "The key store is unavailable; nothing was changed (Retry-After)",
     }
-    return {str(status): _json(_ref("Error"), text[status]) for status in statuses}
+    return {str(status): _json(_ref("Error"), text[status]) for status in (*statuses, 503)}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:

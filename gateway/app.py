@@ -86,6 +86,7 @@ class GatewayApp:
             ttl=config.cache.ttl_seconds,
             max_entries=config.cache.max_entries,
             metrics=self.metrics,
+            lookup_timeout=config.store.lookup_timeout,
         )
         self.proxy.limiter = Limiter()
         usage = UsageRecorder(store, metrics=self.metrics)

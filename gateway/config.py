@@ -120,6 +120,8 @@ class UsageConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
+    # The longest wait for the next part of a request body (408).
+    body_idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,8 @@ class HealthConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = "sqlite:///./gateway.db"
+    # The longest a request waits for a key look-up before it gets 503.
+    lookup_timeout: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +335,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "upstream.forward_authorization": _boolean,
     "proxy.trusted_peers": _networks,
     "limits.max_body_bytes": parse_size,
+    "limits.body_idle_timeout": _positive_duration,
     "keys.prefix": _key_prefix,
     "cache.ttl_seconds": _positive_duration,
     "cache.max_entries": _positive_int,
@@ -347,6 +352,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "health.check_upstream": _boolean,
     "metrics.public": _boolean,
     "store.url": _store_url,
+    "store.lookup_timeout": _positive_duration,
     "redis.url": _redis_url,
     "logging.level": _choice("debug", "info", "warning", "error"),
     "logging.access": _boolean,

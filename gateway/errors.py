@@ -12,6 +12,12 @@ left is to break the connection (``UpstreamAborted``).
     ├── SubscriptionInactive      subscription_inactive  (403)
     ├── RateLimited               rate_limited           (429, with Retry-After)
     ├── PayloadTooLarge           payload_too_large      (413)
+    ├── BadRequest                bad_request            (400: a request that cannot be forwarded)
+    ├── MethodNotAllowed          method_not_allowed     (405: TRACE and CONNECT, with Allow)
+    ├── RequestTimeout            request_timeout        (408: head or body too slow)
+    ├── HeadersTooLarge           headers_too_large      (431)
+    ├── StoreUnavailable          store_unavailable      (503, with Retry-After: a key not in the cache)
+    ├── Overloaded                overloaded             (503, with Retry-After: too many connections)
     ├── InternalError             internal_error         (500: a bug of ours, logged)
     └── UpstreamError
         ├── UpstreamUnavailable   upstream_unavailable   (502)
@@ -27,12 +33,18 @@ from collections.abc import Mapping
 
 __all__ = [
     "AuthenticationError",
+    "BadRequest",
     "GatewayError",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidCredentials",
+    "MethodNotAllowed",
     "MissingCredentials",
+    "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
+    "StoreUnavailable",
     "SubscriptionInactive",
     "UpstreamAborted",
     "UpstreamError",
@@ -108,6 +120,57 @@ class PayloadTooLarge(GatewayError):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"request body over {max_bytes} bytes", params={"max_bytes": max_bytes})
+
+
+class BadRequest(GatewayError):
+    """A request the gateway will not forward: unparseable, or a target that is not a path."""
+
+    situation = "bad_request"
+
+
+# Every method but TRACE (it would echo the request, Authorization included, back to a script
+# that could not read it otherwise) and CONNECT (a tunnel past the gateway).
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+class MethodNotAllowed(GatewayError):
+    situation = "method_not_allowed"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"method {method} refused", params={"method": method}, headers={"Allow": ALLOWED_METHODS})
+
+
+class RequestTimeout(GatewayError):
+    """The request head, or the next part of its body, did not arrive in time."""
+
+    situation = "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    """The request head is over ``limits.max_header_bytes`` or has more than ``limits.max_headers`` headers."""
+
+    situation = "headers_too_large"
+
+    def __init__(self, max_bytes: int, max_headers: int) -> None:
+        super().__init__("request head too large", params={"max_bytes": max_bytes, "max_headers": max_headers})
+
+
+class StoreUnavailable(GatewayError):
+    """The key store cannot be read, and the key is not in the cache: neither let in nor turned away."""
+
+    situation = "store_unavailable"
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason, headers={"Retry-After": str(retry_after)})
+
+
+class Overloaded(GatewayError):
+    """More connections are open than ``limits.max_connections``."""
+
+    situation = "overloaded"
+
+    def __init__(self) -> None:
+        super().__init__("too many connections", headers={"Retry-After": "1"})
 
 
 class InternalError(GatewayError):

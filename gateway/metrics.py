@@ -31,6 +31,12 @@ OUTCOMES = (
     "too_large",
     "upstream_unavailable",
     "upstream_timeout",
+    "bad_request",
+    "method_not_allowed",
+    "request_timeout",
+    "headers_too_large",
+    "store_unavailable",
+    "overloaded",
     "internal_error",
     "client_closed",
 )

@@ -32,6 +32,12 @@ SITUATIONS: Mapping[str, tuple[str, ...]] = {
     "payload_too_large": ("max_bytes",),
     "upstream_unavailable": (),
     "upstream_timeout": (),
+    "bad_request": (),
+    "method_not_allowed": ("method",),
+    "request_timeout": (),
+    "headers_too_large": ("max_bytes", "max_headers"),
+    "store_unavailable": (),
+    "overloaded": (),
     "internal_error": (),
 }
 
@@ -120,6 +126,14 @@ _MOCKLY = ErrorProfile(
         "payload_too_large": Situation(413, "validation_failed", "Request body is larger than {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "upstream_unavailable", "The service is unavailable"),
         "upstream_timeout": Situation(504, "upstream_timeout", "The service did not answer in time"),
+        "bad_request": Situation(400, "bad_request", "Malformed request"),
+        "method_not_allowed": Situation(405, "method_not_allowed", "Method {method} is not allowed"),
+        "request_timeout": Situation(408, "request_timeout", "The request did not arrive in time"),
+        "headers_too_large": Situation(
+            431, "headers_too_large", "Request headers exceed {max_bytes} bytes or {max_headers} fields"
+        ),
+        "store_unavailable": Situation(503, "service_unavailable", "The service is temporarily unavailable"),
+        "overloaded": Situation(503, "service_unavailable", "The service is temporarily unavailable"),
         "internal_error": Situation(500, "internal_error", "Internal error"),
     },
 )
@@ -137,6 +151,14 @@ _MOCKUPANDA = ErrorProfile(
         "payload_too_large": Situation(413, "PAYLOAD_TOO_LARGE", "Request body exceeds {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "UPSTREAM_UNAVAILABLE", "Upstream service unavailable"),
         "upstream_timeout": Situation(504, "UPSTREAM_TIMEOUT", "Upstream service timed out"),
+        "bad_request": Situation(400, "BAD_REQUEST", "Malformed request"),
+        "method_not_allowed": Situation(405, "METHOD_NOT_ALLOWED", "Method not allowed", details=("method",)),
+        "request_timeout": Situation(408, "REQUEST_TIMEOUT", "Request timed out"),
+        "headers_too_large": Situation(
+            431, "HEADERS_TOO_LARGE", "Request headers too large", details=("max_bytes", "max_headers")
+        ),
+        "store_unavailable": Situation(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
+        "overloaded": Situation(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
         "internal_error": Situation(500, "INTERNAL_ERROR", "Internal server error"),
     },
 )

@@ -24,7 +24,16 @@ from urllib.parse import urlsplit
 
 from gateway.access_log import AccessLog
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, InternalError, PayloadTooLarge, RateLimited, UpstreamAborted
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    UpstreamAborted,
+)
 from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
 from gateway.metrics import Metrics
 from gateway.profiles import ErrorProfile
@@ -49,8 +58,17 @@ OUTCOME_OF = {
     "payload_too_large": "too_large",
     "upstream_unavailable": "upstream_unavailable",
     "upstream_timeout": "upstream_timeout",
+    "bad_request": "bad_request",
+    "method_not_allowed": "method_not_allowed",
+    "request_timeout": "request_timeout",
+    "headers_too_large": "headers_too_large",
+    "store_unavailable": "store_unavailable",
+    "overloaded": "overloaded",
     "internal_error": "internal_error",
 }
+# Refused before anything else: TRACE would reflect the request, Authorization included; CONNECT
+# would open a tunnel past the gateway. (uvicorn's parser hands CONNECT over as an upgrade.)
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 
 # A response whose Content-Length is at most this is read whole and sent in one body message.
 SMALL_BODY = 64 * 1024
@@ -80,19 +98,27 @@ class ClientDisconnected(Exception):
 class _RequestBody:
     """The client's request body as an async iterator, cut off once it passes the limit."""
 
-    __slots__ = ("_limit", "_receive", "complete", "disconnected", "received", "too_large")
+    __slots__ = ("_idle", "_limit", "_receive", "complete", "disconnected", "received", "timed_out", "too_large")
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, idle: float) -> None:
         self._receive = receive
         self._limit = limit
+        self._idle = idle
         self.received = 0
         self.complete = False
         self.too_large = False
+        self.timed_out = False
         self.disconnected = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            message = await self._receive()
+            try:
+                async with asyncio.timeout(self._idle):
+                    message = await self._receive()
+            except TimeoutError:
+                # Like the cut-off for size: the upstream never sees a complete request.
+                self.timed_out = True
+                raise RequestTimeout("no request body data for limits.body_idle_timeout") from None
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 raise ClientDisconnected()
@@ -124,6 +150,8 @@ async def send_error(
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"date", formatdate(usegmt=True).encode()),
+        # An answer about this request and its credentials: no cache may keep it for another.
+        (b"cache-control", b"no-store"),
     ]
     headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
     if extra:
@@ -159,6 +187,7 @@ class Proxy:
         self._cors_prefixes = config.cors.deny_prefixes
         self._cors_raw_prefixes = tuple(prefix.encode() for prefix in config.cors.deny_prefixes)
         self._max_body = config.limits.max_body_bytes
+        self._body_idle = config.limits.body_idle_timeout
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._credits = CreditRules(config.credits.rules)
@@ -216,6 +245,16 @@ class Proxy:
             "opened in the lifespan"
         )
         request_id = (REQUEST_ID, exchange.request_id)
+        refusal: GatewayError | None = None
+        if scope["method"] in REFUSED_METHODS:
+            refusal = MethodNotAllowed(scope["method"])
+        elif scope["raw_path"][:1] != b"/":
+            # "*" or anything else that is not a path would be glued to upstream.url as it is.
+            refusal = BadRequest("the request target is not a path")
+        if refusal is not None:
+            exchange.status = await send_error(send, self._profile, refusal, close=True, extra=[request_id])
+            exchange.outcome = OUTCOME_OF[refusal.situation]
+            return
         try:
             identity = await verifier.verify(forwarded.authorization)
         except GatewayError as error:
@@ -253,7 +292,7 @@ class Proxy:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        body = _RequestBody(receive, self._max_body) if length else None
+        body = _RequestBody(receive, self._max_body, self._body_idle) if length else None
         sent_at = time.perf_counter()
         try:
             response = await client.request(scope["method"], target, headers, body)
@@ -264,11 +303,11 @@ class Proxy:
             exchange.upstream = time.perf_counter() - sent_at
             if body is not None and body.disconnected:
                 return
-            if body is not None and body.too_large:
-                # However the client library reported the cut-off upload, the client gets the 413.
-                too_large = PayloadTooLarge(self._max_body)
-                exchange.status = await send_error(send, self._profile, too_large, close=True, extra=extra_headers)
-                exchange.outcome = "too_large"
+            if body is not None and (body.too_large or body.timed_out):
+                # However the client library reported the cut-off upload, the client gets the 413 or 408.
+                cut: GatewayError = PayloadTooLarge(self._max_body) if body.too_large else RequestTimeout()
+                exchange.status = await send_error(send, self._profile, cut, close=True, extra=extra_headers)
+                exchange.outcome = OUTCOME_OF[cut.situation]
                 return
             exchange.status = await send_error(send, self._profile, exc, extra=extra_headers)
             exchange.outcome = OUTCOME_OF[exc.situation]

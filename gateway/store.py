@@ -8,6 +8,7 @@ moment anything changed, whoever changed it: see ``verify.py``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -165,6 +166,12 @@ class KeyStore(Protocol):
         ...
 
     async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]: ...
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store could not be used (locked, read-only, disk full, gone),
+    as opposed to a bug: the database driver's errors, I/O errors and StoreError."""
+    return isinstance(exc, StoreError | OSError | sqlite3.Error)
 
 
 async def open_store(url: str) -> KeyStore:

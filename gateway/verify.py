@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from limits import RateLimitItem
 
-from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
+from gateway.errors import InvalidCredentials, MissingCredentials, StoreUnavailable, SubscriptionInactive
 from gateway.keys import is_well_formed
 from gateway.metrics import Metrics
 from gateway.ratelimit import parse_limits
@@ -61,6 +61,12 @@ class _Verdict:
 _UNKNOWN = _Verdict(identity=None)
 
 
+def _describe(exc: Exception) -> str:
+    """An error's class and message. A driver's message names the failure, never a query's
+    parameters, so no key hash can end up in the log."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def bearer_token(values: Sequence[bytes]) -> bytes:
     """The token of the one ``Authorization: Bearer`` header; MissingCredentials or InvalidCredentials."""
     if not values:
@@ -88,8 +94,10 @@ class Verifier:
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        lookup_timeout: float = 2.0,
     ) -> None:
         self._store = store
+        self._lookup_timeout = lookup_timeout
         self._metrics = metrics
         self._prefix = prefix.encode()
         self._default_limits = default_limits
@@ -100,9 +108,10 @@ class Verifier:
         )
         self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
         self._seen = store.changes()
+        self._store_failing = False
 
     async def verify(self, authorization: Sequence[bytes]) -> Identity:
-        """The caller's identity; raises an AuthenticationError or SubscriptionInactive."""
+        """The caller's identity; raises an AuthenticationError, SubscriptionInactive or StoreUnavailable."""
         token = bearer_token(authorization)
         changes = self._store.changes()
         if changes != self._seen:
@@ -165,7 +174,19 @@ class Verifier:
 
     async def _fetch(self, key_hash: str) -> _Verdict:
         started = time.perf_counter()
-        found = await self._store.find_key(key_hash)
+        try:
+            # A locked SQLite file makes a read wait about 10 s before it fails: answer sooner.
+            async with asyncio.timeout(self._lookup_timeout):
+                found = await self._store.find_key(key_hash)
+        except Exception as exc:
+            # Neither let in nor turned away, and never cached: the next request asks again.
+            if not self._store_failing:
+                self._store_failing = True
+                logger.warning("the key store cannot be read (%s); keys not in the cache get 503", _describe(exc))
+            raise StoreUnavailable(f"key store: {_describe(exc)}") from None
+        if self._store_failing:
+            self._store_failing = False
+            logger.warning("the key store answers again")
         if self._metrics is not None:
             self._metrics.store_query.observe(time.perf_counter() - started)
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):

@@ -158,7 +158,7 @@ class GatewayProcess(ServerProcess):
             settings["admin"] = {"host": "127.0.0.1", "port": admin_port} | settings.get("admin", {})
             self.admin_url = f"http://127.0.0.1:{admin_port}"
             env["GATEWAY_ADMIN_TOKEN"] = self.ADMIN_TOKEN
-        settings.setdefault("store", {"url": f"sqlite:///{tmp_dir}/gateway.db"})
+        settings["store"] = {"url": f"sqlite:///{tmp_dir}/gateway.db"} | settings.get("store", {})
         self.config_path = tmp_dir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
         self.config = load_config(self.config_path, environ={})
