@@ -42,6 +42,7 @@ def main() -> None:
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (uvicorn with uvloop and httptools), and the admin API if a token is set."""
     from gateway.app import create_app
+    from gateway.http_protocol import protocol_class
     from gateway.logs import logging_config
     from gateway.metrics import Metrics
 
@@ -84,8 +85,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         "access_log": False,
     }
     metrics = Metrics()
+    app = create_app(config, metrics=metrics)
     public = uvicorn.Config(
-        create_app(config, metrics=metrics), host=host, port=port, log_config=log_config, **server_options
+        app,
+        host=host,
+        port=port,
+        log_config=log_config,
+        **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.proxy)}),
     )
     if config.admin_token is None:
         logging.getLogger("gateway.error").info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")

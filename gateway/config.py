@@ -120,8 +120,15 @@ class UsageConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
+    # The request line and headers together, and the number of headers (431 beyond either).
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    # From a request's first byte (or a connection's opening) until its head is complete (408).
+    head_timeout: float = 10.0
     # The longest wait for the next part of a request body (408).
     body_idle_timeout: float = 30.0
+    # Open client connections on the public listener; one more is answered 503 and closed.
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +342,11 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "upstream.forward_authorization": _boolean,
     "proxy.trusted_peers": _networks,
     "limits.max_body_bytes": parse_size,
+    "limits.max_header_bytes": parse_size,
+    "limits.max_headers": _positive_int,
+    "limits.head_timeout": _positive_duration,
     "limits.body_idle_timeout": _positive_duration,
+    "limits.max_connections": _positive_int,
     "keys.prefix": _key_prefix,
     "cache.ttl_seconds": _positive_duration,
     "cache.max_entries": _positive_int,

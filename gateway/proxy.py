@@ -45,7 +45,7 @@ from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.usage import CreditRules, UsageRecorder
 from gateway.verify import Verifier
 
-__all__ = ["Proxy", "send_error"]
+__all__ = ["Proxy", "error_answer", "send_error"]
 
 logger = logging.getLogger("gateway.error")
 
@@ -69,6 +69,9 @@ OUTCOME_OF = {
 # Refused before anything else: TRACE would reflect the request, Authorization included; CONNECT
 # would open a tunnel past the gateway. (uvicorn's parser hands CONNECT over as an upgrade.)
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+# Where the HTTP protocol notes in scope["state"] the (status, outcome) it answered a request with
+# whose body turned out malformed after the request had reached the app.
+REFUSAL = "gateway.refusal"
 
 # A response whose Content-Length is at most this is read whole and sent in one body message.
 SMALL_BODY = 64 * 1024
@@ -136,15 +139,10 @@ class _RequestBody:
                 return
 
 
-async def send_error(
-    send: Send,
-    profile: ErrorProfile,
-    error: GatewayError,
-    *,
-    close: bool = False,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> int:
-    """Answer ``error`` as the profile says (JSON, never a traceback or an HTML page); its status."""
+def error_answer(
+    profile: ErrorProfile, error: GatewayError, extra: list[tuple[bytes, bytes]] | None = None, *, close: bool = False
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The status, headers and JSON body that answer ``error`` in ``profile``."""
     status, body = profile.render(error)
     headers = [
         (b"content-type", b"application/json"),
@@ -158,6 +156,19 @@ async def send_error(
         headers.extend(extra)
     if close:
         headers.append((b"connection", b"close"))
+    return status, headers, body
+
+
+async def send_error(
+    send: Send,
+    profile: ErrorProfile,
+    error: GatewayError,
+    *,
+    close: bool = False,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> int:
+    """Answer ``error`` as the profile says (JSON, never a traceback or an HTML page); its status."""
+    status, headers, body = error_answer(profile, error, extra, close=close)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return status
@@ -199,6 +210,26 @@ class Proxy:
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
 
+    def new_request_id(self) -> bytes:
+        return self._request_ids.new().encode()
+
+    def count_refusal(self, request_id: bytes, method: str, raw_path: bytes, status: int, outcome: str) -> None:
+        """Count and log a request the HTTP protocol refused before it became an ASGI request."""
+        if self.metrics is not None:
+            self.metrics.request(outcome, 0.0, None)
+        if self.access_log is not None:
+            self.access_log.record(
+                request_id=request_id.decode(),
+                method=method,
+                raw_path=raw_path,
+                status=status,
+                outcome=outcome,
+                duration=0.0,
+                upstream=None,
+                key_id=None,
+                user_id=None,
+            )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         exchange = Exchange()
@@ -219,6 +250,8 @@ class Proxy:
             extra = [(REQUEST_ID, exchange.request_id)]
             await send_error(send, self._profile, InternalError(), close=True, extra=extra)
         finally:
+            if exchange.outcome == "client_closed" and REFUSAL in scope["state"]:
+                exchange.status, exchange.outcome = scope["state"][REFUSAL]
             upstream = exchange.upstream
             duration = time.perf_counter() - started
             if self.metrics is not None:

@@ -29,6 +29,7 @@ from gateway.store import open_store
 T = TypeVar("T")
 
 STARTUP_TIMEOUT = 20.0
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -147,8 +148,16 @@ class GatewayProcess(ServerProcess):
     ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
     def __init__(
-        self, tmp_dir: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None, admin: bool = False
+        self,
+        tmp_dir: Path,
+        settings: dict[str, Any],
+        *,
+        env: dict[str, str] | None = None,
+        admin: bool = False,
+        parser: str = "gateway",
     ):
+        """``parser="h11"`` serves the same app with plain uvicorn and its h11 parser instead of
+        ``gateway serve`` (its own httptools protocol): for the framing tests' comparison."""
         port = free_port()
         settings = dict(settings)
         env = dict(env or {})
@@ -166,12 +175,13 @@ class GatewayProcess(ServerProcess):
         created = self.run_service(lambda service: _user_with_key(service, self.user_id))
         self.key: str = created.key
         self.key_id = created.record.id
-        super().__init__(
-            ["-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(port)],
-            port=port,
-            env=env,
-            cwd=tmp_dir,
-        )
+        self.parser = parser
+        command = ["-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(port)]
+        if parser == "h11":
+            command = ["-m", "uvicorn", "--factory", "tests.adversarial.h11_gateway:create", "--http", "h11"]
+            command += ["--port", str(port), "--app-dir", str(REPO), "--no-server-header", "--no-access-log"]
+            env["GATEWAY_CONFIG"] = str(self.config_path)
+        super().__init__(command, port=port, env=env, cwd=tmp_dir)
         if self.admin_url is not None and not self.wait_for_log(f"Uvicorn running on {self.admin_url} ", 20):
             self.stop()
             raise RuntimeError(f"the admin listener did not start:\n{self.log}")
