@@ -83,6 +83,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         "server_header": False,
         "date_header": False,
         "access_log": False,
+        "timeout_graceful_shutdown": config.listen.shutdown_timeout,
     }
     metrics = Metrics()
     app = create_app(config, metrics=metrics)

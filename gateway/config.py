@@ -51,6 +51,8 @@ class ConfigError(Exception):
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # On SIGTERM: how long requests in flight may take to finish before they are cut off.
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,12 @@ RateLimitHeaders = Literal["x-ratelimit", "ietf", "both", "none"]
 class RateLimitsConfig:
     default: tuple[RateLimitItem, ...] = field(default_factory=lambda: parse_limits(["100/minute", "10000/day"]))
     headers: RateLimitHeaders = "x-ratelimit"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailuresConfig:
+    # Failed authentications allowed per client address and window (null: no throttle).
+    limit: RateLimitItem | None = field(default_factory=lambda: parse_limits("20/minute")[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,7 @@ class GatewayConfig:
     identity_headers: IdentityHeadersConfig = field(default_factory=IdentityHeadersConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    auth_failures: AuthFailuresConfig = field(default_factory=AuthFailuresConfig)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -293,6 +302,21 @@ def _path_prefixes(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _optional_limit(value: object) -> RateLimitItem | None:
+    if value is None:
+        return None
+    expected = "one limit such as 20/minute, or null for none"
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    try:
+        items = parse_limits(value)
+    except ValueError:
+        raise ValueError(expected) from None
+    if len(items) != 1:
+        raise ValueError(expected)
+    return items[0]
+
+
 def _rate_limits(value: object) -> tuple[RateLimitItem, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError('a list of limits such as ["100/minute", "10000/day"]')
@@ -333,6 +357,7 @@ def _networks(value: object) -> tuple[IPNetwork, ...]:
 _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "listen.host": _string,
     "listen.port": _port,
+    "listen.shutdown_timeout": _positive_duration,
     "upstream.url": _http_url,
     "upstream.client": _choice("aiohttp", "httpx"),
     "upstream.connect_timeout": _positive_duration,
@@ -354,6 +379,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "identity_headers.key_id": _header_name,
     "cors.deny_prefixes": _path_prefixes,
     "rate_limits.default": _rate_limits,
+    "auth_failures.limit": _optional_limit,
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,
     "usage.flush_seconds": _positive_duration,
@@ -379,6 +405,7 @@ _SECTIONS = {
     "identity_headers": IdentityHeadersConfig,
     "cors": CorsConfig,
     "rate_limits": RateLimitsConfig,
+    "auth_failures": AuthFailuresConfig,
     "credits": CreditsConfig,
     "usage": UsageConfig,
     "admin": AdminConfig,

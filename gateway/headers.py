@@ -76,6 +76,8 @@ class ForwardedRequest:
     authorization: list[bytes]
     # The client's X-Request-Id, if it sent one acceptable one.
     request_id: bytes | None
+    # Who the client is: the peer, or the address a trusted peer says it forwards for.
+    client_address: str | None
 
 
 class RequestHeaderRules:
@@ -156,8 +158,12 @@ class RequestHeaderRules:
             headers = [(name, value) for name, value in headers if name not in nominated or name == b"host"]
 
         trusted = peer is not None and self.is_trusted(peer)
+        client_address = peer
         if not trusted:
             forwarded_for, forwarded_proto, forwarded_host = [], None, None
+        elif forwarded_for:
+            nearest = forwarded_for[-1].rsplit(b",", 1)[-1].strip()
+            client_address = nearest.decode("latin-1") if nearest else peer
         if peer is not None:
             forwarded_for.append(peer.encode("latin-1"))
         if forwarded_for:
@@ -171,6 +177,7 @@ class RequestHeaderRules:
             content_length=content_length,
             authorization=authorization,
             request_id=acceptable(request_ids) if request_ids else None,
+            client_address=client_address,
         )
 
 

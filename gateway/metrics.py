@@ -28,6 +28,7 @@ OUTCOMES = (
     "invalid_key",
     "subscription_inactive",
     "rate_limited",
+    "auth_throttled",
     "too_large",
     "upstream_unavailable",
     "upstream_timeout",

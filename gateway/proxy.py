@@ -23,6 +23,7 @@ from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from gateway.access_log import AccessLog
+from gateway.auth_throttle import FailureThrottle
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
@@ -209,6 +210,8 @@ class Proxy:
         self.usage: UsageRecorder | None = None
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
+        limit = config.auth_failures.limit
+        self.throttle = FailureThrottle(limit) if limit is not None else None
 
     def new_request_id(self) -> bytes:
         return self._request_ids.new().encode()
@@ -288,10 +291,21 @@ class Proxy:
             exchange.status = await send_error(send, self._profile, refusal, close=True, extra=[request_id])
             exchange.outcome = OUTCOME_OF[refusal.situation]
             return
+        throttle, address = self.throttle, forwarded.client_address
+        if throttle is not None and address is not None:
+            retry_after = throttle.retry_after(address)
+            if retry_after is not None:
+                limit = throttle.limit
+                throttled = RateLimited(limit=limit.amount, window=f"{limit.get_expiry()}s", retry_after=retry_after)
+                exchange.status = await send_error(send, self._profile, throttled, extra=[request_id])
+                exchange.outcome = "auth_throttled"
+                return
         try:
             identity = await verifier.verify(forwarded.authorization)
         except GatewayError as error:
             # Answered before the body is read: an unauthenticated upload is never taken in.
+            if throttle is not None and address is not None and error.situation == "invalid_credentials":
+                throttle.failed(address)
             exchange.status = await send_error(send, self._profile, error, extra=[request_id])
             exchange.outcome = OUTCOME_OF[error.situation]
             return

@@ -32,6 +32,7 @@ def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactor
         settings.setdefault("logging", {"level": "info"})
         # Tests that are not about rate limits must never meet one.
         settings.setdefault("rate_limits", {"default": ["1000000/minute"]})
+        settings.setdefault("auth_failures", {"limit": "1000000/minute"})
         server = GatewayProcess(tmp_path_factory.mktemp("gateway"), settings, **kwargs)
         started.append(server)
         return server

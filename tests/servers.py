@@ -186,6 +186,18 @@ class GatewayProcess(ServerProcess):
             self.stop()
             raise RuntimeError(f"the admin listener did not start:\n{self.log}")
 
+    @classmethod
+    def restart(cls, old: GatewayProcess) -> GatewayProcess:
+        """A new ``gateway serve`` (on a new port) on the config and store of ``old``, which has exited."""
+        new = cls.__new__(cls)
+        for name in ("config_path", "config", "user_id", "key", "key_id", "parser"):
+            setattr(new, name, getattr(old, name))
+        new.admin_url = None
+        port = free_port()
+        command = ["-m", "gateway", "serve", "--config", str(old.config_path), "--port", str(port)]
+        ServerProcess.__init__(new, command, port=port, cwd=old.config_path.parent)
+        return new
+
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}

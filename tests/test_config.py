@@ -120,7 +120,9 @@ def test_custom_profile_from_the_file(tmp_path: Path) -> None:
     ("settings", "message"),
     [
         pytest.param(
-            {"listen": {"prot": 1}}, "listen.prot: unknown key (known: listen.host, listen.port)", id="unknown-key"
+            {"listen": {"prot": 1}},
+            "listen.prot: unknown key (known: listen.host, listen.port, listen.shutdown_timeout)",
+            id="unknown-key",
         ),
         pytest.param({"upstreams": {}}, "upstreams: unknown section", id="unknown-section"),
         pytest.param(
