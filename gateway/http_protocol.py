@@ -15,6 +15,8 @@ what uvicorn leaves out:
   off at the limit instead of buffered; 408 for a head not complete ``limits.head_timeout`` after
   its first byte. A connection that sends nothing for that long after opening is closed.
 - ``limits.max_connections``: a connection beyond it is answered 503 (``overloaded``) and closed.
+- A client that closes its connection before its answer is complete cancels the request's task,
+  and with it the upstream request (uvicorn would let it run to the upstream's answer).
 
 Each refusal is counted in the metrics and written to the access log. If a response to an
 earlier pipelined request is still being sent, the refusal cannot be written without corrupting
@@ -27,12 +29,12 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config import LimitsConfig
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, MethodNotAllowed, Overloaded, RequestTimeout
 from gateway.profiles import ErrorProfile
-from gateway.proxy import OUTCOME_OF, REFUSAL, Proxy, error_answer
+from gateway.proxy import CLIENT_GONE, OUTCOME_OF, REFUSAL, Proxy, error_answer
 from gateway.request_id import HEADER as REQUEST_ID
 
 __all__ = ["GatewayHttpProtocol", "protocol_class"]
@@ -58,6 +60,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: GatewayError | None = None
+        self._asgi_task: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------------- connection
 
@@ -70,7 +73,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        cycle, task = self.cycle, self._asgi_task
+        if cycle is not None and not cycle.response_complete and task is not None and not task.done():
+            # The client has gone before its answer was complete: stop working for nobody. The
+            # cancellation reaches the upstream request, which closes its connection.
+            cycle.scope["state"][CLIENT_GONE] = True
+            task.cancel()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # As uvicorn does it, keeping the task to cancel (see connection_lost).
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        self._asgi_task = task
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:

@@ -73,6 +73,8 @@ REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 # Where the HTTP protocol notes in scope["state"] the (status, outcome) it answered a request with
 # whose body turned out malformed after the request had reached the app.
 REFUSAL = "gateway.refusal"
+# Set in scope["state"] by the HTTP protocol when it cancels a request whose client has gone.
+CLIENT_GONE = "gateway.client_gone"
 
 # A response whose Content-Length is at most this is read whole and sent in one body message.
 SMALL_BODY = 64 * 1024
@@ -244,6 +246,11 @@ class Proxy:
         except UpstreamAborted:
             exchange.outcome = "upstream_unavailable"
             raise
+        except asyncio.CancelledError:
+            if not scope.get("state", {}).get(CLIENT_GONE):
+                raise  # a shutdown past its grace period
+            # The protocol cancelled us because the client left: an outcome, not an error.
+            exchange.outcome = "client_closed"
         except Exception:
             logger.exception("unexpected error while handling %s %s", scope["method"], scope["path"])
             exchange.outcome, exchange.status = "internal_error", 500
@@ -253,8 +260,9 @@ class Proxy:
             extra = [(REQUEST_ID, exchange.request_id)]
             await send_error(send, self._profile, InternalError(), close=True, extra=extra)
         finally:
-            if exchange.outcome == "client_closed" and REFUSAL in scope["state"]:
-                exchange.status, exchange.outcome = scope["state"][REFUSAL]
+            refusal = scope.get("state", {}).get(REFUSAL) if exchange.outcome == "client_closed" else None
+            if refusal is not None:
+                exchange.status, exchange.outcome = refusal
             upstream = exchange.upstream
             duration = time.perf_counter() - started
             if self.metrics is not None:

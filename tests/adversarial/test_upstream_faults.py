@@ -1,0 +1,69 @@
+"""An upstream that misbehaves: the client gets a clean answer fast, nothing is retried, and a
+client that leaves takes its upstream request with it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.adversarial.fake_upstream import FakeUpstream
+from tests.adversarial.rawclient import connect
+from tests.conftest import GatewayFactory
+from tests.servers import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory: GatewayFactory, upstream: FakeUpstream) -> GatewayProcess:
+    return gateway_factory({"upstream": {"url": upstream.url, "read_timeout": "1s"}})
+
+
+def test_a_post_is_never_retried(gw: GatewayProcess, upstream: FakeUpstream) -> None:
+    with httpx.Client(base_url=gw.url, headers=gw.auth) as client:
+        assert client.get("/ok").status_code == 200  # leaves a pooled upstream connection behind
+        before = len(upstream.recording.heads)
+        answer = client.post("/close", content=b"pay once")
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "upstream_unavailable"
+    posts = [head for head in upstream.recording.heads[before:] if head.startswith(b"POST /close ")]
+    assert len(posts) == 1
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/huge-head"])
+def test_a_malformed_upstream_response_is_a_502(gw: GatewayProcess, path: str) -> None:
+    answer = httpx.get(f"{gw.url}{path}", headers=gw.auth)
+    assert answer.status_code == 502
+    assert answer.headers["content-type"] == "application/json"
+    assert json.loads(answer.content)["error"]["code"] == "upstream_unavailable"
+
+
+def test_a_hung_upstream_is_a_504_at_the_read_timeout(gw: GatewayProcess) -> None:
+    started = time.monotonic()
+    answer = httpx.get(f"{gw.url}/hang", headers=gw.auth)
+    assert answer.status_code == 504
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_a_client_that_leaves_cancels_the_upstream_request(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    # A long read timeout: only the client's departure can end the upstream request early.
+    patient = gateway_factory({"upstream": {"url": upstream.url, "read_timeout": "60s"}})
+    upstream.recording.hang_closed.clear()
+    before = len(upstream.recording.heads)
+    with connect(patient.port) as sock:
+        sock.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-early\r\n" + patient.auth_line + b"\r\n")
+        assert upstream.recording.wait_for(before + 1)
+    assert upstream.recording.hang_closed.wait(10), "the upstream request outlived its client"
+    entry = patient.access_entry("left-early")
+    assert entry["outcome"] == "client_closed" and entry["status"] == 499
