@@ -10,6 +10,7 @@ and X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host describe the connect
 actually received. A client can claim anything in its own X-Forwarded-* headers, so they are
 replaced, unless the peer is a trusted proxy (``proxy.trusted_peers``, empty by default): then its
 X-Forwarded-For is kept and the peer appended, and its X-Forwarded-Proto and -Host are kept.
+``Forwarded`` and ``X-Real-IP`` are passed on from a trusted peer and dropped from anyone else.
 After authentication the upstream learns who is calling from the identity headers
 (``X-User-Id`` and ``X-Api-Key-Id`` by default). Any client-sent header that could be taken for
 one of them is removed first: any letter case, any number of copies, and the spellings with
@@ -52,6 +53,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Other claims about the client that only a trusted proxy may make; the gateway does not write them.
+_PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip"})
 
 
 def _nominated(connection_values: Iterable[bytes]) -> frozenset[bytes]:
@@ -120,6 +123,7 @@ class RequestHeaderRules:
         forwarded_host: bytes | None = None
         authorization: list[bytes] = []
         request_ids: list[bytes] = []
+        trusted = peer is not None and self.is_trusted(peer)
         for name, value in scope_headers:
             if len(name) in self._identity_lengths and _canonical(name) in self._identity:
                 continue
@@ -135,6 +139,8 @@ class RequestHeaderRules:
                 continue
             if name == REQUEST_ID:
                 request_ids.append(value)
+                continue
+            if name in _PROXY_CLAIMS and not trusted:
                 continue
             if name in _X_FORWARDED:
                 if name == b"x-forwarded-for":
@@ -157,7 +163,6 @@ class RequestHeaderRules:
         if nominated:
             headers = [(name, value) for name, value in headers if name not in nominated or name == b"host"]
 
-        trusted = peer is not None and self.is_trusted(peer)
         client_address = peer
         if not trusted:
             forwarded_for, forwarded_proto, forwarded_host = [], None, None

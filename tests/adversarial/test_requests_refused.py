@@ -77,3 +77,19 @@ def test_a_stalled_body_gets_408_and_never_reaches_the_upstream(gw: GatewayProce
     assert headers[b"connection"] == b"close"
     assert "stalled-body" not in received_ids(stub)
     assert gw.access_entry("stalled-body")["outcome"] == "request_timeout"
+
+
+def test_client_claims_about_its_address_are_dropped_unless_the_peer_is_trusted(
+    gw: GatewayProcess, gateway_factory: GatewayFactory
+) -> None:
+    claims = b"Forwarded: for=203.0.113.9\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.9\r\n"
+    _, _, body = _request(gw, b"GET /echo HTTP/1.1", "claims-untrusted", claims)
+    received = json.loads(body)["headers"]
+    assert [name for name, _ in received if name in ("forwarded", "x-real-ip")] == []
+    assert ["x-forwarded-for", "127.0.0.1"] in received
+
+    behind_proxy = gateway_factory({"proxy": {"trusted_peers": ["127.0.0.1"]}})
+    _, _, body = _request(behind_proxy, b"GET /echo HTTP/1.1", "claims-trusted", claims)
+    received = json.loads(body)["headers"]
+    assert ["forwarded", "for=203.0.113.9"] in received and ["x-real-ip", "203.0.113.9"] in received
+    assert ["x-forwarded-for", "203.0.113.9, 127.0.0.1"] in received
