@@ -252,7 +252,8 @@ class Proxy:
             # The protocol cancelled us because the client left: an outcome, not an error.
             exchange.outcome = "client_closed"
         except Exception:
-            logger.exception("unexpected error while handling %s %s", scope["method"], scope["path"])
+            # %r: a path is the client's, and its control characters must not forge log lines.
+            logger.exception("unexpected error while handling %s %r", scope["method"], scope["path"])
             exchange.outcome, exchange.status = "internal_error", 500
             exchange.request_id = exchange.request_id or self._request_ids.new().encode()
             # If the response had already started, send() refuses a second start with RuntimeError
@@ -427,7 +428,7 @@ class Proxy:
                     return
         except UpstreamAborted as exc:
             logger.warning(
-                "upstream broke off the response to %s %s after %d bytes; closing the client connection: %s",
+                "upstream broke off the response to %s %r after %d bytes; closing the client connection: %s",
                 scope["method"],
                 scope["path"],
                 sent,

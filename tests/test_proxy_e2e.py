@@ -336,7 +336,7 @@ def test_upstream_reset_mid_response_closes_the_client_connection(gateway: Gatew
                 for chunk in response.iter_raw():
                     received.extend(chunk)
     assert len(received) <= 100_000
-    assert gateway.wait_for_log("upstream broke off the response to GET /__stub/reset")
+    assert gateway.wait_for_log("upstream broke off the response to GET '/__stub/reset'")
     assert "Traceback" not in gateway.log
 
 
