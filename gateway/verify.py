@@ -3,7 +3,8 @@
 A cache hit costs a SHA-256 and two dictionary look-ups; no I/O. A miss checks the key's format
 and checksum (a made-up key never reaches the store), then makes one indexed look-up by hash,
 shared by every request waiting on the same key. Unknown hashes are remembered briefly too, so a
-flood of one bad key cannot hammer the store.
+flood of one bad key cannot hammer the store. When the store cannot be read, a key whose last
+look-up found it good stays good (``_last_known``, kept past the TTL, emptied with the cache).
 
 Immediate revocation: every write to the store advances its change counter (``store.changes()``,
 a memory-mapped integer for SQLite: see ``changes.py``). Each request compares it with the value
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from limits import RateLimitItem
 
 from gateway.errors import InvalidCredentials, MissingCredentials, StoreUnavailable, SubscriptionInactive
@@ -106,6 +107,8 @@ class Verifier:
         self._misses: TTLCache[bytes, _Verdict] = TTLCache(
             maxsize=max(1024, max_entries // 10), ttl=min(ttl, MISS_TTL), timer=timer
         )
+        # The verdicts of good keys, kept past the TTL for when the store cannot be read.
+        self._last_known: LRUCache[bytes, _Verdict] = LRUCache(maxsize=max_entries)
         self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
@@ -127,7 +130,16 @@ class Verifier:
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
             if self._metrics is not None:
                 self._metrics.cache_misses += 1
-            verdict = await self._look_up(digest)
+            try:
+                verdict = await self._look_up(digest)
+            except StoreUnavailable:
+                # A key that was good when last read stays good while the store cannot answer:
+                # nothing can have been written meanwhile, or the change counter would have
+                # emptied this cache too.
+                known = self._last_known.get(digest)
+                if known is None:
+                    raise
+                verdict = known
         elif self._metrics is not None:
             self._metrics.cache_hits += 1
         identity = verdict.identity
@@ -144,6 +156,7 @@ class Verifier:
     def _forget(self, changes: int) -> None:
         self._hits.clear()
         self._misses.clear()
+        self._last_known.clear()
         # Look-ups already under way may have read the old state: let them finish for their
         # own waiters, but make new requests start afresh.
         self._inflight = {}
@@ -169,7 +182,11 @@ class Verifier:
         # Cache only what was read with no write in between: a write during the look-up may
         # have been missed by it.
         if self._store.changes() == changes_before == self._seen:
-            (self._hits if verdict.identity is not None else self._misses)[digest] = verdict
+            if verdict.identity is not None:
+                self._hits[digest] = verdict
+                self._last_known[digest] = verdict
+            else:
+                self._misses[digest] = verdict
         return verdict
 
     async def _fetch(self, key_hash: str) -> _Verdict:

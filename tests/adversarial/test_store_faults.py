@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.keys import generate_key
 from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, ServerProcess, cli_json, gateway_cli, received_ids
 
@@ -74,3 +75,15 @@ def test_a_locked_store(gateway_factory: GatewayFactory, stub: ServerProcess, re
         assert time.monotonic() < deadline, "usage counted during the lock never reached the store"
     assert "the key store cannot be read" in gw.log and "the key store answers again" in gw.log
     assert uncached["key"] not in gw.log + gw.stdout
+
+
+def test_a_known_key_outlives_its_cache_ttl_while_the_store_is_locked(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"cache": {"ttl_seconds": "200ms"}, "store": {"lookup_timeout": "300ms"}})
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+    with store_locked(gw):
+        # The cached verdict's time is up: the next request looks the key up, and the store fails.
+        time.sleep(0.3)
+        assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+        unknown = {"Authorization": f"Bearer {generate_key(gw.config.keys.prefix)}"}
+        assert httpx.get(f"{gw.url}/x", headers=unknown).status_code == 503
+    assert "the key store cannot be read" in gw.log
