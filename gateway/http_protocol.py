@@ -54,9 +54,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         # Waiting for a request head (or the rest of one), as opposed to a body or a response.
         self._in_head = True
-        # Head bytes: parsed (request line and headers) and received but not yet parsed.
+        # The head's size: as parsed (request line and headers so far, exact), and as received
+        # (every chunk since the head began but the one it began in: a bound for a head that
+        # never ends, whose last header the parser is still buffering).
         self._head_bytes = 0
-        self._unparsed_bytes = 0
+        self._received_bytes = 0
         self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: GatewayError | None = None
@@ -93,7 +95,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         if self._in_head:
-            self._unparsed_bytes += len(data)
+            self._received_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -103,7 +105,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._refuse(self._refusal or BadRequest("the request could not be parsed"))
             return
-        if self._in_head and self._head_bytes + self._unparsed_bytes > self.limits.max_header_bytes:
+        if self._in_head and self._received_bytes > self.limits.max_header_bytes:
             self._refuse(HeadersTooLarge(self.limits.max_header_bytes, self.limits.max_headers))
 
     # -------------------------------------------------------------------- parser callbacks
@@ -111,7 +113,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_bytes = self._unparsed_bytes = self._header_count = 0
+        self._head_bytes = self._received_bytes = self._header_count = 0
         if self._head_timer is None:
             self._arm_head_timer()
 
@@ -150,7 +152,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
-        self._head_bytes = self._unparsed_bytes = 0
+        self._head_bytes = self._received_bytes = 0
 
     # -------------------------------------------------------------------- limits
 
@@ -172,7 +174,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
-        if self._head_bytes + self._unparsed_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+        if self._head_bytes + self._received_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
             self.transport.close()  # opened and never used: nobody to answer
             return
         self._refuse(RequestTimeout("the request head did not arrive in time"))

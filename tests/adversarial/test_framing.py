@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -109,6 +110,18 @@ def test_a_head_over_the_byte_limit_gets_431(gw: GatewayProcess, stub: ServerPro
     assert [status for status, _, _ in answers] == [431] and closed
     assert json.loads(answers[0][2])["error"]["code"] == "headers_too_large"
     assert "/f-big-head" not in received_paths(stub)
+
+
+@pytest.mark.usefixtures("shipped_only")
+def test_a_head_under_the_limit_arriving_in_pieces_is_served(gw: GatewayProcess) -> None:
+    headers = b"".join(b"X-H%02d: %s\r\n" % (i, b"a" * 200) for i in range(15))
+    head = b"GET /f-pieces HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + headers + b"\r\n"
+    assert 3000 < len(head) < 4096
+    with connect(gw.port) as sock:
+        for start in range(0, len(head), 100):
+            sock.sendall(head[start : start + 100])
+            time.sleep(0.001)  # separate segments, as a slow network delivers them
+        assert [status for status, _, _ in read_responses(sock)] == [200]
 
 
 @pytest.mark.usefixtures("shipped_only")
