@@ -199,7 +199,7 @@ class Verifier:
             # Neither let in nor turned away, and never cached: the next request asks again.
             if not self._store_failing:
                 self._store_failing = True
-                logger.warning("the key store cannot be read (%s); keys not in the cache get 503", _describe(exc))
+                logger.warning("the key store cannot be read (%s); keys not known good get 503", _describe(exc))
             raise StoreUnavailable(f"key store: {_describe(exc)}") from None
         if self._store_failing:
             self._store_failing = False
