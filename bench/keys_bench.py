@@ -54,6 +54,17 @@ def fill(path: Path, count: int) -> list[str]:
     return keys
 
 
+async def timed_verifications(verifier: Verifier, keys: list[str]) -> list[float]:
+    """Seconds each key's verification took, in order."""
+    took: list[float] = []
+    for key in keys:
+        header = [b"Bearer " + key.encode()]
+        t = time.perf_counter()
+        await verifier.verify(header)
+        took.append(time.perf_counter() - t)
+    return took
+
+
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p = statistics.quantiles(ordered, n=100)
@@ -79,18 +90,8 @@ async def main(args: argparse.Namespace) -> None:
                 raw.append(time.perf_counter() - t)
 
             verifier = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.keys)
-            cold: list[float] = []
-            for key in sample:
-                header = [b"Bearer " + key.encode()]
-                t = time.perf_counter()
-                await verifier.verify(header)
-                cold.append(time.perf_counter() - t)
-            hot: list[float] = []
-            for key in sample:
-                header = [b"Bearer " + key.encode()]
-                t = time.perf_counter()
-                await verifier.verify(header)
-                hot.append(time.perf_counter() - t)
+            cold = await timed_verifications(verifier, sample)  # each a cache miss
+            hot = await timed_verifications(verifier, sample)  # each a cache hit
             print(f"store look-up alone (baseline)  {percentiles(raw)}")
             print(f"cold verification (cache miss)  {percentiles(cold)}")
             print(f"warm verification (cache hit)   {percentiles(hot)}")

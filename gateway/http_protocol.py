@@ -54,6 +54,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         # Waiting for a request head (or the rest of one), as opposed to a body or a response.
         self._in_head = True
+        # Some of a request head has arrived, and not all of it.
+        self._partial_head = False
         # The head's size: as parsed (request line and headers so far, exact), and as received
         # (every chunk since the head began but the one it began in: a bound for a head that
         # never ends, whose last header the parser is still buffering).
@@ -98,6 +100,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._received_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self._partial_head and self._head_timer is None:
+                # Only a head left unfinished by this chunk needs the deadline: most arrive whole,
+                # and cost no timer.
+                self._arm_head_timer()
         except httptools.HttpParserUpgrade:
             # An Upgrade request goes upstream as plain HTTP (Upgrade is hop-by-hop); the parser
             # stops at its head, so what follows on this connection is not read as requests.
@@ -112,10 +118,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
+        self._in_head = self._partial_head = True
         self._head_bytes = self._received_bytes = self._header_count = 0
-        if self._head_timer is None:
-            self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         self._head_bytes += len(url)
@@ -130,7 +134,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
-        self._in_head = False
+        self._in_head = self._partial_head = False
         if self.parser.get_method() == b"CONNECT":
             self._refusal = MethodNotAllowed("CONNECT")
             raise _Refused()
@@ -174,7 +178,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
-        if self._head_bytes + self._received_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+        if not self._partial_head:
             self.transport.close()  # opened and never used: nobody to answer
             return
         self._refuse(RequestTimeout("the request head did not arrive in time"))
@@ -187,14 +191,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         request_id = self.proxy.new_request_id()
         status, headers, body = error_answer(self.profile, error, [(REQUEST_ID, request_id)], close=True)
         scope = self.scope
-        method = scope.get("method", "") if scope is not None else ""
+        # What is known of the refused request: nothing if none of it had arrived.
+        begun = self._partial_head or not self._in_head
+        method = scope.get("method", "") if begun else ""
+        url = self.url if begun else b""
         outcome = OUTCOME_OF[error.situation]
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if self._in_head:
                 # The next pipelined request is bad, and the answer to the one before is on its
                 # way out: close after it rather than cut into it.
-                self.proxy.count_refusal(request_id, method, self.url, status, outcome)
+                self.proxy.count_refusal(request_id, method, url, status, outcome)
                 cycle.keep_alive = False
                 self.flow.pause_reading()
                 return
@@ -208,7 +215,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.transport.close()  # mid-response: nothing honest left to send
                 return
         else:
-            self.proxy.count_refusal(request_id, method, getattr(self, "url", b""), status, outcome)
+            self.proxy.count_refusal(request_id, method, url, status, outcome)
         head = [STATUS_LINE[status]]
         head.extend(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(b"".join(head) + b"\r\n" + body)

@@ -220,19 +220,26 @@ class Proxy:
 
     def count_refusal(self, request_id: bytes, method: str, raw_path: bytes, status: int, outcome: str) -> None:
         """Count and log a request the HTTP protocol refused before it became an ASGI request."""
+        exchange = Exchange()
+        exchange.request_id, exchange.status, exchange.outcome = request_id, status, outcome
+        self._account(exchange, method, raw_path, 0.0)
+
+    def _account(self, exchange: Exchange, method: str, raw_path: bytes, duration: float) -> None:
+        """One request in the metrics and the access log."""
+        upstream = exchange.upstream
         if self.metrics is not None:
-            self.metrics.request(outcome, 0.0, None)
+            self.metrics.request(exchange.outcome, duration - (upstream or 0.0), upstream)
         if self.access_log is not None:
             self.access_log.record(
-                request_id=request_id.decode(),
+                request_id=exchange.request_id.decode(),
                 method=method,
                 raw_path=raw_path,
-                status=status,
-                outcome=outcome,
-                duration=0.0,
-                upstream=None,
-                key_id=None,
-                user_id=None,
+                status=exchange.status,
+                outcome=exchange.outcome,
+                duration=duration,
+                upstream=upstream,
+                key_id=exchange.key_id,
+                user_id=exchange.user_id,
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -264,22 +271,7 @@ class Proxy:
             refusal = scope.get("state", {}).get(REFUSAL) if exchange.outcome == "client_closed" else None
             if refusal is not None:
                 exchange.status, exchange.outcome = refusal
-            upstream = exchange.upstream
-            duration = time.perf_counter() - started
-            if self.metrics is not None:
-                self.metrics.request(exchange.outcome, duration - (upstream or 0.0), upstream)
-            if self.access_log is not None:
-                self.access_log.record(
-                    request_id=exchange.request_id.decode(),
-                    method=scope["method"],
-                    raw_path=scope["raw_path"],
-                    status=exchange.status,
-                    outcome=exchange.outcome,
-                    duration=duration,
-                    upstream=upstream,
-                    key_id=exchange.key_id,
-                    user_id=exchange.user_id,
-                )
+            self._account(exchange, scope["method"], scope["raw_path"], time.perf_counter() - started)
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, forwarded: ForwardedRequest, exchange: Exchange

@@ -18,7 +18,7 @@ import threading
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 
@@ -68,23 +68,23 @@ class ServerProcess:
 
     def _read(self) -> None:
         assert self.process.stderr is not None
-        with self.process.stderr:
-            for line in self.process.stderr:
-                with self._new_line:
-                    self._lines.append(line)
-                    self._new_line.notify_all()
-                if self._ready_line in line:
-                    self._ready.set()
+        self._collect(self.process.stderr, self._lines, watch_ready=True)
         self._ready.set()  # ended before becoming ready: wake the waiter
         self._ended.set()
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
-        with self.process.stdout:
-            for line in self.process.stdout:
+        self._collect(self.process.stdout, self._out_lines, watch_ready=False)
+
+    def _collect(self, stream: IO[str], lines: list[str], *, watch_ready: bool) -> None:
+        """Append each line of ``stream`` to ``lines``, waking whoever waits for one."""
+        with stream:
+            for line in stream:
                 with self._new_line:
-                    self._out_lines.append(line)
+                    lines.append(line)
                     self._new_line.notify_all()
+                if watch_ready and self._ready_line in line:
+                    self._ready.set()
 
     @property
     def log(self) -> str:
@@ -253,7 +253,17 @@ def cli_json(gateway: GatewayProcess, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def _received(stub: ServerProcess) -> list[dict[str, Any]]:
+    """The requests whose body the stub's echo received completely."""
+    with urllib.request.urlopen(stub.url + "/__stub/received", timeout=10) as answer:
+        return list(json.load(answer)["requests"])
+
+
 def received_ids(stub: ServerProcess) -> list[str | None]:
     """The X-Request-Id of every request whose body the stub received completely."""
-    with urllib.request.urlopen(stub.url + "/__stub/received", timeout=10) as answer:
-        return [r["request_id"] for r in json.load(answer)["requests"]]
+    return [r["request_id"] for r in _received(stub)]
+
+
+def received_paths(stub: ServerProcess) -> list[str]:
+    """The raw path of every request whose body the stub received completely."""
+    return [r["raw_path"] for r in _received(stub)]

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.adversarial.rawclient import connect, is_closed, read_responses
 from tests.conftest import GatewayFactory
+from tests.rawhttp import connect, is_closed, read_responses
 from tests.servers import GatewayProcess
 
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests.adversarial.rawclient import connect, exchange, is_closed, read_responses, received_paths
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, ServerProcess
+from tests.rawhttp import connect, exchange_all as exchange, is_closed, read_responses
+from tests.servers import GatewayProcess, ServerProcess, received_paths
 
 KEY = b"@KEY@"  # replaced by "Authorization: Bearer <key>\r\n"
 

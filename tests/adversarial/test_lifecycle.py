@@ -7,12 +7,13 @@ import hashlib
 import json
 import signal
 import socket
+import time
 
 import httpx
 import pytest
 
-from tests.adversarial.rawclient import connect, read_responses
 from tests.conftest import GatewayFactory
+from tests.rawhttp import connect, read_responses
 from tests.servers import GatewayProcess, cli_json
 
 
@@ -32,8 +33,11 @@ def test_sigterm_finishes_what_is_in_flight(gateway_factory: GatewayFactory) -> 
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
         gw.process.send_signal(signal.SIGTERM)
         assert gw.wait_for_log("Shutting down")
+        # uvicorn logs that line just before it closes its listening socket: wait for the close.
+        deadline = time.monotonic() + 5
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
+            while time.monotonic() < deadline:
+                socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
         sock.sendall(body)
         [(status, _, answer)] = read_responses(sock)
     assert status == 200

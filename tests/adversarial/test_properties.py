@@ -8,8 +8,8 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.adversarial.rawclient import exchange
 from tests.conftest import GatewayFactory
+from tests.rawhttp import exchange_all as exchange
 from tests.servers import GatewayProcess
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.adversarial.fake_upstream import FakeUpstream
-from tests.adversarial.rawclient import connect
 from tests.conftest import GatewayFactory
+from tests.rawhttp import connect
 from tests.servers import GatewayProcess
 
 
