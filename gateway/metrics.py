@@ -13,11 +13,12 @@ The rest (store queries, usage flushes, admin refusals) are prometheus-client me
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["OUTCOMES", "Metrics"]
@@ -89,6 +90,13 @@ class _HotPathCollector(Collector):
         )
         yield CounterMetricFamily("gateway_cache_hits", "Key verdicts found in the cache.", value=m.cache_hits)
         yield CounterMetricFamily("gateway_cache_misses", "Key verdicts looked up in the store.", value=m.cache_misses)
+        # Scraped on the admin listener, which shares the public listener's event loop: a count that
+        # grows with traffic and never comes back down is a leak (a request's task left behind).
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop: rendered outside the server
+            return
+        yield GaugeMetricFamily("gateway_event_loop_tasks", "Tasks alive on the event loop.", value=tasks)
 
 
 class Metrics:
@@ -100,6 +108,8 @@ class Metrics:
         self.cache_misses = 0
         self.registry = registry = CollectorRegistry()
         registry.register(_HotPathCollector(self))
+        # process_open_fds, process_resident_memory_bytes, ...: what a flood or a leak shows in first.
+        ProcessCollector(registry=registry)
         self.store_query = Histogram(
             "gateway_store_query_seconds", "Key look-ups in the store.", buckets=_SLOW, registry=registry
         )
