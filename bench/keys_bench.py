@@ -4,7 +4,9 @@
 1. Cold verification: a SQLite store with --keys keys (default 1,000,000); --sample keys chosen at
    random are verified once each through a Verifier whose cache is empty, so every one is a cache
    miss and a store hit (format check, one indexed look-up by hash, verdict). Prints p50/p99/max.
-   Baseline in the same run: the bare indexed SELECT through aiosqlite for the same keys.
+   Baseline in the same run: the bare indexed SELECT through aiosqlite for the same keys. Beside
+   it, as many well-formed keys that are not stored, verified cold in turn with them: whether a
+   key exists must not show in the time its check takes.
 2. Memory: --active keys (default 100,000) each verified (cache filled) and charged to the
    default limits (100/minute and 10000/day: two windows each); prints the memory the cache and
    the limiter hold (tracemalloc), and the process's RSS growth.
@@ -26,6 +28,7 @@ import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
+from gateway.errors import InvalidCredentials
 from gateway.keys import display_prefix, generate_key, hash_key
 from gateway.ratelimit import Limiter, parse_limits
 from gateway.store import open_store
@@ -60,7 +63,10 @@ async def timed_verifications(verifier: Verifier, keys: list[str]) -> list[float
     for key in keys:
         header = [b"Bearer " + key.encode()]
         t = time.perf_counter()
-        await verifier.verify(header)
+        try:
+            await verifier.verify(header)
+        except InvalidCredentials:  # an unknown key's answer
+            pass
         took.append(time.perf_counter() - t)
     return took
 
@@ -90,10 +96,20 @@ async def main(args: argparse.Namespace) -> None:
                 raw.append(time.perf_counter() - t)
 
             verifier = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.keys)
-            cold = await timed_verifications(verifier, sample)  # each a cache miss
+            # Well-formed keys that are not stored, verified cold on a verifier of their own, in turn
+            # with the existing ones (so drift in the machine's speed hits both alike): whether a key
+            # exists must not show in the time its check takes.
+            unknown = [generate_key(PREFIX) for _ in sample]
+            guesser = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.keys)
+            cold, cold_unknown = [], []
+            for known_key, unknown_key in zip(sample, unknown, strict=True):
+                cold += await timed_verifications(verifier, [known_key])  # a cache miss
+                cold_unknown += await timed_verifications(guesser, [unknown_key])
             hot = await timed_verifications(verifier, sample)  # each a cache hit
             print(f"store look-up alone (baseline)  {percentiles(raw)}")
             print(f"cold verification (cache miss)  {percentiles(cold)}")
+            print(f"  of unknown keys               {percentiles(cold_unknown)}")
+            print(f"  unknown / existing, p50       {statistics.median(cold_unknown) / statistics.median(cold):.2f}")
             print(f"warm verification (cache hit)   {percentiles(hot)}")
 
             # Memory of the cache and the limiter for --active keys.

@@ -17,7 +17,7 @@ import click
 from gateway.cli_common import config_option, emit, json_option, load, table
 from gateway.documents import KEY_FIELDS, created_document, iso, key_document, usage_document, user_document
 from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
-from gateway.store import ApiKey, StoreError, open_store
+from gateway.store import ApiKey, StoreError, is_store_failure, open_store
 from gateway.units import parse_duration
 
 __all__ = ["db", "keys", "usage", "users"]
@@ -49,6 +49,13 @@ def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hin
         raise click.ClickException(f"{exc}{hint}") from None
     except (ServiceError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        if not is_store_failure(exc):
+            raise
+        # Locked, read-only, disk full: each write is one transaction, so nothing was written.
+        raise click.ClickException(
+            f"the key store could not be used ({exc}); nothing was changed: fix the store and run the command again"
+        ) from None
 
 
 def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:

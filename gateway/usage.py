@@ -114,6 +114,7 @@ class UsageRecorder:
         Never cancelled mid-write: a write cut off between its commit and its return would be
         merged back and counted twice.
         """
+        failing = False  # logged once per outage, not once per interval
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
@@ -121,7 +122,13 @@ class UsageRecorder:
                 await self.flush()
             except Exception as exc:
                 final = self._stopping.is_set()
-                logger.error("could not write usage to the store%s: %s", "" if final else ", will retry", exc)
+                if final or not failing:
+                    logger.error("could not write usage to the store%s: %s", "" if final else ", will retry", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.warning("usage written to the store again")
+                failing = False
 
     def stop(self) -> None:
         self._stopping.set()

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.keys import generate_key
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, ServerProcess, cli_json, gateway_cli, received_ids
+from tests.servers import GatewayProcess, ServerProcess, cli_json, free_port, gateway_cli, received_ids
 
 # SQLite's WAL-index locks are fcntl locks on bytes 120 to 127 of the -shm file; holding them all
 # keeps every other process from starting a read or a write.
@@ -87,3 +91,79 @@ def test_a_known_key_outlives_its_cache_ttl_while_the_store_is_locked(gateway_fa
         unknown = {"Authorization": f"Bearer {generate_key(gw.config.keys.prefix)}"}
         assert httpx.get(f"{gw.url}/x", headers=unknown).status_code == 503
     assert "the key store cannot be read" in gw.log
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 8 MiB of its own (tmpfs), to fill up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small file system of its own: mount failed: {mounted.stderr.strip()!r}")
+    yield mount
+    # Lazy: the module's gateways, which hold the store open, are stopped after this.
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_a_full_disk(gateway_factory: GatewayFactory, small_disk: Path, request: pytest.FixtureRequest) -> None:
+    gw = gateway_factory(
+        {"usage": {"flush_seconds": "100ms"}, "store": {"url": f"sqlite:///{small_disk}/gateway.db"}}, admin=True
+    )
+    admin = httpx.Client(base_url=gw.admin_url or "", headers={"Authorization": f"Bearer {gw.ADMIN_TOKEN}"}, timeout=30)
+    request.addfinalizer(admin.close)
+    uncached = cli_json(gw, "keys", "create", "--user", gw.user_id)
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+
+    filler = fill(small_disk)
+    # A full disk stops writes, not reads: every key is still checked as it should be.
+    assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(3)] == [200, 200, 200]
+    assert httpx.get(f"{gw.url}/x", headers={"Authorization": f"Bearer {uncached['key']}"}).status_code == 200
+    written = admin.post("/admin/v1/keys", json={"user_id": gw.user_id})
+    assert written.status_code == 503 and written.json()["error"]["code"] == "store_unavailable"
+    revoked = gateway_cli(gw.config_path, "keys", "revoke", gw.key_id)
+    assert revoked.returncode != 0 and len(revoked.stderr.strip().splitlines()) == 1, revoked.stderr
+    assert gw.wait_for_log("could not write usage to the store, will retry"), gw.log
+
+    filler.unlink()
+    # The revocation that failed did not happen; the counts held in memory reach the store.
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+    deadline = time.monotonic() + 10
+    while cli_json(gw, "keys", "show", gw.key_id)["requests"] != 5:
+        assert time.monotonic() < deadline, "usage counted while the disk was full never reached the store"
+    assert cli_json(gw, "keys", "show", uncached["id"])["requests"] == 1
+    assert len(cli_json(gw, "keys", "list", "--user", gw.user_id)) == 2
+    assert gw.log.count("could not write usage to the store") == 1 and "usage written to the store again" in gw.log
+
+
+def test_a_read_only_store(small_disk: Path, tmp_path: Path) -> None:
+    # Linux will not make a file system read-only while a process holds a file on it open for
+    # writing, as the gateway does: a read-only store is one the gateway or the CLI meets at start.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"store:\n  url: sqlite:///{small_disk}/gateway.db\nupstream:\n  url: http://127.0.0.1:9\n")
+    assert gateway_cli(config, "users", "add", "bob").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+
+    lapsed = gateway_cli(config, "users", "set-subscription", "bob", "inactive")
+    assert lapsed.returncode != 0 and len(lapsed.stderr.strip().splitlines()) == 1, lapsed.stderr
+    served = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode != 0
+    assert f"cannot start: sqlite:///{small_disk}/gateway.db: cannot use the database" in served.stderr
+    assert "Traceback" not in served.stderr
