@@ -23,8 +23,10 @@ import json
 import logging
 import os
 import queue
+import select
 import threading
 import time
+from collections.abc import Iterator
 from typing import Final
 
 __all__ = ["AccessLog"]
@@ -117,7 +119,8 @@ class AccessLog:
 
     def _write_forever(self) -> None:
         while (block := self._blocks.get()) is not None:
-            self._write(block)
+            for piece in _whole_lines(block):
+                self._write(piece)
             self._written_lines += block.count(b"\n")
 
     def _write(self, data: bytes) -> None:
@@ -133,3 +136,19 @@ class AccessLog:
                 logger.warning("access log: cannot write to stdout: %s", exc)
                 return
             view = view[written:]
+
+
+def _whole_lines(block: bytes) -> Iterator[bytes]:
+    """``block`` in pieces of whole lines, each at most PIPE_BUF bytes where its lines allow: a
+    write that size to a pipe is atomic, so workers sharing one stdout never interleave lines."""
+    start, size = 0, len(block)
+    while size - start > select.PIPE_BUF:
+        cut = block.rfind(b"\n", start, start + select.PIPE_BUF)
+        if cut < 0:  # one line longer than PIPE_BUF: on its own
+            cut = block.find(b"\n", start + select.PIPE_BUF)
+            if cut < 0:
+                break
+        yield block[start : cut + 1]
+        start = cut + 1
+    if start < size:
+        yield block[start:]

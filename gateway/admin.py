@@ -33,8 +33,8 @@ from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.documents import created_document, iso, key_document, usage_document, user_document
 from gateway.metrics import Metrics
-from gateway.service import AlreadyExists, Invalid, KeyService, NotFound
-from gateway.store import is_store_failure, open_store
+from gateway.service import AlreadyExists, ChangeNotAnnounced, Invalid, KeyService, NotFound, open_service
+from gateway.store import is_store_failure
 from gateway.types import Receive, Scope, Send
 from gateway.units import parse_duration
 
@@ -277,6 +277,15 @@ async def _service_errors(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     """Any other failure, in the envelope: 503 when the store failed (the write did not happen),
     500 otherwise. Starlette still raises it afterwards, so uvicorn logs the traceback."""
+    if isinstance(exc, ChangeNotAnnounced):
+        response = error(
+            503,
+            "store_unavailable",
+            "The change was made, but Redis could not tell every gateway: they may use cached copies"
+            " for up to cache.ttl_seconds. Repeat it once Redis answers.",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     if is_store_failure(exc):
         response = error(503, "store_unavailable", "The key store is unavailable; nothing was changed. Retry later.")
         response.headers["Retry-After"] = "5"
@@ -291,12 +300,9 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await open_store(config.store.url)
-        api.service = KeyService(store, key_prefix=config.keys.prefix)
-        try:
+        async with open_service(config) as service:
+            api.service = service
             yield
-        finally:
-            await store.close()
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)

@@ -87,12 +87,28 @@ class GatewayApp:
             max_entries=config.cache.max_entries,
             metrics=self.metrics,
             lookup_timeout=config.store.lookup_timeout,
+            degraded_ttl=config.cache.degraded_ttl_seconds,
         )
         self.proxy.limiter = Limiter()
+        if config.redis.url is not None:
+            from gateway.redis_state import RedisState
+            from gateway.shared_limiter import SharedLimiter
+
+            shared = SharedLimiter(
+                RedisState(config.redis.url, timeout=config.redis.timeout),
+                self.proxy.limiter,
+                self.proxy.verifier,
+                fail_open=config.redis.on_failure == "open",
+                metrics=self.metrics,
+            )
+            resources.push_async_callback(shared.aclose)
+            self.proxy.shared_limiter = shared
         usage = UsageRecorder(store, metrics=self.metrics)
         self.proxy.usage = usage
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
+        publisher = asyncio.create_task(self.metrics.publish_forever())
+        resources.callback(publisher.cancel)
         client = self._given_client or await open_upstream_client(config.upstream)
         resources.push_async_callback(client.aclose)
         self.proxy.client = client

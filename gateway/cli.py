@@ -13,6 +13,7 @@ import logging
 import logging.config
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,8 @@ import uvicorn
 from gateway import __version__
 from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
 from gateway.cli_manage import db, keys, usage, users
+from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
 
 __all__ = ["main"]
 
@@ -41,22 +44,14 @@ def main() -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (uvicorn with uvloop and httptools), and the admin API if a token is set."""
-    from gateway.app import create_app
-    from gateway.http_protocol import protocol_class
     from gateway.logs import logging_config
-    from gateway.metrics import Metrics
 
     config = load(ctx)
-    if workers > 1:
+    if workers > 1 and config.redis.url is None:
         # Each worker would keep its own in-memory windows: every limit would be multiplied.
-        where = (
-            "redis.url is set, but this version keeps rate limits in memory only"
-            if config.redis.url
-            else ("configure shared storage with redis.url (GATEWAY_REDIS_URL) once Redis-backed limits are available")
-        )
         raise ConfigProblem(
             f"--workers {workers}: rate limits are counted in each worker's memory, so {workers} workers would"
-            f" allow {workers} times every limit; run one worker ({where})"
+            f" allow {workers} times every limit; set redis.url (GATEWAY_REDIS_URL) to share them, or run one"
         )
     host = host or config.listen.host
     port = config.listen.port if port is None else port
@@ -71,6 +66,48 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         config.error_profile.name,
         config.upstream.client,
     )
+    if config.admin_token is None:
+        logging.getLogger("gateway.error").info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
+    else:
+        logging.getLogger("gateway.error").info(
+            "admin API on http://%s:%d (token from %s)",
+            config.admin.host,
+            config.admin.port,
+            "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
+        )
+    if workers == 1:
+        _serve_process(config, host, port, log_config, sockets=None, metrics=None)
+        return
+    from gateway.metrics import WorkerSlots
+    from gateway.workers import run_workers
+
+    # Bound once, here; every worker accepts on them.
+    sockets = [uvicorn.Config("gateway:app", host=host, port=port).bind_socket()]
+    if config.admin_token is not None:
+        sockets.append(uvicorn.Config("gateway:app", host=config.admin.host, port=config.admin.port).bind_socket())
+    slots = WorkerSlots(workers)  # shared with every worker: /metrics adds them up
+
+    def serve_worker(index: int) -> None:
+        metrics = Metrics(slots, index)
+        _serve_process(config, host, port, log_config, sockets=sockets, metrics=metrics)
+
+    ctx.exit(run_workers(workers, serve_worker))
+
+
+def _serve_process(
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    log_config: dict[str, Any],
+    *,
+    sockets: list[socket.socket] | None,
+    metrics: Metrics | None,
+) -> None:
+    """Serve the public listener, and the admin listener if there is a token, in this process:
+    on ``sockets`` (public, then admin) if given, else on sockets of its own."""
+    from gateway.app import create_app
+    from gateway.http_protocol import protocol_class
+
     server_options: dict[str, Any] = {
         "loop": "uvloop",
         "http": "httptools",
@@ -85,7 +122,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         "access_log": False,
         "timeout_graceful_shutdown": config.listen.shutdown_timeout,
     }
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     app = create_app(config, metrics=metrics)
     public = uvicorn.Config(
         app,
@@ -95,8 +132,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.proxy)}),
     )
     if config.admin_token is None:
-        logging.getLogger("gateway.error").info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
-        uvicorn.Server(public).run()
+        run_servers([public], sockets)
         return
     from gateway.admin import create_admin_app
 
@@ -107,13 +143,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         log_config=None,
         **server_options,
     )
-    logging.getLogger("gateway.error").info(
-        "admin API on http://%s:%d (token from %s)",
-        config.admin.host,
-        config.admin.port,
-        "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
-    )
-    run_servers([public, admin])
+    run_servers([public, admin], sockets)
 
 
 class _SharedSignals(uvicorn.Server):
@@ -124,10 +154,12 @@ class _SharedSignals(uvicorn.Server):
         yield
 
 
-def run_servers(configs: list[uvicorn.Config]) -> None:
-    """Serve several listeners in one process and event loop; SIGTERM or SIGINT stops them all
-    gracefully (each runs its lifespan shutdown), a second one forces the exit."""
+def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | None = None) -> None:
+    """Serve several listeners in one process and event loop (on ``sockets``, one for each, if
+    given); SIGTERM or SIGINT stops them all gracefully (each runs its lifespan shutdown), a second
+    one forces the exit."""
     servers = [_SharedSignals(config) for config in configs]
+    listening = [None] * len(servers) if sockets is None else [[sock] for sock in sockets]
 
     async def serve_all() -> None:
         loop = asyncio.get_running_loop()
@@ -140,7 +172,7 @@ def run_servers(configs: list[uvicorn.Config]) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(*(server.serve(given) for server, given in zip(servers, listening, strict=True)))
 
     with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
         runner.run(serve_all())

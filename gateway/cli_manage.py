@@ -16,8 +16,8 @@ import click
 
 from gateway.cli_common import config_option, emit, json_option, load, table
 from gateway.documents import KEY_FIELDS, created_document, iso, key_document, usage_document, user_document
-from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError
-from gateway.store import ApiKey, StoreError, is_store_failure, open_store
+from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, open_service
+from gateway.store import ApiKey, StoreError, is_store_failure
 from gateway.units import parse_duration
 
 __all__ = ["db", "keys", "usage", "users"]
@@ -35,11 +35,9 @@ def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hin
     config = load(ctx)
 
     async def main() -> T:
-        store = await open_store(config.store.url)
-        try:
-            return await action(KeyService(store, key_prefix=config.keys.prefix))
-        finally:
-            await store.close()
+        # An operator would rather wait a little for Redis than see a command fail.
+        async with open_service(config, redis_timeout=max(config.redis.timeout, 5.0)) as service:
+            return await action(service)
 
     try:
         return asyncio.run(main())

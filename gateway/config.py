@@ -35,6 +35,7 @@ __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UpstreamClientName = Literal["aiohttp", "httpx"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+RedisFailure = Literal["open", "closed"]
 
 ENV_OVERRIDES: Mapping[str, str] = {
     "GATEWAY_UPSTREAM_URL": "upstream.url",
@@ -80,6 +81,8 @@ class KeysConfig:
 class CacheConfig:
     ttl_seconds: float = 60.0
     max_entries: int = 100_000
+    # While Redis is down (redis.on_failure: open), no epoch announces changes: verdicts live this long.
+    degraded_ttl_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,10 @@ class StoreConfig:
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str | None = None
+    # What requests get while Redis cannot be used: "open" (limits per process) or "closed" (503).
+    on_failure: RedisFailure = "open"
+    # The longest a request waits for Redis before the gateway counts it as down.
+    timeout: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +382,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "keys.prefix": _key_prefix,
     "cache.ttl_seconds": _positive_duration,
     "cache.max_entries": _positive_int,
+    "cache.degraded_ttl_seconds": _positive_duration,
     "identity_headers.user_id": _header_name,
     "identity_headers.key_id": _header_name,
     "cors.deny_prefixes": _path_prefixes,
@@ -391,6 +399,8 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "store.url": _store_url,
     "store.lookup_timeout": _positive_duration,
     "redis.url": _redis_url,
+    "redis.on_failure": _choice("open", "closed"),
+    "redis.timeout": _positive_duration,
     "logging.level": _choice("debug", "info", "warning", "error"),
     "logging.access": _boolean,
     "errors.profile": _string,

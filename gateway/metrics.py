@@ -1,27 +1,31 @@
-"""Prometheus metrics of one gateway process, exposed with prometheus-client.
+"""Prometheus metrics of the gateway, exposed with prometheus-client.
 
 Served as ``GET /metrics`` on the admin listener. No key material and no per-key labels: the only
-label is a request's ``outcome``. ``gateway serve`` runs one process (``--workers`` above 1 is
-refused), so no multiprocess collection is needed yet.
+label is a request's ``outcome``.
 
-The per-request metrics (outcomes, the gateway's own time, the upstream's time, cache hits and
-misses) are plain integers and lists bumped on the event loop, and turned into metric families
+Every value is a plain number bumped on the event loop's thread, and turned into metric families
 only when scraped (a prometheus-client custom collector): prometheus-client's own Counter and
 Histogram take a lock on every update, which measured at about 5 µs a request on the hot path.
-The rest (store queries, usage flushes, admin refusals) are prometheus-client metrics as usual.
+
+With ``serve --workers N`` a scrape reaches one worker, so each worker copies its values, once a
+second, into its slot of a memory block the parent shared before forking (``WorkerSlots``), and a
+scrape adds up every slot (its own values live). A worker that replaces a dead one starts from
+that one's slot, so no total ever goes down. The ``process_*`` family is the answering process's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import mmap
+import struct
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["OUTCOMES", "Metrics"]
+__all__ = ["OUTCOMES", "Metrics", "WorkerSlots"]
 
 OUTCOMES = (
     "forwarded",
@@ -45,6 +49,7 @@ OUTCOMES = (
 # The gateway's own time is tens of microseconds; the upstream's, milliseconds to seconds.
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PUBLISH_SECONDS = 1.0
 
 
 class LoopHistogram:
@@ -61,67 +66,50 @@ class LoopHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+    def values(self) -> list[float]:
+        return [*self.counts, self.total]
+
+    def family(self, name: str, documentation: str, values: Sequence[float]) -> HistogramMetricFamily:
+        cumulative, buckets = 0.0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), values[:-1], strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=values[-1])
 
 
-class _HotPathCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+class LoopCounter:
+    __slots__ = ("value",)
 
-    def collect(self) -> Iterator[Metric]:
-        m = self._metrics
-        requests = CounterMetricFamily(
-            "gateway_requests", "Requests on the public listener, by outcome.", labels=["outcome"]
-        )
-        for name in OUTCOMES:
-            requests.add_metric([name], m.outcomes[name])
-        yield requests
-        yield m.overhead.family(
-            "gateway_overhead_seconds",
-            "The gateway's own time per request, without the wait for the upstream's response head.",
-        )
-        yield m.upstream.family(
-            "gateway_upstream_seconds", "Time from sending a request upstream until its response head arrived."
-        )
-        yield CounterMetricFamily("gateway_cache_hits", "Key verdicts found in the cache.", value=m.cache_hits)
-        yield CounterMetricFamily("gateway_cache_misses", "Key verdicts looked up in the store.", value=m.cache_misses)
-        # Scraped on the admin listener, which shares the public listener's event loop: a count that
-        # grows with traffic and never comes back down is a leak (a request's task left behind).
-        try:
-            tasks = len(asyncio.all_tasks())
-        except RuntimeError:  # no running loop: rendered outside the server
-            return
-        yield GaugeMetricFamily("gateway_event_loop_tasks", "Tasks alive on the event loop.", value=tasks)
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def set(self, value: float) -> None:
+        self.value = value
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, slots: WorkerSlots | None = None, slot: int = 0) -> None:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.overhead = LoopHistogram(_FAST)
         self.upstream = LoopHistogram(_SLOW)
+        self.store_query = LoopHistogram(_SLOW)
+        self.usage_flush = LoopHistogram(_SLOW)
         self.cache_hits = 0
         self.cache_misses = 0
+        self.usage_flush_failures = LoopCounter()
+        self.admin_auth_failures = LoopCounter()
+        self.redis_failures = LoopCounter()
+        self.redis_degraded = LoopCounter()  # a gauge: 1 while degraded
+        self._slots, self._slot = slots, slot
+        if slots is not None:
+            self._restore(slots.read(slot))
         self.registry = registry = CollectorRegistry()
-        registry.register(_HotPathCollector(self))
+        registry.register(_Collector(self))
         # process_open_fds, process_resident_memory_bytes, ...: what a flood or a leak shows in first.
         ProcessCollector(registry=registry)
-        self.store_query = Histogram(
-            "gateway_store_query_seconds", "Key look-ups in the store.", buckets=_SLOW, registry=registry
-        )
-        self.usage_flush = Histogram(
-            "gateway_usage_flush_seconds", "Writes of usage counters to the store.", buckets=_SLOW, registry=registry
-        )
-        self.usage_flush_failures = Counter(
-            "gateway_usage_flush_failures", "Failed writes of usage counters (kept for the next).", registry=registry
-        )
-        self.admin_auth_failures = Counter(
-            "gateway_admin_auth_failures", "Admin requests with a missing or wrong token.", registry=registry
-        )
 
     def request(self, outcome: str, overhead: float, upstream: float | None) -> None:
         """One request on the public listener; ``upstream`` is None when it was not sent upstream."""
@@ -130,5 +118,136 @@ class Metrics:
         if upstream is not None:
             self.upstream.observe(upstream)
 
+    def values(self) -> list[float]:
+        """Every value, flat, in a fixed order (the slots' layout); the live gauges last."""
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop: rendered outside the server
+            tasks = 0
+        return [
+            *self.outcomes.values(),
+            *self.overhead.values(),
+            *self.upstream.values(),
+            *self.store_query.values(),
+            *self.usage_flush.values(),
+            self.cache_hits,
+            self.cache_misses,
+            self.usage_flush_failures.value,
+            self.admin_auth_failures.value,
+            self.redis_failures.value,
+            self.redis_degraded.value,
+            tasks,
+        ]
+
+    def _restore(self, values: Sequence[float]) -> None:
+        """Start counting from a dead worker's last values (its gauges are not carried over)."""
+        if not any(values):
+            return
+        it = iter(values)
+        for name in OUTCOMES:
+            self.outcomes[name] = int(next(it))
+        for histogram in (self.overhead, self.upstream, self.store_query, self.usage_flush):
+            histogram.counts = [int(next(it)) for _ in histogram.counts]
+            histogram.total = next(it)
+        self.cache_hits, self.cache_misses = int(next(it)), int(next(it))
+        for counter in (self.usage_flush_failures, self.admin_auth_failures, self.redis_failures):
+            counter.value = next(it)
+
+    def totals(self) -> list[float]:
+        """This process's values, plus every other worker's last published ones."""
+        own = self.values()
+        if self._slots is None:
+            return own
+        return self._slots.add_others(self._slot, own)
+
+    async def publish_forever(self) -> None:
+        """Copy the values into this worker's slot every PUBLISH_SECONDS (with --workers N)."""
+        if self._slots is None:
+            return
+        while True:
+            self._slots.write(self._slot, self.values())
+            await asyncio.sleep(PUBLISH_SECONDS)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def vector_size() -> int:
+    return len(Metrics().values())
+
+
+class WorkerSlots:
+    """One row of doubles per worker in an anonymous shared mapping, made before forking."""
+
+    def __init__(self, workers: int) -> None:
+        self._row = struct.Struct(f"<{vector_size()}d")
+        self.workers = workers
+        self._map = mmap.mmap(-1, self._row.size * workers)
+
+    def write(self, slot: int, values: Sequence[float]) -> None:
+        self._row.pack_into(self._map, slot * self._row.size, *values)
+
+    def read(self, slot: int) -> tuple[float, ...]:
+        return self._row.unpack_from(self._map, slot * self._row.size)
+
+    def add_others(self, slot: int, own: Sequence[float]) -> list[float]:
+        total = list(own)
+        for other in range(self.workers):
+            if other != slot:
+                for i, value in enumerate(self.read(other)):
+                    total[i] += value
+        return total
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        values = m.totals()
+        at = 0
+
+        def take(count: int) -> Sequence[float]:
+            nonlocal at
+            at += count
+            return values[at - count : at]
+
+        requests = CounterMetricFamily(
+            "gateway_requests", "Requests on the public listener, by outcome.", labels=["outcome"]
+        )
+        for name, count in zip(OUTCOMES, take(len(OUTCOMES)), strict=True):
+            requests.add_metric([name], count)
+        yield requests
+        histograms = (
+            (
+                m.overhead,
+                "gateway_overhead_seconds",
+                "The gateway's own time per request, without the wait for the upstream's response head.",
+            ),
+            (
+                m.upstream,
+                "gateway_upstream_seconds",
+                "Time from sending a request upstream until its response head arrived.",
+            ),
+            (m.store_query, "gateway_store_query_seconds", "Key look-ups in the store."),
+            (m.usage_flush, "gateway_usage_flush_seconds", "Writes of usage counters to the store."),
+        )
+        for histogram, name, documentation in histograms:
+            yield histogram.family(name, documentation, take(len(histogram.counts) + 1))
+        for name, documentation in (
+            ("gateway_cache_hits", "Key verdicts found in the cache."),
+            ("gateway_cache_misses", "Key verdicts looked up in the store."),
+            ("gateway_usage_flush_failures", "Failed writes of usage counters (kept for the next)."),
+            ("gateway_admin_auth_failures", "Admin requests with a missing or wrong token."),
+            ("gateway_redis_failures", "Times Redis stopped answering (each starts a degraded spell)."),
+        ):
+            yield CounterMetricFamily(name, documentation, value=take(1)[0])
+        yield GaugeMetricFamily(
+            "gateway_redis_degraded",
+            "Processes that cannot use Redis (limits per process, or 503 with redis.on_failure: closed).",
+            value=take(1)[0],
+        )
+        # A count that grows with traffic and never comes back down is a leak (a request's task
+        # left behind).
+        yield GaugeMetricFamily("gateway_event_loop_tasks", "Tasks alive on the event loops.", value=take(1)[0])

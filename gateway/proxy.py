@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.access_log import AccessLog
@@ -39,6 +40,9 @@ from gateway.headers import ForwardedRequest, RequestHeaderRules, response_heade
 from gateway.metrics import Metrics
 from gateway.profiles import ErrorProfile
 from gateway.ratelimit import Limiter
+
+if TYPE_CHECKING:  # redis is imported only when redis.url is set
+    from gateway.shared_limiter import SharedLimiter
 from gateway.ratelimit_headers import RateLimitHeaderWriter
 from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
@@ -209,6 +213,8 @@ class Proxy:
         self.client: UpstreamClient | None = None
         self.verifier: Verifier | None = None
         self.limiter: Limiter | None = None
+        # Set when redis.url is: the limits every worker and replica share.
+        self.shared_limiter: SharedLimiter | None = None
         self.usage: UsageRecorder | None = None
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
@@ -303,6 +309,19 @@ class Proxy:
                 return
         try:
             identity = await verifier.verify(forwarded.authorization)
+            exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
+            shared = self.shared_limiter
+            if shared is None:
+                decision = limiter.hit(identity.key_id, identity.limits)
+            else:
+                decision, epoch = await shared.hit(identity.key_id, identity.limits)
+                if epoch is not None and verifier.note_epoch(epoch):
+                    # Something was written since this process last looked (a revocation on
+                    # another replica, say): the cached verdict may be stale; check afresh.
+                    checked = await verifier.verify(forwarded.authorization)
+                    if checked.limits != identity.limits:
+                        decision, _ = await shared.hit(checked.key_id, checked.limits)
+                    identity = checked
         except GatewayError as error:
             # Answered before the body is read: an unauthenticated upload is never taken in.
             if throttle is not None and address is not None and error.situation == "invalid_credentials":
@@ -310,8 +329,6 @@ class Proxy:
             exchange.status = await send_error(send, self._profile, error, extra=[request_id])
             exchange.outcome = OUTCOME_OF[error.situation]
             return
-        exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
-        decision = limiter.hit(identity.key_id, identity.limits)
         extra_headers = self._rate_headers.headers(decision, limiter.clock())
         extra_headers.append(request_id)
         if not decision.allowed:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from limits import RateLimitItem, parse_many
 
-__all__ = ["Decision", "Limiter", "Window", "parse_limits", "window_name"]
+__all__ = ["Decision", "Limiter", "Limits", "Window", "choose_shown", "parse_limits", "window_name"]
 
 Limits = tuple[RateLimitItem, ...]
 
@@ -118,11 +118,7 @@ class Limiter:
         windows = tuple(
             [Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now) for i, item in enumerate(limits)]
         )
-        if allowed:
-            shown = windows[0] if len(windows) == 1 else min(windows, key=_closest_to_running_out)
-        else:
-            shown = max((w for w in windows if w.remaining <= 0), key=_reset_at)
-        return Decision(allowed, shown, windows)
+        return Decision(allowed, choose_shown(allowed, windows), windows)
 
     def retry_after(self, window: Window) -> int:
         """Whole seconds until ``window`` closes, rounded up, at least 1."""
@@ -149,6 +145,13 @@ class Limiter:
         for key_id in closed:
             del self._keys[key_id]
         self._until_sweep = max(self.MIN_SWEEP_INTERVAL, len(self._keys))
+
+
+def choose_shown(allowed: bool, windows: tuple[Window, ...]) -> Window:
+    """The window the response headers describe (see ``Decision.shown``)."""
+    if allowed:
+        return windows[0] if len(windows) == 1 else min(windows, key=_closest_to_running_out)
+    return max((w for w in windows if w.remaining <= 0), key=_reset_at)
 
 
 def _closest_to_running_out(window: Window) -> tuple[int, float]:

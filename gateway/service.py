@@ -1,22 +1,38 @@
 """Managing users and keys: the one place the rules live, for the CLI and the admin API alike.
 
 Every change goes through the store, whose change counter makes it count on the very next
-request in every gateway process (``verify.py``). A full key exists only in the value that
+request in every gateway process on this host (``verify.py``); with Redis, each write is also
+announced there (the change epoch, ``redis_state.py``) for every other host. A full key exists only in the value that
 ``create_key`` and ``rotate_key`` return; the store keeps its SHA-256.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from gateway.config import GatewayConfig
 from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.ratelimit import parse_limits
-from gateway.store import ApiKey, KeyStore, Subscription, User, UserUsage
+from gateway.store import ApiKey, KeyStore, StoreError, Subscription, User, UserUsage, open_store
 
-__all__ = ["AlreadyExists", "CreatedKey", "Invalid", "KeyService", "NotFound", "ServiceError", "split_limits"]
+T = TypeVar("T")
+
+__all__ = [
+    "AlreadyExists",
+    "ChangeNotAnnounced",
+    "CreatedKey",
+    "Invalid",
+    "KeyService",
+    "NotFound",
+    "ServiceError",
+    "open_service",
+    "split_limits",
+]
 
 # Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
 USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
@@ -26,6 +42,10 @@ MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be writte
 
 class ServiceError(Exception):
     """A request the service refuses; the message says what to do."""
+
+
+class ChangeNotAnnounced(StoreError):
+    """The store took the write, but Redis could not tell the running gateways of it."""
 
 
 class NotFound(ServiceError):
@@ -92,10 +112,43 @@ def split_limits(stored: str | None) -> list[str] | None:
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, *, key_prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        key_prefix: str,
+        clock: Callable[[], float] = time.time,
+        announce: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """``announce`` tells every gateway process of a change (RedisState.announce_change)."""
         self.store = store
         self._prefix = key_prefix
         self._clock = clock
+        self._announce = announce
+
+    async def _write(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a store write, announced before (an unreachable Redis stops it before anything is
+        written) and after (a process that looked the key up in between drops what it read)."""
+        announce = self._announce
+        if announce is None:
+            return await write()
+        try:
+            await announce()
+        except Exception as exc:
+            raise StoreError(
+                f"Redis (redis.url) cannot be reached to tell the running gateways ({type(exc).__name__}: {exc});"
+                " nothing was changed: run it again once Redis answers"
+            ) from None
+        result = await write()
+        try:
+            await announce()
+        except Exception as exc:
+            raise ChangeNotAnnounced(
+                f"the change was written, but Redis stopped answering before the running gateways were told"
+                f" ({type(exc).__name__}: {exc}): they may act on their cached copy for up to cache.ttl_seconds;"
+                " run it again once Redis answers"
+            ) from None
+        return result
 
     def now(self) -> float:
         return self._clock()
@@ -105,7 +158,7 @@ class KeyService:
     async def add_user(self, user_id: str, subscription: str = "active") -> User:
         now = self._clock()
         user = User(_check_user_id(user_id), _check_subscription(subscription), now, now)
-        if not await self.store.add_user(user):
+        if not await self._write(lambda: self.store.add_user(user)):
             raise AlreadyExists(f"user {user_id!r} exists already")
         return user
 
@@ -116,7 +169,8 @@ class KeyService:
         return user
 
     async def set_subscription(self, user_id: str, subscription: str) -> User:
-        user = await self.store.set_subscription(user_id, _check_subscription(subscription), self._clock())
+        checked = _check_subscription(subscription)
+        user = await self._write(lambda: self.store.set_subscription(user_id, checked, self._clock()))
         if user is None:
             raise NotFound(f"no user {user_id!r}")
         return user
@@ -145,13 +199,14 @@ class KeyService:
             raise Invalid("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, _check_name(name), expires_at, _check_limits(rate_limits))
-        await self.store.add_key(created.record)
+        await self._write(lambda: self.store.add_key(created.record))
         return created
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | Sequence[str] | None) -> ApiKey:
         """Give the key its own limits, or None for rate_limits.default; counts on its next request."""
         await self.get_key(key_id)
-        key = await self.store.set_rate_limits(key_id, _check_limits(rate_limits))
+        checked = _check_limits(rate_limits)
+        key = await self._write(lambda: self.store.set_rate_limits(key_id, checked))
         assert key is not None
         return key
 
@@ -169,7 +224,7 @@ class KeyService:
     async def revoke_key(self, key_id: str) -> tuple[ApiKey, bool]:
         """The key, revoked now, and whether it had been revoked before."""
         before = await self.get_key(key_id)
-        key = await self.store.revoke_key(key_id, self._clock())
+        key = await self._write(lambda: self.store.revoke_key(key_id, self._clock()))
         assert key is not None
         return key, before.revoked_at is not None
 
@@ -184,7 +239,7 @@ class KeyService:
         # The new key expires when the old one would have: a rotation never extends a key's life.
         created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None
-        await self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until)
+        await self._write(lambda: self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until))
         return created, await self.get_key(old.id)
 
     def _new_key(self, user_id: str, name: str | None, expires_at: float | None, rate_limits: str | None) -> CreatedKey:
@@ -201,3 +256,22 @@ class KeyService:
             rate_limits=rate_limits,
         )
         return CreatedKey(key=key, record=record)
+
+
+@contextlib.asynccontextmanager
+async def open_service(config: GatewayConfig, *, redis_timeout: float | None = None) -> AsyncIterator[KeyService]:
+    """A KeyService on the configured store, announcing its writes through Redis if redis.url is set."""
+    store = await open_store(config.store.url)
+    try:
+        if config.redis.url is None:
+            yield KeyService(store, key_prefix=config.keys.prefix)
+            return
+        from gateway.redis_state import RedisState
+
+        state = RedisState(config.redis.url, timeout=redis_timeout or config.redis.timeout)
+        try:
+            yield KeyService(store, key_prefix=config.keys.prefix, announce=state.announce_change)
+        finally:
+            await state.aclose()
+    finally:
+        await store.close()

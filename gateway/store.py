@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "ApiKey",
@@ -81,6 +81,16 @@ class ApiKey:
     def __repr__(self) -> str:
         # The hash is not the key, but it is what a key is checked against: keep it out of logs.
         return f"ApiKey(id={self.id!r}, user_id={self.user_id!r}, prefix={self.prefix!r})"
+
+
+# The stores' column names and order: ApiKey's and User's fields, one column each.
+KEY_COLUMNS = tuple(f.name for f in fields(ApiKey))
+USER_COLUMNS = tuple(f.name for f in fields(User))
+
+
+def key_row(key: ApiKey) -> tuple[Any, ...]:
+    """The key's values in KEY_COLUMNS order, as the stores insert them."""
+    return tuple(getattr(key, name) for name in KEY_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -171,7 +181,10 @@ class KeyStore(Protocol):
 def is_store_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means the store could not be used (locked, read-only, disk full, gone),
     as opposed to a bug: the database driver's errors, I/O errors and StoreError."""
-    return isinstance(exc, StoreError | OSError | sqlite3.Error)
+    if isinstance(exc, StoreError | OSError | sqlite3.Error | TimeoutError):
+        return True
+    # asyncpg's errors (the server's, and the connection's), without importing it for SQLite.
+    return type(exc).__module__.startswith("asyncpg")
 
 
 async def open_store(url: str) -> KeyStore:
@@ -180,4 +193,8 @@ async def open_store(url: str) -> KeyStore:
         from gateway.store_sqlite import SQLiteStore
 
         return await SQLiteStore.open(url)
-    raise StoreError(f"store.url {url.split(':', 1)[0]}:// is not supported yet: use sqlite:///path.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from gateway.store_postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise StoreError(f"store.url {url.split(':', 1)[0]}:// is not supported: use sqlite:///path.db or postgresql://")

@@ -17,53 +17,31 @@ from typing import Any
 import aiosqlite
 
 from gateway.changes import ChangeCounter
-from gateway.store import ApiKey, NewerSchemaError, StoreError, Subscription, UsageDelta, User, UserUsage
+from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
+from gateway.store import (
+    KEY_COLUMNS,
+    USER_COLUMNS,
+    ApiKey,
+    StoreError,
+    Subscription,
+    UsageDelta,
+    User,
+    UserUsage,
+    key_row,
+)
 
-__all__ = ["MIGRATIONS", "SQLiteStore", "sqlite_path"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_path"]
 
 BUSY_TIMEOUT_MS = 5000
 
-# Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE users (
-            id TEXT PRIMARY KEY,
-            subscription TEXT NOT NULL CHECK (subscription IN ('active', 'inactive')),
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        """CREATE TABLE api_keys (
-            id TEXT PRIMARY KEY,
-            user_id TEXT NOT NULL REFERENCES users (id),
-            name TEXT,
-            prefix TEXT NOT NULL,
-            key_hash TEXT NOT NULL UNIQUE,
-            created_at REAL NOT NULL,
-            expires_at REAL,
-            revoked_at REAL,
-            last_used_at REAL,
-            replaced_by TEXT
-        )""",
-        "CREATE INDEX api_keys_user_id ON api_keys (user_id)",
-    ],
-    [
-        "ALTER TABLE api_keys ADD COLUMN rate_limits TEXT",
-        "ALTER TABLE api_keys ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE api_keys ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE api_keys ADD COLUMN credits INTEGER NOT NULL DEFAULT 0",
-    ],
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATIONS = migrations(real="REAL", big_integer="INTEGER")
 
-_KEY_COLUMNS = (
-    "id, user_id, name, prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, replaced_by,"
-    " rate_limits, requests, rate_limited, credits"
-)
-_KEY_FIELDS = len(_KEY_COLUMNS.split(","))
+_KEY_COLUMNS = ", ".join(KEY_COLUMNS)
+_KEY_FIELDS = len(KEY_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
-_USER_COLUMNS = "id, subscription, created_at, updated_at"
+_USER_COLUMNS = ", ".join(USER_COLUMNS)
 _FIND_KEY = (
-    "SELECT " + ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(",")) + ", u.subscription, u.created_at,"
+    "SELECT " + ", ".join(f"k.{c}" for c in KEY_COLUMNS) + ", u.subscription, u.created_at,"
     " u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
 )
 
@@ -168,11 +146,7 @@ class SQLiteStore:
             raise StoreError(f"{self.path} was replaced after the gateway opened it; restart the gateway")
 
     async def _check_not_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise NewerSchemaError(
-                f"{self.path}: the store has schema version {version}, newer than this gateway's "
-                f"{SCHEMA_VERSION}: upgrade the gateway to use it"
-            )
+        check_not_newer(version, str(self.path))
 
     async def migrate(self) -> int:
         await self._db.execute("BEGIN IMMEDIATE")
@@ -226,7 +200,7 @@ class SQLiteStore:
     # ------------------------------------------------------------------------------- keys
 
     async def add_key(self, key: ApiKey) -> None:
-        await self._write(_INSERT_KEY, _key_row(key))
+        await self._write(_INSERT_KEY, key_row(key))
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
@@ -234,13 +208,7 @@ class SQLiteStore:
         return _key(row) if row else None
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
-        columns = (
-            ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
-            + ", u.subscription, u.created_at, u.updated_at"
-        )
-        async with self._db.execute(
-            f"SELECT {columns} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?", (key_hash,)
-        ) as cursor:
+        async with self._db.execute(_FIND_KEY, (key_hash,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
@@ -264,7 +232,7 @@ class SQLiteStore:
     async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
-            await self._db.execute(_INSERT_KEY, _key_row(new_key))
+            await self._db.execute(_INSERT_KEY, key_row(new_key))
             if grace_until is None:
                 await self._db.execute(
                     "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
@@ -319,22 +287,3 @@ _ADD_USAGE = (
     " WHERE id = :id"
 )
 _USAGE_BY_USER = "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at) FROM api_keys"
-
-
-def _key_row(key: ApiKey) -> tuple[Any, ...]:
-    return (
-        key.id,
-        key.user_id,
-        key.name,
-        key.prefix,
-        key.key_hash,
-        key.created_at,
-        key.expires_at,
-        key.revoked_at,
-        key.last_used_at,
-        key.replaced_by,
-        key.rate_limits,
-        key.requests,
-        key.rate_limited,
-        key.credits,
-    )

@@ -96,6 +96,7 @@ class Verifier:
         timer: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         lookup_timeout: float = 2.0,
+        degraded_ttl: float = 1.0,
     ) -> None:
         self._store = store
         self._lookup_timeout = lookup_timeout
@@ -112,13 +113,26 @@ class Verifier:
         self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
+        # Bumped whenever the caches are emptied: a look-up that spans it is not cached.
+        self._generation = 0
+        # The shared change epoch (Redis) last seen; see note_epoch.
+        self._epoch: bytes | None = None
+        # While Redis cannot tell of changes, verdicts are dropped every degraded_ttl seconds.
+        self._timer = timer
+        self.degraded_ttl = degraded_ttl
+        self._degraded = False
+        self._refresh_at = 0.0
 
     async def verify(self, authorization: Sequence[bytes]) -> Identity:
         """The caller's identity; raises an AuthenticationError, SubscriptionInactive or StoreUnavailable."""
         token = bearer_token(authorization)
         changes = self._store.changes()
         if changes != self._seen:
-            self._forget(changes)
+            self._seen = changes
+            self._forget()
+        if self._degraded and self._timer() >= self._refresh_at:
+            self._refresh_at = self._timer() + self.degraded_ttl
+            self._forget(keep_last_known=True)
         # The cache is keyed by the raw digest (half the memory of the hex the store uses).
         digest = hashlib.sha256(token).digest()
         try:
@@ -153,14 +167,32 @@ class Verifier:
             raise SubscriptionInactive(f"user {identity.user_id} has no active subscription")
         return identity
 
-    def _forget(self, changes: int) -> None:
+    def note_epoch(self, epoch: bytes) -> bool:
+        """The shared change epoch, as read with this request's rate limits: True if it moved
+        since last seen (then every cached verdict is gone, and the caller checks its key again)."""
+        if epoch == self._epoch:
+            return False
+        self._epoch = epoch
+        self._forget()
+        return True
+
+    def set_degraded(self, degraded: bool) -> None:
+        """Redis cannot (True) or can again (False) announce changes."""
+        self._degraded = degraded
+        self._refresh_at = self._timer() + self.degraded_ttl
+        if not degraded:
+            self._forget(keep_last_known=True)
+
+    def _forget(self, *, keep_last_known: bool = False) -> None:
         self._hits.clear()
         self._misses.clear()
-        self._last_known.clear()
+        if not keep_last_known:
+            # Only a known write empties these: they answer for a store that cannot be read.
+            self._last_known.clear()
         # Look-ups already under way may have read the old state: let them finish for their
         # own waiters, but make new requests start afresh.
         self._inflight = {}
-        self._seen = changes
+        self._generation += 1
 
     async def _look_up(self, digest: bytes) -> _Verdict:
         pending = self._inflight.get(digest)
@@ -169,7 +201,7 @@ class Verifier:
         inflight = self._inflight
         future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
         inflight[digest] = future
-        changes_before = self._store.changes()
+        changes_before, generation = self._store.changes(), self._generation
         try:
             verdict = await self._fetch(digest.hex())
         except BaseException as exc:
@@ -181,7 +213,7 @@ class Verifier:
         future.set_result(verdict)
         # Cache only what was read with no write in between: a write during the look-up may
         # have been missed by it.
-        if self._store.changes() == changes_before == self._seen:
+        if self._store.changes() == changes_before == self._seen and generation == self._generation:
             if verdict.identity is not None:
                 self._hits[digest] = verdict
                 self._last_known[digest] = verdict

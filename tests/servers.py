@@ -155,6 +155,7 @@ class GatewayProcess(ServerProcess):
         env: dict[str, str] | None = None,
         admin: bool = False,
         parser: str = "gateway",
+        workers: int = 1,
     ):
         """``parser="h11"`` serves the same app with plain uvicorn and its h11 parser instead of
         ``gateway serve`` (its own httptools protocol): for the framing tests' comparison."""
@@ -176,7 +177,9 @@ class GatewayProcess(ServerProcess):
         self.key: str = created.key
         self.key_id = created.record.id
         self.parser = parser
+        self.workers = workers
         command = ["-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(port)]
+        command += ["--workers", str(workers)]
         if parser == "h11":
             command = ["-m", "uvicorn", "--factory", "tests.adversarial.h11_gateway:create", "--http", "h11"]
             command += ["--port", str(port), "--app-dir", str(REPO), "--no-server-header", "--no-access-log"]
@@ -188,13 +191,15 @@ class GatewayProcess(ServerProcess):
 
     @classmethod
     def restart(cls, old: GatewayProcess) -> GatewayProcess:
-        """A new ``gateway serve`` (on a new port) on the config and store of ``old``, which has exited."""
+        """A new ``gateway serve`` (on a new port) on the config and store of ``old``: a restart once
+        ``old`` has exited, or another replica beside it. The caller stops it."""
         new = cls.__new__(cls)
-        for name in ("config_path", "config", "user_id", "key", "key_id", "parser"):
+        for name in ("config_path", "config", "user_id", "key", "key_id", "parser", "workers"):
             setattr(new, name, getattr(old, name))
         new.admin_url = None
         port = free_port()
         command = ["-m", "gateway", "serve", "--config", str(old.config_path), "--port", str(port)]
+        command += ["--workers", str(old.workers)]
         ServerProcess.__init__(new, command, port=port, cwd=old.config_path.parent)
         return new
 

@@ -1,17 +1,57 @@
-"""The key store's contract, on a real SQLite file in a temporary folder."""
+"""The key store's contract, run against both stores so that they cannot drift: a real SQLite file
+in a temporary folder, and the machine's PostgreSQL in a schema of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from gateway.store import ApiKey, KeyStore, NewerSchemaError, StoreError, User, open_store
-from gateway.store_sqlite import SCHEMA_VERSION
+from gateway.schema import SCHEMA_VERSION
+from gateway.store import ApiKey, KeyStore, NewerSchemaError, StoreError, UsageDelta, User, open_store
+from gateway.store_sqlite import sqlite_path
+from tests.services import postgres_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gateway.db"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+async def set_schema_version(url: str, version: int) -> None:
+    """What a newer gateway would have left behind."""
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(sqlite_path(url))) as db:
+            db.execute(f"PRAGMA user_version = {version}")
+        return
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("UPDATE gateway_schema SET version = $1", version)
+    finally:
+        await connection.close()
+
+
+def moved(store: KeyStore, seen: int) -> bool:
+    return store.changes() != seen
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 def key(key_id: str, user_id: str = "alice", key_hash: str = "a" * 64, **kwargs: Any) -> ApiKey:
@@ -42,7 +82,7 @@ async def test_keys(store: KeyStore) -> None:
     assert await store.find_key("3" * 64) is None
     assert [k.id for k in await store.list_keys()] == ["key_1", "key_2"]
     assert [k.id for k in await store.list_keys("bob")] == ["key_2"]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
         await store.add_key(key("key_3", key_hash="1" * 64))  # the hash is unique
 
     revoked = await store.revoke_key("key_1", 10.0)
@@ -63,7 +103,7 @@ async def test_keys(store: KeyStore) -> None:
 
 
 async def test_every_write_advances_the_change_counter(store: KeyStore, store_url: str) -> None:
-    other = await open_store(store_url)  # another process's view of the same store
+    other = await open_store(store_url)  # another process's view of the same store (PostgreSQL: notified)
     try:
         seen = other.changes()
         writes = [
@@ -75,7 +115,7 @@ async def test_every_write_advances_the_change_counter(store: KeyStore, store_ur
         ]
         for write in writes:
             await write
-            assert other.changes() != seen
+            await until(functools.partial(moved, other, seen))
             seen = other.changes()
     finally:
         await other.close()
@@ -95,9 +135,9 @@ async def test_schema_is_versioned_and_migrated_once(store_url: str) -> None:
             await s.close()
 
 
-async def test_a_newer_store_is_refused(store_url: str, tmp_path: Path) -> None:
-    with contextlib.closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+async def test_a_newer_store_is_refused(store_url: str) -> None:
+    await (await open_store(store_url)).close()
+    await set_schema_version(store_url, SCHEMA_VERSION + 1)
     with pytest.raises(NewerSchemaError, match="newer than this gateway's .*: upgrade the gateway"):
         await open_store(store_url)
 
@@ -105,3 +145,22 @@ async def test_a_newer_store_is_refused(store_url: str, tmp_path: Path) -> None:
 async def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         await open_store(f"sqlite:///{tmp_path}/absent/gateway.db")
+
+
+async def test_usage_from_several_processes_adds_up(store_url: str) -> None:
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        await stores[0].add_user(User("alice", "active", 1.0, 1.0))
+        await stores[0].add_key(key("key_1"))
+        flushes = [
+            s.add_usage({"key_1": UsageDelta(requests=10, credits=3, last_used_at=100.0 + i)})
+            for i, s in enumerate(stores)
+        ]
+        await asyncio.gather(*flushes)
+        used = await stores[1].get_key("key_1")
+        assert used is not None and (used.requests, used.credits, used.last_used_at) == (30, 9, 102.0)
+        [total] = await stores[2].usage_by_user("alice")
+        assert (total.requests, total.credits, total.last_used_at) == (30, 9, 102.0)
+    finally:
+        for s in stores:
+            await s.close()

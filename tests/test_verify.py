@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -13,6 +15,7 @@ from gateway.keys import generate_key, hash_key
 from gateway.ratelimit import parse_limits
 from gateway.service import KeyService
 from gateway.store import ApiKey, KeyStore, open_store
+from gateway.store_sqlite import sqlite_path
 from gateway.verify import Verifier, bearer_token
 
 PREFIX = "mk_live_"
@@ -181,3 +184,40 @@ def test_error_messages_never_hold_the_key() -> None:
         with pytest.raises(InvalidCredentials) as caught:
             bearer_token(values)
         assert key not in str(caught.value) and key not in repr(caught.value)
+
+
+def revoke_unheard(store_url: str, key_id: str) -> None:
+    """A revocation this process cannot hear of: written to the shared store by another host,
+    which does not touch this host's change counter."""
+    with contextlib.closing(sqlite3.connect(sqlite_path(store_url))) as db, db:
+        db.execute("UPDATE api_keys SET revoked_at = 1 WHERE id = ?", (key_id,))
+
+
+async def test_a_new_shared_epoch_empties_the_cache(verifier: Verifier, store: KeyStore, store_url: str) -> None:
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    assert verifier.note_epoch(b"1795992434597421")  # the first epoch seen
+    await verifier.verify(bearer(created.key))
+    assert not verifier.note_epoch(b"1795992434597421")
+    revoke_unheard(store_url, created.record.id)
+    await verifier.verify(bearer(created.key))  # still the cached verdict
+    assert verifier.note_epoch(b"1795992434597422")  # another replica announced a write
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(created.key))
+
+
+async def test_while_redis_is_down_verdicts_live_at_most_the_degraded_ttl(
+    verifier: Verifier, store: KeyStore, store_url: str, clock: Clock
+) -> None:
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    verifier.set_degraded(True)
+    await verifier.verify(bearer(created.key))
+    revoke_unheard(store_url, created.record.id)
+    clock.tick(verifier.degraded_ttl * 0.9)
+    await verifier.verify(bearer(created.key))  # still the cached verdict
+    clock.tick(verifier.degraded_ttl * 0.2)
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(created.key))

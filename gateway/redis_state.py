@@ -1,0 +1,136 @@
+"""Redis as the state every worker and replica shares: each key's rate-limit windows, and the
+change epoch that tells every process to drop its cached key verdicts.
+
+One request costs one round trip: a Lua script (atomic in Redis) tests every window of the key,
+charges all of them or none, and reads the epoch in the same call. The windows are ``limits``'
+fixed windows (one opens at a key's first request and lasts its length), stored under
+``limits``' own key names (``RateLimitItem.key_for``). ``limits``' Redis strategy is not used as
+it is because it charges a key's windows one call at a time: two round trips for the default
+limits, plus a third for the epoch, and a request denied by the day window would still be
+charged to the minute window.
+
+The epoch is a counter that every store write advances (``announce_change``, before and after
+the write). Redis keeps nothing on disk here, so the counter may vanish with a restart: it is
+then started again at Redis's clock in microseconds, above any value it had before, so a process
+can never mistake a restarted counter for the one it last saw.
+
+Keys live in one Redis (or a primary with replicas): a Redis Cluster would need every key of a
+script in one slot, and the epoch is shared by all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from gateway.ratelimit import Decision, Limits, Window, choose_shown
+
+__all__ = ["EPOCH_KEY", "RedisState", "is_redis_failure"]
+
+EPOCH_KEY = "gateway:epoch"
+_LIMIT_NAMESPACE = "gateway"
+
+# An epoch that does not exist yet starts at Redis's clock in microseconds.
+_START_EPOCH = """
+local function epoch(key)
+  local value = redis.call('GET', key)
+  if not value then
+    local now = redis.call('TIME')
+    value = now[1] .. string.format('%06d', tonumber(now[2]))
+    redis.call('SET', key, value)
+  end
+  return value
+end
+"""
+
+# KEYS: the windows' keys, then the epoch's. ARGV: the windows' amounts, then their lengths in ms.
+_HIT = (
+    _START_EPOCH
+    + """
+local n = #ARGV / 2
+local counts, ttls, allowed = {}, {}, 1
+for i = 1, n do
+  local ttl = redis.call('PTTL', KEYS[i])
+  local count = 0
+  if ttl > 0 then count = tonumber(redis.call('GET', KEYS[i]) or '0') end
+  counts[i], ttls[i] = count, ttl
+  if count >= tonumber(ARGV[i]) then allowed = 0 end
+end
+if allowed == 1 then
+  for i = 1, n do
+    if counts[i] == 0 then
+      redis.call('SET', KEYS[i], 1, 'PX', ARGV[n + i])
+      ttls[i] = tonumber(ARGV[n + i])
+    else
+      redis.call('INCR', KEYS[i])
+    end
+    counts[i] = counts[i] + 1
+  end
+end
+return {allowed, counts, ttls, epoch(KEYS[n + 1])}
+"""
+)
+
+_ANNOUNCE = (
+    _START_EPOCH
+    + """
+epoch(KEYS[1])
+return redis.call('INCR', KEYS[1])
+"""
+)
+
+
+def is_redis_failure(exc: BaseException) -> bool:
+    """Redis could not be used: refused, reset, timed out, or an error it answered. uvloop raises
+    RuntimeError for a write to a connection the peer has reset, which redis-py lets through."""
+    return isinstance(exc, RedisError | OSError | TimeoutError | RuntimeError)
+
+
+class RedisState:
+    def __init__(self, url: str, *, timeout: float, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        # No retries of its own: a request waits at most one timeout, then the gateway's
+        # redis.on_failure decides. Connections are pooled; health is probed on failure only.
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False, retry=None
+        )
+        self._hit: Any = self.client.register_script(_HIT)
+        self._announce: Any = self.client.register_script(_ANNOUNCE)
+        self._keys: dict[tuple[str, Limits], list[str]] = {}
+
+    async def hit(self, key_id: str, limits: Limits) -> tuple[Decision, bytes]:
+        """Charge one request to every window of the key, or to none if any is full; with the epoch."""
+        names = self._keys.get((key_id, limits))
+        if names is None:
+            if len(self._keys) > 100_000:  # bounded: names are cheap to make again
+                self._keys.clear()
+            names = self._keys[(key_id, limits)] = [item.key_for(_LIMIT_NAMESPACE, key_id) for item in limits]
+        amounts = [item.amount for item in limits]
+        lengths = [item.get_expiry() * 1000 for item in limits]
+        allowed, counts, ttls, epoch = await self._hit(keys=[*names, EPOCH_KEY], args=[*amounts, *lengths])
+        now = self.clock()
+        windows = tuple(
+            Window(item, item.amount - count, now + ttl / 1000 if count else now)
+            for item, count, ttl in zip(limits, counts, ttls, strict=True)
+        )
+        return Decision(bool(allowed), choose_shown(bool(allowed), windows), windows), bytes(epoch)
+
+    async def announce_change(self) -> int:
+        """Advance the epoch: every process drops its cached verdicts at its next request."""
+        return int(await self._announce(keys=[EPOCH_KEY]))
+
+    async def epoch(self) -> bytes:
+        value = await self.client.get(EPOCH_KEY)
+        if value is None:
+            return b""
+        return value.encode() if isinstance(value, str) else value
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,57 @@
+"""The key store's schema, written once for both stores, SQLite and PostgreSQL, so the two cannot
+drift: only the names of two column types differ between them.
+
+Each entry of ``migrations()`` takes the schema from version i to i + 1. Append only; never edit a
+released one.
+"""
+
+from __future__ import annotations
+
+from gateway.store import NewerSchemaError
+
+__all__ = ["SCHEMA_VERSION", "check_not_newer", "migrations"]
+
+
+def migrations(*, real: str, big_integer: str) -> list[list[str]]:
+    """The statements, with ``real`` and ``big_integer`` as the store's names for those types."""
+    return [
+        [
+            f"""CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                subscription TEXT NOT NULL CHECK (subscription IN ('active', 'inactive')),
+                created_at {real} NOT NULL,
+                updated_at {real} NOT NULL
+            )""",
+            f"""CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users (id),
+                name TEXT,
+                prefix TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at {real} NOT NULL,
+                expires_at {real},
+                revoked_at {real},
+                last_used_at {real},
+                replaced_by TEXT
+            )""",
+            "CREATE INDEX api_keys_user_id ON api_keys (user_id)",
+        ],
+        [
+            "ALTER TABLE api_keys ADD COLUMN rate_limits TEXT",
+            f"ALTER TABLE api_keys ADD COLUMN requests {big_integer} NOT NULL DEFAULT 0",
+            f"ALTER TABLE api_keys ADD COLUMN rate_limited {big_integer} NOT NULL DEFAULT 0",
+            f"ALTER TABLE api_keys ADD COLUMN credits {big_integer} NOT NULL DEFAULT 0",
+        ],
+    ]
+
+
+SCHEMA_VERSION = len(migrations(real="", big_integer=""))
+
+
+def check_not_newer(version: int, where: str) -> None:
+    """Refuse a store that a newer gateway has migrated past what this one knows."""
+    if version > SCHEMA_VERSION:
+        raise NewerSchemaError(
+            f"{where}: the store has schema version {version}, newer than this gateway's "
+            f"{SCHEMA_VERSION}: upgrade the gateway to use it"
+        )

@@ -1,0 +1,108 @@
+"""Rate limits shared by every worker and replica through Redis, and what happens when Redis fails.
+
+While Redis answers, each request's windows are charged there and its answer carries the change
+epoch (``redis_state.py``); a new epoch makes the verifier drop its cached verdicts. When a call
+fails (refused, reset, or no answer within ``redis.timeout``), the process turns degraded at once
+and stops asking Redis on the hot path; a probe pings it every second until it answers. Then:
+
+- ``redis.on_failure: open`` (the default): limits are counted in this process's memory (each
+  replica and worker allows the full limit on its own), and cached verdicts live at most
+  ``cache.degraded_ttl_seconds``, since no epoch can say when to drop them;
+- ``redis.on_failure: closed``: every request that would be charged gets 503.
+
+Counts made in memory are not carried over to Redis when it is back (nothing is counted twice),
+and the verdict cache is emptied then, since writes made meanwhile could not be announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.ratelimit import Decision, Limiter, Limits
+from gateway.redis_state import RedisState, is_redis_failure
+from gateway.verify import Verifier
+
+__all__ = ["SharedLimiter"]
+
+logger = logging.getLogger("gateway.error")
+
+PROBE_INTERVAL = 1.0
+
+
+class SharedLimiter:
+    def __init__(
+        self,
+        state: RedisState,
+        fallback: Limiter,
+        verifier: Verifier,
+        *,
+        fail_open: bool,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.state = state
+        self.fallback = fallback
+        self._verifier = verifier
+        self._fail_open = fail_open
+        self._metrics = metrics
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._probe is not None
+
+    async def hit(self, key_id: str, limits: Limits) -> tuple[Decision, bytes | None]:
+        """The decision, and the epoch (None when it came from memory). Raises StoreUnavailable
+        when Redis cannot be used and ``redis.on_failure`` is ``closed``."""
+        if self._probe is None:
+            try:
+                return await self.state.hit(key_id, limits)
+            except Exception as exc:
+                if not is_redis_failure(exc):
+                    raise
+                self._degrade(exc)
+        if not self._fail_open:
+            raise StoreUnavailable("Redis cannot be used and redis.on_failure is closed", retry_after=1)
+        return self.fallback.hit(key_id, limits), None
+
+    def _degrade(self, exc: BaseException) -> None:
+        logger.warning(
+            "Redis cannot be used (%s: %s); %s until it answers",
+            type(exc).__name__,
+            exc,
+            f"limits are counted per process and cached keys are checked again every {self._verifier.degraded_ttl:g} s"
+            if self._fail_open
+            else "requests get 503 (redis.on_failure: closed)",
+        )
+        self._verifier.set_degraded(True)
+        if self._metrics is not None:
+            self._metrics.redis_degraded.set(1)
+            self._metrics.redis_failures.inc()
+        self._probe = asyncio.create_task(self._wait_for_redis())
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.state.ping()
+            except Exception as exc:
+                if not is_redis_failure(exc):
+                    raise
+                continue
+            break
+        self._probe = None
+        # Writes made meanwhile could not be announced: start from the store again.
+        self._verifier.set_degraded(False)
+        if self._metrics is not None:
+            self._metrics.redis_degraded.set(0)
+        logger.warning("Redis answers again; limits are shared again")
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self.state.aclose()

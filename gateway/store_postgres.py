@@ -1,0 +1,290 @@
+"""The PostgreSQL key store, through an asyncpg connection pool: the same schema, versions and
+behaviour as the SQLite store, for deployments with several replicas.
+
+The schema version lives in the table ``gateway_schema``; migrations run in one transaction under
+a transaction-scoped advisory lock, so replicas starting together migrate once.
+
+Changes: every write sends ``NOTIFY gateway_changes`` in its own transaction, delivered when it
+commits. Each process listens on a connection of its own and counts what it hears
+(``changes()``), so its cached verdicts are dropped as soon as a change made anywhere arrives,
+without a query on the hot path. A notification can be missed only while that connection is
+down; reconnecting counts as a change. With ``redis.url`` set, the change epoch in Redis makes
+the guarantee exact as well (``redis_state.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
+from gateway.store import (
+    KEY_COLUMNS,
+    USER_COLUMNS,
+    ApiKey,
+    StoreError,
+    Subscription,
+    UsageDelta,
+    User,
+    UserUsage,
+    key_row,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "redact"]
+
+logger = logging.getLogger("gateway.error")
+
+CHANNEL = "gateway_changes"
+# Any fixed number: the advisory lock that serialises migrations of this schema.
+MIGRATION_LOCK = 0x6761_7465_7761_7900
+RECONNECT_SECONDS = 1.0
+
+MIGRATIONS = migrations(real="DOUBLE PRECISION", big_integer="BIGINT")
+
+_KEY_COLUMNS = ", ".join(KEY_COLUMNS)
+_KEY_FIELDS = len(KEY_COLUMNS)
+_INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join(f'${i + 1}' for i in range(_KEY_FIELDS))})"
+_USER_COLUMNS = ", ".join(USER_COLUMNS)
+_FIND_KEY = (
+    "SELECT "
+    + ", ".join(f"k.{c}" for c in KEY_COLUMNS)
+    + ", u.subscription, u.created_at, u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id"
+    " WHERE k.key_hash = $1"
+)
+_ADD_USAGE = (
+    "UPDATE api_keys SET requests = requests + $1, rate_limited = rate_limited + $2, credits = credits + $3,"
+    " last_used_at = greatest(last_used_at, $4) WHERE id = $5"
+)
+_USAGE_BY_USER = "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at) FROM api_keys"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _user(row: Any) -> User:
+    return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(*tuple(row)[:_KEY_FIELDS])
+
+
+class PostgresStore:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        self._pool = pool
+        self._url = url
+        self._changes = 0
+        self._listener: asyncpg.Connection | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=10)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{redact(url)}: cannot connect: {exc}") from None
+        store = cls(pool, url)
+        try:
+            if migrate:
+                await store.migrate()
+            else:
+                await store._check_not_newer(await store.schema_version())
+            await store._listen()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # ------------------------------------------------------------------ change notifications
+
+    def _heard(self, *_: object) -> None:
+        self._changes += 1
+
+    async def _listen(self) -> None:
+        connection = await asyncpg.connect(self._url)
+        await connection.add_listener(CHANNEL, self._heard)
+        connection.add_termination_listener(self._lost)
+        self._listener = connection
+
+    def _lost(self, *_: object) -> None:
+        # Not counted as a change yet: if the server is down, nothing can be written, and keys known
+        # good must keep working. Reconnecting counts as one (whatever was missed meanwhile).
+        self._listener = None
+        if not self._closing and self._reconnect is None:
+            logger.warning("lost the store's change notifications; reconnecting")
+            self._reconnect = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(RECONNECT_SECONDS)
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                continue
+            self._changes += 1
+            logger.warning("the store's change notifications are back")
+            break
+        self._reconnect = None
+
+    def changes(self) -> int:
+        return self._changes
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=5)
+        await self._pool.close()
+
+    # ------------------------------------------------------------------------- schema
+
+    async def schema_version(self) -> int:
+        exists = await self._pool.fetchval("SELECT to_regclass('gateway_schema') IS NOT NULL")
+        if not exists:
+            return 0
+        return int(await self._pool.fetchval("SELECT version FROM gateway_schema"))
+
+    async def check(self) -> None:
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{redact(self._url)}: {exc}") from None
+
+    async def _check_not_newer(self, version: int) -> None:
+        check_not_newer(version, str(redact(self._url)))
+
+    async def migrate(self) -> int:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await connection.execute("CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)")
+            version = await connection.fetchval("SELECT version FROM gateway_schema")
+            if version is None:
+                await connection.execute("INSERT INTO gateway_schema (version) VALUES (0)")
+                version = 0
+            await self._check_not_newer(version)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await connection.execute(statement)
+            if version < SCHEMA_VERSION:
+                await connection.execute("UPDATE gateway_schema SET version = $1", SCHEMA_VERSION)
+        return SCHEMA_VERSION
+
+    async def _write(self, sql: str, *params: Any) -> str:
+        """Run one write and announce it, in one transaction; the command's status ("UPDATE 1")."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            status: str = await connection.execute(sql, *params)
+            await connection.execute(f"NOTIFY {CHANNEL}")
+        self._changes += 1
+        return status
+
+    # ------------------------------------------------------------------------------ users
+
+    async def add_user(self, user: User) -> bool:
+        status = await self._write(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+            user.id,
+            user.subscription,
+            user.created_at,
+            user.updated_at,
+        )
+        return status == "INSERT 0 1"
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+        return _user(row) if row else None
+
+    async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None:
+        status = await self._write(
+            "UPDATE users SET subscription = $1, updated_at = $2 WHERE id = $3", subscription, now, user_id
+        )
+        return await self.get_user(user_id) if status != "UPDATE 0" else None
+
+    async def list_users(self) -> Sequence[User]:
+        rows = await self._pool.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+        return [_user(row) for row in rows]
+
+    # ------------------------------------------------------------------------------- keys
+
+    async def add_key(self, key: ApiKey) -> None:
+        await self._write(_INSERT_KEY, *key_row(key))
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return _key(row) if row else None
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
+        row = await self._pool.fetchrow(_FIND_KEY, key_hash)
+        if row is None:
+            return None
+        key = _key(row)
+        subscription, created_at, updated_at = tuple(row)[_KEY_FIELDS:]
+        return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+
+    async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
+        if user_id is None:
+            rows = await self._pool.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        else:
+            rows = await self._pool.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id", user_id
+            )
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
+        await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2", now, key_id)
+        return await self.get_key(key_id)
+
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(_INSERT_KEY, *key_row(new_key))
+            if grace_until is None:
+                await connection.execute(
+                    "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2) WHERE id = $3",
+                    new_key.id,
+                    now,
+                    old_key_id,
+                )
+            else:
+                await connection.execute(
+                    "UPDATE api_keys SET replaced_by = $1, expires_at = least(coalesce(expires_at, $2), $2)"
+                    " WHERE id = $3",
+                    new_key.id,
+                    grace_until,
+                    old_key_id,
+                )
+            await connection.execute(f"NOTIFY {CHANNEL}")
+        self._changes += 1
+
+    async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
+        await self._write("UPDATE api_keys SET rate_limits = $1 WHERE id = $2", rate_limits, key_id)
+        return await self.get_key(key_id)
+
+    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+        # Increments, never totals: flushes from several replicas add up.
+        rows = [(d.requests, d.rate_limited, d.credits, d.last_used_at, k) for k, d in deltas.items()]
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.executemany(_ADD_USAGE, rows)
+
+    async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]:
+        if user_id is None:
+            rows = await self._pool.fetch(_USAGE_BY_USER + " GROUP BY user_id ORDER BY user_id")
+        else:
+            rows = await self._pool.fetch(
+                _USAGE_BY_USER + " WHERE user_id = $1 GROUP BY user_id ORDER BY user_id", user_id
+            )
+        return [UserUsage(row[0], int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows]

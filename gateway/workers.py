@@ -1,0 +1,98 @@
+"""``gateway serve --workers N``: N processes serving the same listening sockets.
+
+The parent binds the sockets, forks the workers before any event loop or thread exists, and
+then only supervises: SIGTERM or SIGINT is passed on to every worker, which finishes its requests
+in flight and writes its usage as a single process does; a worker that dies is replaced, unless
+it dies during its first seconds (a start-up failure, which a new worker would repeat), in which
+case every worker is stopped and the parent exits 1. uvicorn's own supervisor is not used
+because it starts workers from an import string, while the gateway's workers serve two
+listeners built around one app object (the public listener's protocol holds the proxy).
+
+The kernel shares connections among the workers accepting on the same socket. Limits and the
+change epoch live in Redis, so N workers behave as one (``serve`` refuses N > 1 without it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+
+__all__ = ["run_workers"]
+
+logger = logging.getLogger("gateway.error")
+
+# A worker that exits sooner than this after its start failed to start.
+STARTUP_SECONDS = 5.0
+
+
+def _fork(serve: Callable[[int], None], index: int) -> int:
+    pid = os.fork()
+    if pid == 0:  # the worker
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # run_servers installs its own on its loop
+        code = 0
+        try:
+            serve(index)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            logger.exception("worker %d failed", os.getpid())
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
+
+
+def run_workers(count: int, serve: Callable[[int], None]) -> int:
+    """Run ``serve(index)`` in ``count`` forked workers until told to stop; the exit status. A
+    worker that replaces another gets its index (its metrics slot)."""
+    workers: dict[int, tuple[int, float]] = {}  # pid -> its index, when it started
+    stopping = False
+    status = 0
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping and signum == signal.SIGINT:
+            for pid in workers:  # a second Ctrl-C: no more waiting
+                _kill(pid, signal.SIGKILL)
+        stopping = True
+        for pid in workers:
+            _kill(pid, signal.SIGTERM)
+
+    for index in range(count):
+        workers[_fork(serve, index)] = (index, time.monotonic())
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("started %d workers: %s", count, ", ".join(map(str, workers)))
+
+    while workers:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        worker = workers.pop(pid, None)
+        if worker is None or stopping:
+            continue
+        index, started = worker
+        code = os.waitstatus_to_exitcode(wait_status)
+        if time.monotonic() - started < STARTUP_SECONDS:
+            logger.error("worker %d exited during start-up (status %d); stopping the others", pid, code)
+            stopping, status = True, 1
+            for other in workers:
+                _kill(other, signal.SIGTERM)
+            continue
+        logger.warning("worker %d exited (status %d); starting another", pid, code)
+        workers[_fork(serve, index)] = (index, time.monotonic())
+    return status
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

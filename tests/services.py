@@ -1,0 +1,117 @@
+"""The shared services a scale-out test needs: the machine's Redis and PostgreSQL, and Redis
+servers of a test's own, which it may stop and start again.
+
+A test that needs a service skips, saying why, when the service cannot be reached; with
+``GATEWAY_REQUIRE_SERVICES=1`` (as ``.ci/run`` sets it) it fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.servers import free_port
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# A database of its own, emptied by each test that uses it: the machine's Redis may serve others.
+REDIS_TEST_DB = 13
+
+
+def unavailable(service: str, why: str) -> None:
+    """Skip the test, or fail it where the services are required."""
+    message = f"{service} is needed and {why}"
+    if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " (GATEWAY_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def machine_redis_url() -> str:
+    """The machine's Redis, its test database emptied."""
+    if not _answers_ping(REDIS_PORT):
+        unavailable("Redis", f"nothing answers PING on {REDIS_HOST}:{REDIS_PORT}")
+    with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as sock:
+        sock.sendall(f"SELECT {REDIS_TEST_DB}\r\nFLUSHDB\r\n".encode())
+        replies = b""
+        while replies.count(b"\r\n") < 2:
+            replies += sock.recv(64)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+
+
+class RedisServer:
+    """``redis-server`` of the test's own on a free port, keeping nothing on disk; ``stop()`` and
+    ``start()`` again on the same port, as an outage and its end."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server", "is not on PATH")
+        self._command = [str(binary), "--bind", REDIS_HOST, "--save", "", "--appendonly", "no"]
+        self._folder = folder
+        self.port = free_port()
+        self.url = f"redis://{REDIS_HOST}:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [*self._command, "--port", str(self.port), "--dir", str(self._folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not _answers_ping(self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+        self._process = None
+
+
+POSTGRES_DSN = "postgresql://127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL on the machine's PostgreSQL, in a schema of its own (dropped afterwards), so
+    tests never meet each other's tables."""
+    schema = f"gw_test_{secrets.token_hex(6)}"
+
+    async def run(sql: str) -> None:
+        connection = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(run(f"CREATE SCHEMA {schema}"))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        unavailable("PostgreSQL", f"{POSTGRES_DSN} cannot be used: {exc}")
+    try:
+        yield f"{POSTGRES_DSN}?search_path={schema}"
+    finally:
+        asyncio.run(run(f"DROP SCHEMA {schema} CASCADE"))

@@ -1,0 +1,51 @@
+"""The Redis side of shared limits, in process against the machine's Redis: exact counts under
+concurrency, all-or-nothing charging of a key's windows, and the change epoch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.ratelimit import parse_limits
+from gateway.redis_state import EPOCH_KEY, RedisState
+from tests.services import machine_redis_url
+
+
+@pytest.fixture
+async def state() -> AsyncIterator[RedisState]:
+    opened = RedisState(machine_redis_url(), timeout=2)
+    yield opened
+    await opened.aclose()
+
+
+async def test_simultaneous_hits_are_counted_exactly(state: RedisState) -> None:
+    limits = parse_limits("10/minute")
+    decisions = await asyncio.gather(*(state.hit("key_exact", limits) for _ in range(30)))
+    assert sum(decision.allowed for decision, _ in decisions) == 10
+    remaining = sorted(decision.windows[0].remaining for decision, _ in decisions if decision.allowed)
+    assert remaining == list(range(10))
+
+
+async def test_a_request_denied_by_one_window_is_charged_to_none(state: RedisState) -> None:
+    limits = parse_limits("5/minute;3/hour")
+    answers = [(await state.hit("key_both", limits))[0] for _ in range(4)]
+    assert [d.allowed for d in answers] == [True, True, True, False]
+    # The hour window denied the fourth: the minute window still counts three, not four.
+    assert [w.remaining for w in answers[-1].windows] == [2, 0]
+    assert answers[-1].shown.item.GRANULARITY.name == "hour"
+    assert 3590 < answers[-1].shown.reset_at - state.clock() <= 3600
+
+
+async def test_the_epoch_moves_with_every_change_and_never_comes_back(state: RedisState) -> None:
+    limits = parse_limits("100/minute")
+    _, first = await state.hit("key_epoch", limits)
+    assert (await state.hit("key_epoch", limits))[1] == first
+    await state.announce_change()
+    _, second = await state.hit("key_epoch", limits)
+    assert int(second) == int(first) + 1
+    # Redis keeps nothing on disk: after a restart the epoch starts again, above where it was.
+    await state.client.delete(EPOCH_KEY)
+    _, restarted = await state.hit("key_epoch", limits)
+    assert int(restarted) > int(second)

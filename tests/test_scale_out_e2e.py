@@ -1,0 +1,227 @@
+"""Several gateway replicas sharing Redis and PostgreSQL: one limit for all of them, changes that
+count on the next request everywhere, usage that adds up, and the documented answers when Redis
+(stopped and started again for real, or cut off) or PostgreSQL (cut off by the fault-injecting
+proxy: the machine's server is shared, so the tests do not stop it) fails."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.adversarial.fault_proxy import FaultProxy
+from tests.conftest import GatewayFactory
+from tests.servers import GatewayProcess, cli_json, gateway_cli
+from tests.services import REDIS_HOST, RedisServer, machine_redis_url, postgres_schema
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def replica(gw: GatewayProcess, request: pytest.FixtureRequest) -> GatewayProcess:
+    other = GatewayProcess.restart(gw)
+    request.addfinalizer(other.stop)
+    return other
+
+
+def simultaneous(requests: list[tuple[str, dict[str, str]]]) -> list[int]:
+    """Send every request at the same moment, each on a connection of its own; their statuses."""
+    start = threading.Barrier(len(requests))
+
+    def send(url: str, headers: dict[str, str]) -> int:
+        with httpx.Client(timeout=30) as client:
+            start.wait()
+            return client.get(url, headers=headers).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda args: send(*args), requests))
+
+
+def test_a_limit_is_exact_across_two_replicas(gateway_factory: GatewayFactory, request: pytest.FixtureRequest) -> None:
+    a = gateway_factory({"redis": {"url": machine_redis_url()}})
+    b = replica(a, request)
+    key = cli_json(a, "keys", "create", "--user", a.user_id, "--rate-limit", "10/minute")
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    statuses = simultaneous([(f"{(a, b)[i % 2].url}/x", auth) for i in range(30)])
+    assert sorted(statuses) == [200] * 10 + [429] * 20
+    # Both replicas see the same full window.
+    assert httpx.get(f"{a.url}/x", headers=auth).status_code == 429
+    assert httpx.get(f"{b.url}/x", headers=auth).status_code == 429
+
+
+def test_redis_down_fails_open_and_counts_nothing_twice(
+    gateway_factory: GatewayFactory, own_redis: RedisServer
+) -> None:
+    cut = FaultProxy(own_redis.port)
+    try:
+        gw = gateway_factory(
+            {"redis": {"url": f"redis://{REDIS_HOST}:{cut.port}/0"}, "rate_limits": {"default": ["5/minute"]}},
+            admin=True,
+        )
+        metrics = {"Authorization": f"Bearer {gw.ADMIN_TOKEN}"}
+        assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(2)] == [200, 200]
+
+        cut.inject("reset")
+        # Limits per process now: a fresh in-memory window of 5.
+        assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(3)] == [200] * 3
+        assert "Redis cannot be used" in gw.log
+        assert "gateway_redis_degraded 1.0" in httpx.get(f"{gw.admin_url}/metrics", headers=metrics).text
+
+        cut.heal()
+        assert gw.wait_for_log("Redis answers again", timeout=10)
+        # Redis still counts the 2 it saw; the 3 counted in memory are not added to them.
+        statuses = [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        assert "gateway_redis_degraded 0.0" in httpx.get(f"{gw.admin_url}/metrics", headers=metrics).text
+    finally:
+        cut.close()
+
+
+def test_redis_stopped_with_on_failure_closed_is_a_503_until_it_is_back(
+    gateway_factory: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = gateway_factory({"redis": {"url": own_redis.url, "on_failure": "closed"}})
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+
+    own_redis.stop()
+    refused = httpx.get(f"{gw.url}/x", headers=gw.auth)
+    assert refused.status_code == 503
+    message = "The service is temporarily unavailable"
+    assert refused.json() == {"error": {"code": "service_unavailable", "message": message}}
+    assert refused.headers["retry-after"] == "1" and refused.headers["cache-control"] == "no-store"
+    # The CLI will not write what it cannot announce to the other replicas.
+    revoked = gateway_cli(gw.config_path, "keys", "revoke", gw.key_id)
+    assert revoked.returncode == 1 and len(revoked.stderr.strip().splitlines()) == 1, revoked.stderr
+    assert "nothing was changed" in revoked.stderr
+
+    own_redis.start()
+    assert gw.wait_for_log("Redis answers again", timeout=10)
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+    assert cli_json(gw, "keys", "show", gw.key_id)["status"] == "active"
+
+
+# ------------------------------------------------------------------ on PostgreSQL and Redis
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
+
+
+def test_a_change_on_one_replica_counts_on_the_next_request_on_the_other(
+    gateway_factory: GatewayFactory, postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    a = gateway_factory({"store": {"url": postgres_url}, "redis": {"url": machine_redis_url()}}, admin=True)
+    b = replica(a, request)
+    admin = {"Authorization": f"Bearer {a.ADMIN_TOKEN}"}
+    for gw in (a, b):  # both have the verdict cached now
+        assert httpx.get(f"{gw.url}/x", headers=a.auth).status_code == 200
+
+    changed = httpx.put(
+        f"{a.admin_url}/admin/v1/keys/{a.key_id}/rate-limits", json={"rate_limits": ["7/minute"]}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    assert httpx.get(f"{b.url}/x", headers=a.auth).headers["x-ratelimit-limit"] == "7"
+
+    lapsed = gateway_cli(a.config_path, "users", "set-subscription", a.user_id, "inactive")
+    assert lapsed.returncode == 0, lapsed.stderr
+    assert httpx.get(f"{a.url}/x", headers=a.auth).status_code == 403
+    assert httpx.get(f"{b.url}/x", headers=a.auth).status_code == 403
+    assert gateway_cli(a.config_path, "users", "set-subscription", a.user_id, "active").returncode == 0
+    assert httpx.get(f"{b.url}/x", headers=a.auth).status_code == 200
+
+    revoked = httpx.delete(f"{a.admin_url}/admin/v1/keys/{a.key_id}", headers=admin)
+    assert revoked.status_code == 204, revoked.text
+    assert httpx.get(f"{b.url}/x", headers=a.auth).status_code == 401
+
+
+def test_two_replicas_of_two_workers_each_behave_as_one(
+    gateway_factory: GatewayFactory, postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    settings = {"store": {"url": postgres_url}, "redis": {"url": machine_redis_url()}}
+    a = gateway_factory(settings, workers=2, admin=True)
+    b = replica(a, request)
+    assert "started 2 workers" in a.log
+    key = cli_json(a, "keys", "create", "--user", a.user_id, "--rate-limit", "20/minute")
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    statuses = simultaneous([(f"{(a, b)[i % 2].url}/x", auth) for i in range(60)])
+    assert sorted(statuses) == [200] * 20 + [429] * 40
+    # One scrape reaches one of a's workers, and counts both: the 30 requests a got.
+    deadline = time.monotonic() + 10
+    expected = {"forwarded": statuses[::2].count(200), "rate_limited": statuses[::2].count(429)}
+    while (counted := outcomes(a)) != expected:
+        assert time.monotonic() < deadline, f"/metrics counts {counted}, not {expected}"
+    # Every worker of both has the other key's verdict cached after a few requests each...
+    assert set(simultaneous([(f"{(a, b)[i % 2].url}/x", a.auth) for i in range(16)])) == {200}
+    # ...and a revocation counts on the very next request, whichever worker takes it.
+    assert gateway_cli(a.config_path, "keys", "revoke", a.key_id).returncode == 0
+    assert set(simultaneous([(f"{(a, b)[i % 2].url}/x", a.auth) for i in range(16)])) == {401}
+    for gw in (a, b):
+        gw.stop()
+    assert cli_json(a, "keys", "show", key["id"])["requests"] == 20
+    assert cli_json(a, "keys", "show", key["id"])["rate_limited"] == 40
+    assert cli_json(a, "keys", "show", a.key_id)["requests"] == 16
+
+
+def outcomes(gw: GatewayProcess) -> dict[str, int]:
+    """The non-zero gateway_requests_total counts on ``gw``'s /metrics."""
+    text = httpx.get(f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {gw.ADMIN_TOKEN}"}).text
+    found = re.findall(r'^gateway_requests_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {outcome: int(float(count)) for outcome, count in found if float(count)}
+
+
+def test_usage_from_two_replicas_adds_up(
+    gateway_factory: GatewayFactory, postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    a = gateway_factory({"store": {"url": postgres_url}, "redis": {"url": machine_redis_url()}})
+    b = replica(a, request)
+    statuses = simultaneous([(f"{(a, b)[i % 2].url}/x", a.auth) for i in range(40)])
+    assert statuses == [200] * 40
+    for gw in (a, b):
+        gw.stop()  # SIGTERM: each writes what it counted
+    assert cli_json(a, "keys", "show", a.key_id)["requests"] == 40
+
+
+def test_postgres_unreachable(gateway_factory: GatewayFactory, postgres_url: str) -> None:
+    cut = FaultProxy(5432)
+    try:
+        behind = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{cut.port}")
+        gw = gateway_factory({"store": {"url": behind, "lookup_timeout": "500ms"}, "usage": {"flush_seconds": "100ms"}})
+        uncached = cli_json(gw, "keys", "create", "--user", gw.user_id)
+        assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+
+        cut.inject("reset")  # every connection cut, and every new one refused
+        assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(3)] == [200] * 3
+        refused = httpx.get(f"{gw.url}/x", headers={"Authorization": f"Bearer {uncached['key']}"})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert gw.wait_for_log("could not write usage to the store, will retry")
+
+        cut.heal()
+        # The pool reconnects by itself; the counts held in memory reach the store.
+        assert httpx.get(f"{gw.url}/x", headers={"Authorization": f"Bearer {uncached['key']}"}).status_code == 200
+        deadline = time.monotonic() + 10
+        while cli_json(gw, "keys", "show", gw.key_id)["requests"] != 4:
+            assert time.monotonic() < deadline, "usage counted while the store was cut off never reached it"
+    finally:
+        cut.close()
+
+
+def test_replicas_starting_together_migrate_a_new_postgres_store_once(postgres_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"store:\n  url: {postgres_url}\nupstream:\n  url: http://127.0.0.1:9\n")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: gateway_cli(config, "db", "migrate", "--json"), range(4)))
+    assert [run.returncode for run in runs] == [0] * 4, [run.stderr for run in runs]
+    assert {run.stdout for run in runs} == {'{\n  "schema_version": 2\n}\n'}
+    assert gateway_cli(config, "users", "add", "bob").returncode == 0
