@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,44 @@ def postgres_schema() -> Iterator[str]:
         yield f"{POSTGRES_DSN}?search_path={schema}"
     finally:
         asyncio.run(run(f"DROP SCHEMA {schema} CASCADE"))
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (``initdb`` in a temporary folder, run as the
+    ``postgres`` user when the tests run as root, as PostgreSQL requires), on a free port;
+    ``stop()`` and ``start()`` again on the same data, as an outage and its end; ``close()``
+    stops it and removes its folder."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            unavailable("PostgreSQL's server programs", "are not under /usr/lib/postgresql/*/bin")
+        self._bin = found[-1].parent
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # Not under pytest's folders: those are private to root, and the server runs as postgres.
+        self._folder = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
+        self._data = self._folder / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self._folder, "postgres")
+        self._run("initdb", "-D", str(self._data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def _run(self, program: str, *args: str) -> None:
+        done = subprocess.run([*self._as, str(self._bin / program), *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed: {done.stderr.strip()}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self._data), "-o", options, "-l", str(self._data / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop the server (fast: open connections are cut), if it runs."""
+        if (self._data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._folder, ignore_errors=True)

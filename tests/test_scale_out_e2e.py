@@ -1,7 +1,7 @@
 """Several gateway replicas sharing Redis and PostgreSQL: one limit for all of them, changes that
 count on the next request everywhere, usage that adds up, and the documented answers when Redis
-(stopped and started again for real, or cut off) or PostgreSQL (cut off by the fault-injecting
-proxy: the machine's server is shared, so the tests do not stop it) fails."""
+or PostgreSQL fails: servers of the test's own stopped and started again for real, and the
+machine's shared ones cut off by the fault-injecting proxy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from tests.adversarial.fault_proxy import FaultProxy
 from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, cli_json, gateway_cli
-from tests.services import REDIS_HOST, RedisServer, machine_redis_url, postgres_schema
+from tests.services import REDIS_HOST, PostgresServer, RedisServer, machine_redis_url, postgres_schema
 
 
 @pytest.fixture
@@ -226,3 +226,36 @@ def test_replicas_starting_together_migrate_a_new_postgres_store_once(postgres_u
     assert [run.returncode for run in runs] == [0] * 4, [run.stderr for run in runs]
     assert {run.stdout for run in runs} == {'{\n  "schema_version": 2\n}\n'}
     assert gateway_cli(config, "users", "add", "bob").returncode == 0
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+def test_postgres_stopped_and_started_again(gateway_factory: GatewayFactory, own_postgres: PostgresServer) -> None:
+    gw = gateway_factory(
+        {"store": {"url": own_postgres.url, "lookup_timeout": "500ms"}, "usage": {"flush_seconds": "100ms"}}
+    )
+    uncached = {"Authorization": f"Bearer {cli_json(gw, 'keys', 'create', '--user', gw.user_id)['key']}"}
+    assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
+
+    own_postgres.stop()
+    assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(3)] == [200] * 3
+    refused = httpx.get(f"{gw.url}/x", headers=uncached)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert gw.wait_for_log("could not write usage to the store, will retry")
+    revoked = gateway_cli(gw.config_path, "keys", "revoke", gw.key_id)
+    assert revoked.returncode == 1 and len(revoked.stderr.strip().splitlines()) == 1, revoked.stderr
+
+    own_postgres.start()
+    # The pool reconnects by itself, the held counts are written, and the revocation that failed
+    # did not happen.
+    assert httpx.get(f"{gw.url}/x", headers=uncached).status_code == 200
+    deadline = time.monotonic() + 10
+    while cli_json(gw, "keys", "show", gw.key_id)["requests"] != 4:
+        assert time.monotonic() < deadline, "usage counted while the store was down never reached it"
+    assert cli_json(gw, "keys", "show", gw.key_id)["status"] == "active"
+    assert gw.wait_for_log("the store's change notifications are back")
