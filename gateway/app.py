@@ -108,6 +108,7 @@ class GatewayApp:
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
         publisher = asyncio.create_task(self.metrics.publish_forever())
+        resources.callback(self.metrics.publish)  # runs after the cancel below: the last counts
         resources.callback(publisher.cancel)
         client = self._given_client or await open_upstream_client(config.upstream)
         resources.push_async_callback(client.aclose)

@@ -14,11 +14,13 @@ import logging.config
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import click
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from gateway import __version__
 from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
@@ -81,10 +83,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
     from gateway.metrics import WorkerSlots
     from gateway.workers import run_workers
 
-    # Bound once, here; every worker accepts on them.
-    sockets = [uvicorn.Config("gateway:app", host=host, port=port).bind_socket()]
+    # Bound once, here, and listening at once (connections wait in the backlog until a worker
+    # accepts them, rather than being refused while the workers start); every worker accepts on them.
+    addresses = [(host, port)]
     if config.admin_token is not None:
-        sockets.append(uvicorn.Config("gateway:app", host=config.admin.host, port=config.admin.port).bind_socket())
+        addresses.append((config.admin.host, config.admin.port))
+    sockets = []
+    for address in addresses:
+        listener = uvicorn.Config("gateway:app", host=address[0], port=address[1]).bind_socket()
+        listener.listen(2048)  # uvicorn's default backlog
+        sockets.append(listener)
     slots = WorkerSlots(workers)  # shared with every worker: /metrics adds them up
 
     def serve_worker(index: int) -> None:
@@ -170,12 +178,19 @@ def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | No
                     server.force_exit = True
                 server.should_exit = True
 
+        async def serve_one(server: _SharedSignals, given: list[socket.socket] | None) -> None:
+            await server.serve(given)
+            if not server.started:  # its start-up failed: the others stop too
+                stop()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(*(server.serve(given) for server, given in zip(servers, listening, strict=True)))
+        await asyncio.gather(*(serve_one(server, given) for server, given in zip(servers, listening, strict=True)))
 
     with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
         runner.run(serve_all())
+    if not all(server.started for server in servers):
+        sys.exit(STARTUP_FAILURE)
 
 
 main.add_command(users)

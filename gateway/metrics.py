@@ -10,7 +10,9 @@ Histogram take a lock on every update, which measured at about 5 µs a request o
 With ``serve --workers N`` a scrape reaches one worker, so each worker copies its values, once a
 second, into its slot of a memory block the parent shared before forking (``WorkerSlots``), and a
 scrape adds up every slot (its own values live). A worker that replaces a dead one starts from
-that one's slot, so no total ever goes down. The ``process_*`` family is the answering process's.
+that one's slot, so no total ever goes down; a worker that stops publishes a last time, while one
+killed outright loses what it counted since its last publication (at most a second's worth).
+The ``process_*`` family is the answering process's.
 """
 
 from __future__ import annotations
@@ -160,12 +162,17 @@ class Metrics:
             return own
         return self._slots.add_others(self._slot, own)
 
+    def publish(self) -> None:
+        """Copy the values into this worker's slot (with --workers N)."""
+        if self._slots is not None:
+            self._slots.write(self._slot, self.values())
+
     async def publish_forever(self) -> None:
-        """Copy the values into this worker's slot every PUBLISH_SECONDS (with --workers N)."""
+        """Publish every PUBLISH_SECONDS (and once more at shutdown: see the app's lifespan)."""
         if self._slots is None:
             return
         while True:
-            self._slots.write(self._slot, self.values())
+            self.publish()
             await asyncio.sleep(PUBLISH_SECONDS)
 
     def render(self) -> bytes:

@@ -100,18 +100,20 @@ class RedisState:
         )
         self._hit: Any = self.client.register_script(_HIT)
         self._announce: Any = self.client.register_script(_ANNOUNCE)
-        self._keys: dict[tuple[str, Limits], list[str]] = {}
+        # Per API key: its limits, and the script's keys and arguments for them. Found by the key's
+        # id and checked by identity first: hashing limits costs microseconds (Python __hash__).
+        self._calls: dict[str, tuple[Limits, list[str], list[int]]] = {}
 
     async def hit(self, key_id: str, limits: Limits) -> tuple[Decision, bytes]:
         """Charge one request to every window of the key, or to none if any is full; with the epoch."""
-        names = self._keys.get((key_id, limits))
-        if names is None:
-            if len(self._keys) > 100_000:  # bounded: names are cheap to make again
-                self._keys.clear()
-            names = self._keys[(key_id, limits)] = [item.key_for(_LIMIT_NAMESPACE, key_id) for item in limits]
-        amounts = [item.amount for item in limits]
-        lengths = [item.get_expiry() * 1000 for item in limits]
-        allowed, counts, ttls, epoch = await self._hit(keys=[*names, EPOCH_KEY], args=[*amounts, *lengths])
+        call = self._calls.get(key_id)
+        if call is None or (call[0] is not limits and call[0] != limits):
+            if len(self._calls) > 100_000:  # bounded: cheap to make again
+                self._calls.clear()
+            keys = [item.key_for(_LIMIT_NAMESPACE, key_id) for item in limits] + [EPOCH_KEY]
+            args = [item.amount for item in limits] + [item.get_expiry() * 1000 for item in limits]
+            call = self._calls[key_id] = (limits, keys, args)
+        allowed, counts, ttls, epoch = await self._hit(keys=call[1], args=call[2])
         now = self.clock()
         windows = tuple(
             Window(item, item.amount - count, now + ttl / 1000 if count else now)

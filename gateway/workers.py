@@ -3,8 +3,8 @@
 The parent binds the sockets, forks the workers before any event loop or thread exists, and
 then only supervises: SIGTERM or SIGINT is passed on to every worker, which finishes its requests
 in flight and writes its usage as a single process does; a worker that dies is replaced, unless
-it dies during its first seconds (a start-up failure, which a new worker would repeat), in which
-case every worker is stopped and the parent exits 1. uvicorn's own supervisor is not used
+its start-up failed (exit status 3, uvicorn's STARTUP_FAILURE), which a new worker would only
+repeat: then every worker is stopped and the parent exits 1. uvicorn's own supervisor is not used
 because it starts workers from an import string, while the gateway's workers serve two
 listeners built around one app object (the public listener's protocol holds the proxy).
 
@@ -17,16 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from types import FrameType
+
+from uvicorn.config import STARTUP_FAILURE
 
 __all__ = ["run_workers"]
 
 logger = logging.getLogger("gateway.error")
-
-# A worker that exits sooner than this after its start failed to start.
-STARTUP_SECONDS = 5.0
 
 
 def _fork(serve: Callable[[int], None], index: int) -> int:
@@ -51,12 +49,18 @@ def _fork(serve: Callable[[int], None], index: int) -> int:
 def run_workers(count: int, serve: Callable[[int], None]) -> int:
     """Run ``serve(index)`` in ``count`` forked workers until told to stop; the exit status. A
     worker that replaces another gets its index (its metrics slot)."""
-    workers: dict[int, tuple[int, float]] = {}  # pid -> its index, when it started
+    workers: dict[int, int] = {}  # pid -> its index
     stopping = False
     status = 0
 
+    parent = os.getpid()
+
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
+        if os.getpid() != parent:  # a worker, before it put back the default handlers
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if stopping and signum == signal.SIGINT:
             for pid in workers:  # a second Ctrl-C: no more waiting
                 _kill(pid, signal.SIGKILL)
@@ -64,10 +68,13 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         for pid in workers:
             _kill(pid, signal.SIGTERM)
 
-    for index in range(count):
-        workers[_fork(serve, index)] = (index, time.monotonic())
+    # Before forking: a signal in between must not end the parent alone (workers reset them).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for index in range(count):
+        if stopping:
+            break
+        workers[_fork(serve, index)] = index
     logger.info("started %d workers: %s", count, ", ".join(map(str, workers)))
 
     while workers:
@@ -75,19 +82,21 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
             pid, wait_status = os.wait()
         except ChildProcessError:
             break
-        worker = workers.pop(pid, None)
-        if worker is None or stopping:
+        if pid not in workers:
             continue
-        index, started = worker
+        index = workers.pop(pid)
+        if stopping:
+            continue
         code = os.waitstatus_to_exitcode(wait_status)
-        if time.monotonic() - started < STARTUP_SECONDS:
-            logger.error("worker %d exited during start-up (status %d); stopping the others", pid, code)
+        if code == STARTUP_FAILURE:
+            logger.error("worker %d failed to start; stopping the others", pid)
             stopping, status = True, 1
             for other in workers:
                 _kill(other, signal.SIGTERM)
             continue
-        logger.warning("worker %d exited (status %d); starting another", pid, code)
-        workers[_fork(serve, index)] = (index, time.monotonic())
+        replacement = _fork(serve, index)
+        workers[replacement] = index
+        logger.warning("worker %d exited (status %d); started worker %d in its place", pid, code, replacement)
     return status
 
 

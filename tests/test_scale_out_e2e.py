@@ -6,7 +6,11 @@ machine's shared ones cut off by the fault-injecting proxy."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +21,7 @@ import pytest
 
 from tests.adversarial.fault_proxy import FaultProxy
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, cli_json, gateway_cli
+from tests.servers import GatewayProcess, cli_json, free_port, gateway_cli
 from tests.services import REDIS_HOST, PostgresServer, RedisServer, machine_redis_url, postgres_schema
 
 
@@ -259,3 +263,54 @@ def test_postgres_stopped_and_started_again(gateway_factory: GatewayFactory, own
         assert time.monotonic() < deadline, "usage counted while the store was down never reached it"
     assert cli_json(gw, "keys", "show", gw.key_id)["status"] == "active"
     assert gw.wait_for_log("the store's change notifications are back")
+
+
+def test_a_worker_that_ends_is_replaced_and_its_counts_kept(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"redis": {"url": machine_redis_url()}}, workers=2, admin=True)
+    assert gw.wait_for_log("started 2 workers: ")
+    [first, second] = re.findall(r"started 2 workers: (\d+), (\d+)", gw.log)[0]
+
+    def served(count: int) -> None:
+        with httpx.Client(base_url=gw.url, headers=gw.auth) as client:
+            assert {client.get("/x").status_code for _ in range(count)} == {200}
+
+    def forwarded_reaches(total: int) -> None:
+        deadline = time.monotonic() + 10
+        while outcomes(gw).get("forwarded") != total:
+            assert time.monotonic() < deadline, outcomes(gw)
+
+    served(10)
+    forwarded_reaches(10)
+    # These are workers of the gateway this test started.
+    os.kill(int(first), signal.SIGTERM)  # ends on its own: it publishes its counts a last time
+    assert gw.wait_for_log(f"worker {first} exited (status 0); started worker ")
+    served(10)
+    forwarded_reaches(20)  # the new worker took over the old one's counts: no total went down
+    os.kill(int(second), signal.SIGKILL)  # a crash
+    assert gw.wait_for_log(f"worker {second} exited (status -9); started worker ")
+    served(10)
+
+
+def test_workers_that_cannot_start_stop_the_whole_gateway(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"store:\n  url: sqlite:///{tmp_path}/absent/gateway.db\nredis:\n  url: {machine_redis_url()}\n")
+    command = [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--config", str(config)]
+    served = subprocess.run([*command, "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert served.returncode == 1
+    assert "failed to start; stopping the others" in served.stderr and "does not exist" in served.stderr
+
+
+def test_redis_stopped_with_on_failure_open_keeps_serving(
+    gateway_factory: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = gateway_factory({"redis": {"url": own_redis.url}, "rate_limits": {"default": ["3/minute"]}})
+    assert [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(2)] == [200, 200]
+    own_redis.stop()
+    # Served on, counted in this process's memory: a window of its own.
+    statuses = [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert gw.wait_for_log("Redis cannot be used")
+    own_redis.start()  # empty: Redis keeps nothing on disk here
+    assert gw.wait_for_log("Redis answers again", timeout=10)
+    statuses = [httpx.get(f"{gw.url}/x", headers=gw.auth).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]  # shared again: a fresh window in Redis
