@@ -137,6 +137,25 @@ def _limits(body: dict[str, Any]) -> list[str] | None:
     return limits
 
 
+async def _body_lines(request: Request) -> AsyncIterator[str]:
+    """The body's lines as they arrive: an import is never held whole."""
+    pending = b""
+    async for chunk in request.stream():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield _text(line)
+    if pending:
+        yield _text(pending)
+
+
+def _text(line: bytes) -> str:
+    try:
+        return line.decode()
+    except UnicodeDecodeError:
+        return "\x00"  # reported as "not JSON", with its line number
+
+
 def _encode_cursor(created_at: float, key_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created_at, key_id]).encode()).decode()
 
@@ -257,6 +276,12 @@ class AdminApi:
         key = await self.keys.set_rate_limits(request.path_params["key_id"], _limits(body))
         return JSONResponse(key_document(key, self.keys.now()))
 
+    async def import_(self, request: Request) -> Response:
+        dry_run = request.query_params.get("dry_run") == "true"
+        prefixes = (self.config.keys.prefix, *self.config.keys.legacy_prefixes)
+        report = await self.keys.import_lines(_body_lines(request), dry_run=dry_run, prefixes=prefixes)
+        return JSONResponse(report.document(), 422 if report.error_count else 200)
+
     async def usage(self, request: Request) -> Response:
         found = await self.keys.usage(request.query_params.get("user_id"))
         return JSONResponse({"items": [usage_document(u) for u in found]})
@@ -325,6 +350,7 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/keys/{{key_id}}/rotate", api.rotate_key, methods=["POST"]),
         Route(f"{API}/keys/{{key_id}}/rate-limits", api.set_rate_limits, methods=["PUT"]),
         Route(f"{API}/usage", api.usage, methods=["GET"]),
+        Route(f"{API}/import", api.import_, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
     handlers[Exception] = _unexpected

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.documents import KEY_FIELDS
+from gateway.documents import KEY_FIELDS, USAGE_FIELDS
 
 __all__ = ["OPENAPI"]
 
@@ -159,10 +159,60 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("UsagePage"), "Usage summed per user"), **_errors(401, 404)},
             }
         },
+        "/admin/v1/import": {
+            "post": {
+                "operationId": "importUsersAndKeys",
+                "description": "Users and key hashes as JSON Lines, as gateway import reads them: all of them"
+                " or nothing. A report either way: 200 when it was written (or would be, with dry_run),"
+                " 422 with each bad line when nothing was written.",
+                "parameters": [{"name": "dry_run", "in": "query", "schema": {"enum": ["true", "false"]}}],
+                "requestBody": {
+                    "required": True,
+                    "description": "JSON Lines; any Content-Type is read so (application/x-ndjson, text/plain)",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "200": _json(_ref("ImportReport"), "Imported (or checked, with dry_run)"),
+                    "422": _json(_ref("ImportReport"), "Bad lines: nothing was written"),
+                    **_errors(401),
+                },
+            }
+        },
     },
     "components": {
         "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
+            "ImportReport": {
+                "type": "object",
+                "required": ["dry_run", "written", "lines", "users", "keys", "errors", "error_count", "warnings"],
+                "properties": {
+                    "dry_run": {"type": "boolean"},
+                    "written": {"type": "boolean"},
+                    "lines": {"type": "integer", "minimum": 0},
+                    "users": _ref("ImportCounts"),
+                    "keys": _ref("ImportCounts"),
+                    "errors": {
+                        "description": "The first 20 bad lines",
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["line", "message"],
+                            "properties": {"line": {"type": "integer"}, "message": {"type": "string"}},
+                        },
+                    },
+                    "error_count": {"type": "integer", "minimum": 0},
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "ImportCounts": {
+                "type": "object",
+                "required": ["created", "updated", "unchanged"],
+                "properties": {
+                    "created": {"type": "integer", "minimum": 0},
+                    "updated": {"type": "integer", "minimum": 0},
+                    "unchanged": {"type": "integer", "minimum": 0},
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -266,6 +316,10 @@ OPENAPI: dict[str, Any] = {
                     "requests": {"type": "integer", "minimum": 0},
                     "rate_limited": {"type": "integer", "minimum": 0},
                     "credits": {"type": "integer", "minimum": 0},
+                    "legacy": {
+                        "type": "boolean",
+                        "description": "Imported from an earlier system (gateway import): no checksum of ours.",
+                    },
                     "rate_limits": {"type": ["array", "null"], "items": {"type": "string"}},
                 },
             },
@@ -285,13 +339,18 @@ OPENAPI: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["user_id", "requests", "rate_limited", "credits", "last_used_at"],
+                            "required": list(USAGE_FIELDS),
                             "properties": {
                                 "user_id": {"type": "string"},
                                 "requests": {"type": "integer"},
                                 "rate_limited": {"type": "integer"},
                                 "credits": {"type": "integer"},
                                 "last_used_at": _NULLABLE_TIME,
+                                "legacy_keys": {
+                                    "description": "Keys of an earlier system (gateway import) not revoked",
+                                    "type": "integer",
+                                },
+                                "legacy_last_used_at": _NULLABLE_TIME,
                             },
                         },
                     }

@@ -88,6 +88,7 @@ class GatewayApp:
             metrics=self.metrics,
             lookup_timeout=config.store.lookup_timeout,
             degraded_ttl=config.cache.degraded_ttl_seconds,
+            legacy_prefixes=config.keys.legacy_prefixes,
         )
         self.proxy.limiter = Limiter()
         if config.redis.url is not None:

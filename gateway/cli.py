@@ -25,6 +25,7 @@ from uvicorn.config import STARTUP_FAILURE
 from gateway import __version__
 from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
 from gateway.cli_manage import db, keys, usage, users
+from gateway.cli_transfer import export_command, import_command
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 
@@ -197,3 +198,5 @@ main.add_command(users)
 main.add_command(keys)
 main.add_command(usage)
 main.add_command(db)
+main.add_command(import_command)
+main.add_command(export_command)

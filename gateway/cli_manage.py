@@ -15,7 +15,15 @@ from typing import TypeVar
 import click
 
 from gateway.cli_common import config_option, emit, json_option, load, table
-from gateway.documents import KEY_FIELDS, created_document, iso, key_document, usage_document, user_document
+from gateway.documents import (
+    KEY_FIELDS,
+    USAGE_FIELDS,
+    created_document,
+    iso,
+    key_document,
+    usage_document,
+    user_document,
+)
 from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, open_service
 from gateway.store import ApiKey, StoreError, is_store_failure
 from gateway.units import parse_duration
@@ -27,7 +35,7 @@ T = TypeVar("T")
 USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
 # The table leaves the limits out; `keys show` has them.
 KEY_COLUMNS = KEY_FIELDS[:-1]
-USAGE_COLUMNS = ("user_id", "requests", "rate_limited", "credits", "last_used_at")
+USAGE_COLUMNS = USAGE_FIELDS
 
 
 def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hint: str = "") -> T:

@@ -75,6 +75,8 @@ class ProxyConfig:
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     prefix: str = "mk_live_"
+    # Prefixes of imported keys that carry no checksum of ours (gateway import).
+    legacy_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +305,14 @@ def _key_prefix(value: object) -> str:
     return value
 
 
+def _legacy_prefixes(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() == v and v for v in value):
+        raise ValueError("a list of key prefixes such as [mk_live_, mpa_]")
+    return tuple(value)
+
+
 def _path_prefixes(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(p, str) and p.startswith("/") for p in value):
         raise ValueError("a list of path prefixes such as [/api/v1/]")
@@ -380,6 +390,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "limits.body_idle_timeout": _positive_duration,
     "limits.max_connections": _positive_int,
     "keys.prefix": _key_prefix,
+    "keys.legacy_prefixes": _legacy_prefixes,
     "cache.ttl_seconds": _positive_duration,
     "cache.max_entries": _positive_int,
     "cache.degraded_ttl_seconds": _positive_duration,

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.service import CreatedKey, split_limits
 from gateway.store import ApiKey, User, UserUsage
 
-__all__ = ["KEY_FIELDS", "created_document", "iso", "key_document", "usage_document", "user_document"]
+__all__ = ["KEY_FIELDS", "USAGE_FIELDS", "created_document", "iso", "key_document", "usage_document", "user_document"]
 
 # What a stored key shows, in this order (key_document).
 KEY_FIELDS = (
@@ -27,6 +27,7 @@ KEY_FIELDS = (
     "requests",
     "rate_limited",
     "credits",
+    "legacy",
     "rate_limits",
 )
 
@@ -61,6 +62,7 @@ def key_document(key: ApiKey, now: float) -> dict[str, Any]:
         "requests": key.requests,
         "rate_limited": key.rate_limited,
         "credits": key.credits,
+        "legacy": key.legacy,
         "rate_limits": split_limits(key.rate_limits),
     }
 
@@ -79,6 +81,18 @@ def created_document(created: CreatedKey) -> dict[str, Any]:
     }
 
 
+# What a user's usage shows, in this order (usage_document).
+USAGE_FIELDS = (
+    "user_id",
+    "requests",
+    "rate_limited",
+    "credits",
+    "last_used_at",
+    "legacy_keys",
+    "legacy_last_used_at",
+)
+
+
 def usage_document(usage: UserUsage) -> dict[str, Any]:
     return {
         "user_id": usage.user_id,
@@ -86,4 +100,7 @@ def usage_document(usage: UserUsage) -> dict[str, Any]:
         "rate_limited": usage.rate_limited,
         "credits": usage.credits,
         "last_used_at": iso(usage.last_used_at),
+        # Until both say "none", the old key format cannot be retired.
+        "legacy_keys": usage.legacy_keys,
+        "legacy_last_used_at": iso(usage.legacy_last_used_at),
     }

@@ -10,6 +10,10 @@ A key is ``<prefix><secret><checksum>``:
 
 Only the SHA-256 of the full key is stored. The display prefix (prefix plus the first 4
 characters of the secret, e.g. ``mk_live_aB3x``) is what lists show to identify a key.
+
+Keys of an adopted deployment (``gateway import``) carry no checksum of ours: a key starting with
+one of ``keys.legacy_prefixes`` is looked up by its SHA-256 like any other (``KeyFormat``), unless
+it has exactly the shape of one of ours, whose checksum then decides.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ __all__ = [
     "display_prefix",
     "generate_key",
     "hash_key",
+    "KeyFormat",
     "is_well_formed",
+    "key_id_for_hash",
     "new_key_id",
 ]
 
@@ -71,6 +77,34 @@ def is_well_formed(key: bytes, prefix: bytes) -> bool:
     return _checksum(key[:-CHECKSUM_LENGTH]) == key[-CHECKSUM_LENGTH:]
 
 
+# A legacy key's length, prefix included: anything else is not looked up.
+LEGACY_MIN_LENGTH = 16
+LEGACY_MAX_LENGTH = 256
+
+
+class KeyFormat:
+    """Which bearer tokens are worth a store look-up: ours, checksum and all, and any of a legacy
+    prefix that could be a key. Everything else is refused without a query."""
+
+    __slots__ = ("_legacy", "_native", "_native_length")
+
+    def __init__(self, prefix: str, legacy_prefixes: tuple[str, ...] = ()) -> None:
+        self._native = prefix.encode()
+        self._native_length = len(prefix) + SECRET_LENGTH + CHECKSUM_LENGTH
+        self._legacy = tuple(p.encode() for p in legacy_prefixes)
+
+    def accepts(self, token: bytes) -> bool:
+        if is_well_formed(token, self._native):
+            return True
+        if not self._legacy or not token.startswith(self._legacy):
+            return False
+        if len(token) == self._native_length and token.startswith(self._native):
+            rest = token[len(self._native) :]
+            if _BASE62_BYTES.issuperset(rest):
+                return False  # ours to the letter, but its checksum is wrong: mistyped or made up
+        return LEGACY_MIN_LENGTH <= len(token) <= LEGACY_MAX_LENGTH
+
+
 def hash_key(key: bytes) -> str:
     """The lowercase hex SHA-256 of the full key: what the store keeps."""
     return hashlib.sha256(key).hexdigest()
@@ -79,6 +113,12 @@ def hash_key(key: bytes) -> str:
 def display_prefix(key: str, prefix: str) -> str:
     """The configured prefix plus the first characters of the secret, e.g. ``mk_live_aB3x``."""
     return key[: len(prefix) + DISPLAY_SECRET_CHARS]
+
+
+def key_id_for_hash(key_hash: str) -> str:
+    """The id of an imported key that came without one: derived from its hash, so importing the
+    same key again finds the same id."""
+    return KEY_ID_PREFIX + _base62(int(hashlib.sha256(key_hash.encode()).hexdigest()[:24], 16), KEY_ID_LENGTH)
 
 
 def new_key_id() -> str:

@@ -1,5 +1,5 @@
 """The key store's schema, written once for both stores, SQLite and PostgreSQL, so the two cannot
-drift: only the names of two column types differ between them.
+drift: only the names of three column types differ between them.
 
 Each entry of ``migrations()`` takes the schema from version i to i + 1. Append only; never edit a
 released one.
@@ -12,8 +12,9 @@ from gateway.store import NewerSchemaError
 __all__ = ["SCHEMA_VERSION", "check_not_newer", "migrations"]
 
 
-def migrations(*, real: str, big_integer: str) -> list[list[str]]:
-    """The statements, with ``real`` and ``big_integer`` as the store's names for those types."""
+def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
+    """The statements, with ``real``, ``big_integer`` and ``boolean`` as the store's names for
+    those types."""
     return [
         [
             f"""CREATE TABLE users (
@@ -42,10 +43,14 @@ def migrations(*, real: str, big_integer: str) -> list[list[str]]:
             f"ALTER TABLE api_keys ADD COLUMN rate_limited {big_integer} NOT NULL DEFAULT 0",
             f"ALTER TABLE api_keys ADD COLUMN credits {big_integer} NOT NULL DEFAULT 0",
         ],
+        [
+            # Imported with a hash only: a key of an earlier system, without our checksum.
+            f"ALTER TABLE api_keys ADD COLUMN legacy {boolean} NOT NULL DEFAULT FALSE",
+        ],
     ]
 
 
-SCHEMA_VERSION = len(migrations(real="", big_integer=""))
+SCHEMA_VERSION = len(migrations(real="", big_integer="", boolean=""))
 
 
 def check_not_newer(version: int, where: str) -> None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.ratelimit import parse_limits
 from gateway.store import ApiKey, KeyStore, StoreError, Subscription, User, UserUsage, open_store
+
+if TYPE_CHECKING:
+    from gateway.importer import ImportReport
 
 T = TypeVar("T")
 
@@ -75,13 +78,13 @@ class CreatedKey:
         return f"CreatedKey(record={self.record!r}, key='{self.record.prefix}...')"
 
 
-def _check_user_id(user_id: str) -> str:
+def check_user_id(user_id: str) -> str:
     if not USER_ID_PATTERN.match(user_id):
         raise Invalid("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
     return user_id
 
 
-def _check_subscription(subscription: str) -> Subscription:
+def check_subscription(subscription: str) -> Subscription:
     if subscription == "active":
         return "active"
     if subscription == "inactive":
@@ -89,13 +92,13 @@ def _check_subscription(subscription: str) -> Subscription:
     raise Invalid("a subscription is active or inactive", "subscription")
 
 
-def _check_name(name: str | None) -> str | None:
+def check_name(name: str | None) -> str | None:
     if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
         raise Invalid(f"a key name is at most {NAME_MAX} printable characters", "name")
     return name
 
 
-def _check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
+def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
     """The limits as stored ("1000/minute;100000/day"), or None for the default ones."""
     if rate_limits is None:
         return None
@@ -157,7 +160,7 @@ class KeyService:
 
     async def add_user(self, user_id: str, subscription: str = "active") -> User:
         now = self._clock()
-        user = User(_check_user_id(user_id), _check_subscription(subscription), now, now)
+        user = User(check_user_id(user_id), check_subscription(subscription), now, now)
         if not await self._write(lambda: self.store.add_user(user)):
             raise AlreadyExists(f"user {user_id!r} exists already")
         return user
@@ -169,7 +172,7 @@ class KeyService:
         return user
 
     async def set_subscription(self, user_id: str, subscription: str) -> User:
-        checked = _check_subscription(subscription)
+        checked = check_subscription(subscription)
         user = await self._write(lambda: self.store.set_subscription(user_id, checked, self._clock()))
         if user is None:
             raise NotFound(f"no user {user_id!r}")
@@ -198,14 +201,14 @@ class KeyService:
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
             raise Invalid("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
-        created = self._new_key(user_id, _check_name(name), expires_at, _check_limits(rate_limits))
+        created = self._new_key(user_id, check_name(name), expires_at, check_limits(rate_limits))
         await self._write(lambda: self.store.add_key(created.record))
         return created
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | Sequence[str] | None) -> ApiKey:
         """Give the key its own limits, or None for rate_limits.default; counts on its next request."""
         await self.get_key(key_id)
-        checked = _check_limits(rate_limits)
+        checked = check_limits(rate_limits)
         key = await self._write(lambda: self.store.set_rate_limits(key_id, checked))
         assert key is not None
         return key
@@ -241,6 +244,18 @@ class KeyService:
         grace_until = now + grace if grace else None
         await self._write(lambda: self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until))
         return created, await self.get_key(old.id)
+
+    # ---------------------------------------------------------------------------- import
+
+    async def import_lines(self, lines: AsyncIterable[str], *, dry_run: bool, prefixes: Sequence[str]) -> ImportReport:
+        """gateway import (importer.py): all of ``lines`` or nothing; announced like any write."""
+        from gateway.importer import run_import
+
+        async def write() -> ImportReport:
+            async with self.store.import_session() as session:
+                return await run_import(session, lines, now=self._clock(), dry_run=dry_run, prefixes=prefixes)
+
+        return await (write() if dry_run else self._write(write))
 
     def _new_key(self, user_id: str, name: str | None, expires_at: float | None, rate_limits: str | None) -> CreatedKey:
         now = self._clock()

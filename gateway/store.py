@@ -8,10 +8,14 @@ moment anything changed, whoever changed it: see ``verify.py``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from gateway.importer import ImportSession
 
 __all__ = [
     "ApiKey",
@@ -69,6 +73,8 @@ class ApiKey:
     requests: int = 0
     rate_limited: int = 0
     credits: int = 0
+    # Adopted from an earlier system by gateway import: known by its hash, without our checksum.
+    legacy: bool = False
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None:
@@ -88,9 +94,28 @@ KEY_COLUMNS = tuple(f.name for f in fields(ApiKey))
 USER_COLUMNS = tuple(f.name for f in fields(User))
 
 
+# Usage summed per user (both stores; legacy is 0/1 in SQLite, a boolean in PostgreSQL).
+USAGE_BY_USER = (
+    "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at),"
+    " sum(CASE WHEN legacy AND revoked_at IS NULL THEN 1 ELSE 0 END),"
+    " max(CASE WHEN legacy THEN last_used_at END) FROM api_keys"
+)
+
+
+def usage_from_row(row: Sequence[Any]) -> UserUsage:
+    return UserUsage(row[0], int(row[1]), int(row[2]), int(row[3]), row[4], int(row[5]), row[6])
+
+
 def key_row(key: ApiKey) -> tuple[Any, ...]:
     """The key's values in KEY_COLUMNS order, as the stores insert them."""
     return tuple(getattr(key, name) for name in KEY_COLUMNS)
+
+
+def key_from_row(row: Sequence[Any]) -> ApiKey:
+    """An ApiKey from a row that starts with the KEY_COLUMNS (SQLite gives legacy as 0 or 1)."""
+    fields = dict(zip(KEY_COLUMNS, row, strict=False))
+    fields["legacy"] = bool(fields["legacy"])
+    return ApiKey(**fields)
 
 
 @dataclass(slots=True)
@@ -117,6 +142,9 @@ class UserUsage:
     rate_limited: int
     credits: int
     last_used_at: float | None
+    # Keys of an earlier system (imported) that are not revoked, and their latest use.
+    legacy_keys: int = 0
+    legacy_last_used_at: float | None = None
 
 
 class KeyStore(Protocol):
@@ -176,6 +204,18 @@ class KeyStore(Protocol):
         ...
 
     async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]: ...
+
+    def iter_users(self) -> AsyncIterator[User]:
+        """Every user, streamed (gateway export)."""
+        ...
+
+    def iter_keys(self) -> AsyncIterator[ApiKey]:
+        """Every key, streamed (gateway export)."""
+        ...
+
+    def import_session(self) -> contextlib.AbstractAsyncContextManager[ImportSession]:
+        """Staging tables and one transaction for gateway import (importer.py)."""
+        ...
 
 
 def is_store_failure(exc: BaseException) -> bool:

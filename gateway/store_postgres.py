@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
 from gateway.store import (
     KEY_COLUMNS,
+    USAGE_BY_USER,
     USER_COLUMNS,
     ApiKey,
     StoreError,
@@ -32,8 +33,13 @@ from gateway.store import (
     UsageDelta,
     User,
     UserUsage,
+    key_from_row,
     key_row,
+    usage_from_row,
 )
+
+if TYPE_CHECKING:
+    from gateway.importer import ImportSession
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "redact"]
 
@@ -44,7 +50,7 @@ CHANNEL = "gateway_changes"
 MIGRATION_LOCK = 0x6761_7465_7761_7900
 RECONNECT_SECONDS = 1.0
 
-MIGRATIONS = migrations(real="DOUBLE PRECISION", big_integer="BIGINT")
+MIGRATIONS = migrations(real="DOUBLE PRECISION", big_integer="BIGINT", boolean="BOOLEAN")
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
@@ -60,7 +66,6 @@ _ADD_USAGE = (
     "UPDATE api_keys SET requests = requests + $1, rate_limited = rate_limited + $2, credits = credits + $3,"
     " last_used_at = greatest(last_used_at, $4) WHERE id = $5"
 )
-_USAGE_BY_USER = "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at) FROM api_keys"
 
 
 def redact(url: str) -> str:
@@ -74,10 +79,6 @@ def redact(url: str) -> str:
 
 def _user(row: Any) -> User:
     return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
-
-
-def _key(row: Any) -> ApiKey:
-    return ApiKey(*tuple(row)[:_KEY_FIELDS])
 
 
 class PostgresStore:
@@ -226,13 +227,13 @@ class PostgresStore:
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return _key(row) if row else None
+        return key_from_row(row) if row else None
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
         row = await self._pool.fetchrow(_FIND_KEY, key_hash)
         if row is None:
             return None
-        key = _key(row)
+        key = key_from_row(row)
         subscription, created_at, updated_at = tuple(row)[_KEY_FIELDS:]
         return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
 
@@ -243,7 +244,7 @@ class PostgresStore:
             rows = await self._pool.fetch(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id", user_id
             )
-        return [_key(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2", now, key_id)
@@ -280,11 +281,74 @@ class PostgresStore:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_ADD_USAGE, rows)
 
+    async def iter_users(self) -> AsyncIterator[User]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            async for row in connection.cursor(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id"):
+                yield _user(row)
+
+    async def iter_keys(self) -> AsyncIterator[ApiKey]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            async for row in connection.cursor(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"):
+                yield key_from_row(row)
+
+    @contextlib.asynccontextmanager
+    async def import_session(self) -> AsyncIterator[ImportSession]:
+        async with self._pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            session = _PostgresImport(connection, transaction)
+            try:
+                await connection.execute(
+                    "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT,"
+                    " created_at DOUBLE PRECISION) ON COMMIT DROP"
+                )
+                await connection.execute(
+                    "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
+                    " name TEXT, created_at DOUBLE PRECISION, expires_at DOUBLE PRECISION,"
+                    " revoked_at DOUBLE PRECISION, last_used_at DOUBLE PRECISION, replaced_by TEXT,"
+                    " rate_limits TEXT, requests BIGINT, rate_limited BIGINT, credits BIGINT, legacy BOOLEAN)"
+                    " ON COMMIT DROP"
+                )
+                yield session
+            finally:
+                if not session.committed:
+                    await transaction.rollback()
+        if session.committed:
+            self._changes += 1
+
     async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]:
         if user_id is None:
-            rows = await self._pool.fetch(_USAGE_BY_USER + " GROUP BY user_id ORDER BY user_id")
+            rows = await self._pool.fetch(USAGE_BY_USER + " GROUP BY user_id ORDER BY user_id")
         else:
             rows = await self._pool.fetch(
-                _USAGE_BY_USER + " WHERE user_id = $1 GROUP BY user_id ORDER BY user_id", user_id
+                USAGE_BY_USER + " WHERE user_id = $1 GROUP BY user_id ORDER BY user_id", user_id
             )
-        return [UserUsage(row[0], int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows]
+        return [usage_from_row(row) for row in rows]
+
+
+class _PostgresImport:
+    """An import in one transaction on one connection; rows staged with COPY."""
+
+    distinct = "IS DISTINCT FROM"
+
+    def __init__(self, connection: asyncpg.Connection, transaction: Any) -> None:
+        self._connection = connection
+        self._transaction = transaction
+        self.committed = False
+
+    async def stage(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        await self._connection.copy_records_to_table(table, records=rows, columns=list(columns))
+
+    async def begin_write(self) -> None:
+        """Already in the transaction: PostgreSQL's rows lock as they are written."""
+
+    async def execute(self, sql: str) -> None:
+        await self._connection.execute(sql)
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._connection.fetch(sql)]
+
+    async def commit(self) -> None:
+        await self._connection.execute(f"NOTIFY {CHANNEL}")
+        await self._transaction.commit()
+        self.committed = True

@@ -9,10 +9,11 @@ forward inside ``BEGIN IMMEDIATE``, so concurrent starters migrate once. The cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -20,6 +21,7 @@ from gateway.changes import ChangeCounter
 from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
 from gateway.store import (
     KEY_COLUMNS,
+    USAGE_BY_USER,
     USER_COLUMNS,
     ApiKey,
     StoreError,
@@ -27,14 +29,19 @@ from gateway.store import (
     UsageDelta,
     User,
     UserUsage,
+    key_from_row,
     key_row,
+    usage_from_row,
 )
+
+if TYPE_CHECKING:
+    from gateway.importer import ImportSession
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_path"]
 
 BUSY_TIMEOUT_MS = 5000
 
-MIGRATIONS = migrations(real="REAL", big_integer="INTEGER")
+MIGRATIONS = migrations(real="REAL", big_integer="INTEGER", boolean="INTEGER")
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
@@ -75,10 +82,6 @@ def _user(row: Any) -> User:
     return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
 
 
-def _key(row: Any) -> ApiKey:
-    return ApiKey(*row[:_KEY_FIELDS])
-
-
 def _file_id(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_dev, stat.st_ino
@@ -86,6 +89,9 @@ def _file_id(path: Path) -> tuple[int, int]:
 
 class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
+        # One connection serves every coroutine of the process: a write must not land inside
+        # another's open transaction (a rotation, a usage flush, an import), so each holds this.
+        self._writing = asyncio.Lock()
         self._db = db
         self._counter = counter
         self.path = path
@@ -149,6 +155,10 @@ class SQLiteStore:
         check_not_newer(version, str(self.path))
 
     async def migrate(self) -> int:
+        async with self._writing:
+            return await self._migrate()
+
+    async def _migrate(self) -> int:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             version = await self.schema_version()
@@ -166,7 +176,8 @@ class SQLiteStore:
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
         """Run one write in its own transaction, then bump the change counter; the rows changed."""
-        cursor = await self._db.execute(sql, params)
+        async with self._writing:
+            cursor = await self._db.execute(sql, params)
         self._counter.bump()
         return cursor.rowcount
 
@@ -205,14 +216,14 @@ class SQLiteStore:
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
             row = await cursor.fetchone()
-        return _key(row) if row else None
+        return key_from_row(row) if row else None
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
         async with self._db.execute(_FIND_KEY, (key_hash,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        key = _key(row)
+        key = key_from_row(row)
         subscription, created_at, updated_at = row[_KEY_FIELDS:]
         return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
 
@@ -223,13 +234,17 @@ class SQLiteStore:
             sql += " WHERE user_id = ?"
             params = (user_id,)
         async with self._db.execute(sql + " ORDER BY created_at, id", params) as cursor:
-            return [_key(row) for row in await cursor.fetchall()]
+            return [key_from_row(row) for row in await cursor.fetchall()]
 
     async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", (now, key_id))
         return await self.get_key(key_id)
 
     async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+        async with self._writing:
+            await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until)
+
+    async def _rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.execute(_INSERT_KEY, key_row(new_key))
@@ -254,6 +269,10 @@ class SQLiteStore:
         return await self.get_key(key_id)
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+        async with self._writing:
+            await self._add_usage(deltas)
+
+    async def _add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
         rows = [
             {
                 "requests": d.requests,
@@ -272,13 +291,52 @@ class SQLiteStore:
             await self._db.execute("ROLLBACK")
             raise
 
+    async def iter_users(self) -> AsyncIterator[User]:
+        async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
+            while rows := await cursor.fetchmany(1000):
+                for row in rows:
+                    yield _user(row)
+
+    async def iter_keys(self) -> AsyncIterator[ApiKey]:
+        async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id") as cursor:
+            while rows := await cursor.fetchmany(1000):
+                for row in rows:
+                    yield key_from_row(row)
+
+    @contextlib.asynccontextmanager
+    async def import_session(self) -> AsyncIterator[ImportSession]:
+        async with self._writing:
+            async with self._import_session() as session:
+                yield session
+
+    @contextlib.asynccontextmanager
+    async def _import_session(self) -> AsyncIterator[_SQLiteImport]:
+        session = _SQLiteImport(self._db)
+        await self._db.execute(
+            "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT, created_at REAL)"
+        )
+        await self._db.execute(
+            "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
+            " name TEXT, created_at REAL, expires_at REAL, revoked_at REAL, last_used_at REAL, replaced_by TEXT,"
+            " rate_limits TEXT, requests INTEGER, rate_limited INTEGER, credits INTEGER, legacy INTEGER)"
+        )
+        try:
+            yield session
+        finally:
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            await self._db.execute("DROP TABLE temp.import_users")
+            await self._db.execute("DROP TABLE temp.import_keys")
+        if session.committed:
+            self._counter.bump()
+
     async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]:
-        sql = _USAGE_BY_USER
+        sql = USAGE_BY_USER
         params: tuple[str, ...] = ()
         if user_id is not None:
             sql, params = sql + " WHERE user_id = ?", (user_id,)
         async with self._db.execute(sql + " GROUP BY user_id ORDER BY user_id", params) as cursor:
-            return [UserUsage(*row) for row in await cursor.fetchall()]
+            return [usage_from_row(row) for row in await cursor.fetchall()]
 
 
 _ADD_USAGE = (
@@ -286,4 +344,34 @@ _ADD_USAGE = (
     " credits = credits + :credits, last_used_at = coalesce(max(last_used_at, :used), :used, last_used_at)"
     " WHERE id = :id"
 )
-_USAGE_BY_USER = "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at) FROM api_keys"
+
+
+class _SQLiteImport:
+    """An import on the store's connection: staging in the connection's temporary database (which
+    takes no lock on the store), then one BEGIN IMMEDIATE for the checks and the merge."""
+
+    distinct = "IS NOT"
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.committed = False
+
+    async def stage(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        marks = ", ".join("?" * len(columns))
+        await self._db.execute("BEGIN")
+        await self._db.executemany(f"INSERT INTO temp.{table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        await self._db.execute("COMMIT")
+
+    async def begin_write(self) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+
+    async def execute(self, sql: str) -> None:
+        await self._db.execute(sql)
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        async with self._db.execute(sql) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def commit(self) -> None:
+        await self._db.execute("COMMIT")
+        self.committed = True

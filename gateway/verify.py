@@ -30,7 +30,7 @@ from cachetools import LRUCache, TTLCache
 from limits import RateLimitItem
 
 from gateway.errors import InvalidCredentials, MissingCredentials, StoreUnavailable, SubscriptionInactive
-from gateway.keys import is_well_formed
+from gateway.keys import KeyFormat
 from gateway.metrics import Metrics
 from gateway.ratelimit import parse_limits
 from gateway.store import KeyStore
@@ -97,11 +97,12 @@ class Verifier:
         metrics: Metrics | None = None,
         lookup_timeout: float = 2.0,
         degraded_ttl: float = 1.0,
+        legacy_prefixes: tuple[str, ...] = (),
     ) -> None:
         self._store = store
         self._lookup_timeout = lookup_timeout
         self._metrics = metrics
-        self._prefix = prefix.encode()
+        self._format = KeyFormat(prefix, legacy_prefixes)
         self._default_limits = default_limits
         self._clock = clock
         self._hits: TTLCache[bytes, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
@@ -140,7 +141,7 @@ class Verifier:
         except KeyError:
             verdict = self._misses.get(digest)
         if verdict is None:
-            if not is_well_formed(token, self._prefix):
+            if not self._format.accepts(token):
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
             if self._metrics is not None:
                 self._metrics.cache_misses += 1

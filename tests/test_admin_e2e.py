@@ -147,7 +147,15 @@ def test_list_keys_pages_and_filters(admin: httpx.Client) -> None:
 def test_usage(gw: GatewayProcess, admin: httpx.Client) -> None:
     items = admin.get(f"{API}/usage", params={"user_id": gw.user_id}).json()["items"]
     assert [item["user_id"] for item in items] == [gw.user_id]
-    assert set(items[0]) == {"user_id", "requests", "rate_limited", "credits", "last_used_at"}
+    assert set(items[0]) == {
+        "user_id",
+        "requests",
+        "rate_limited",
+        "credits",
+        "last_used_at",
+        "legacy_keys",
+        "legacy_last_used_at",
+    }
 
 
 def test_the_public_listener_answers_no_admin_path(gw: GatewayProcess) -> None:

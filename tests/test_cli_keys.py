@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.keys import hash_key, is_well_formed
+from gateway.schema import SCHEMA_VERSION
 
 Gateway = Callable[..., Result]
 
@@ -100,7 +101,7 @@ def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
     assert isinstance(listed, list)
     assert set(listed[0]) == {
         "id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at",
-        "requests", "rate_limited", "credits", "rate_limits",
+        "requests", "rate_limited", "credits", "legacy", "rate_limits",
     }  # fmt: skip
     assert [k["status"] for k in listed] == ["active", "active"]
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
@@ -143,10 +144,11 @@ def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
 
 
 def test_db_migrate(gateway: Gateway, tmp_path: Path) -> None:
-    assert ok_json(gateway("db", "migrate", "--json")) == {"schema_version": 2}
+    assert ok_json(gateway("db", "migrate", "--json")) == {"schema_version": SCHEMA_VERSION}
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
         db.execute("PRAGMA user_version = 99")
-    fails_with(gateway("db", "migrate"), 1, "schema version 99, newer than this gateway's 2: upgrade the gateway")
+    message = f"schema version 99, newer than this gateway's {SCHEMA_VERSION}: upgrade the gateway"
+    fails_with(gateway("db", "migrate"), 1, message)
     fails_with(gateway("users", "list"), 1, "upgrade the gateway")
 
 
@@ -159,7 +161,7 @@ def test_missing_store_folder(tmp_path: Path) -> None:
 
 def test_commands_are_pinned() -> None:
     """The command names are a contract (scripts call them)."""
-    assert sorted(main.commands) == ["db", "keys", "serve", "usage", "users"]
+    assert sorted(main.commands) == ["db", "export", "import", "keys", "serve", "usage", "users"]
     groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
     assert groups == {
         "db": ["migrate"],
@@ -185,5 +187,13 @@ def test_rate_limit_options(gateway: Gateway) -> None:
     )
     fails_with(gateway("usage", "--user", "nobody"), 1, "no user 'nobody'")
     assert ok_json(gateway("usage", "--json")) == [
-        {"user_id": "alice", "requests": 0, "rate_limited": 0, "credits": 0, "last_used_at": None}
+        {
+            "user_id": "alice",
+            "requests": 0,
+            "rate_limited": 0,
+            "credits": 0,
+            "last_used_at": None,
+            "legacy_keys": 0,
+            "legacy_last_used_at": None,
+        }
     ]

@@ -10,6 +10,7 @@ from gateway.keys import (
     BASE62,
     CHECKSUM_LENGTH,
     SECRET_LENGTH,
+    KeyFormat,
     display_prefix,
     generate_key,
     hash_key,
@@ -72,3 +73,18 @@ def test_hash_and_display_prefix() -> None:
 def test_round_trip_for_each_prefix(prefix: str) -> None:
     for _ in range(50):
         assert is_well_formed(generate_key(prefix).encode(), prefix.encode())
+
+
+def test_legacy_keys_are_looked_up_but_ours_still_need_their_checksum() -> None:
+    native = generate_key("mk_live_")
+    formats = KeyFormat("mk_live_", ("mk_live_", "mpa_"))
+    assert formats.accepts(native.encode())
+    assert formats.accepts(b"mk_live_" + b"a" * 32)  # an earlier system's key: no checksum of ours
+    assert formats.accepts(b"mpa_" + b"Zz9" * 13)
+    # Our shape to the letter, one character changed: the checksum still refuses it, unasked.
+    changed = native[:-1] + ("a" if native[-1] != "a" else "b")
+    assert not formats.accepts(changed.encode())
+    assert not formats.accepts(b"sk_other_" + b"a" * 32)  # no prefix of ours or of the old ones
+    assert not formats.accepts(b"mpa_short")  # too short to be a key
+    assert not formats.accepts(b"mpa_" + b"a" * 300)
+    assert not KeyFormat("mk_live_").accepts(b"mk_live_" + b"a" * 32)  # no legacy prefixes: ours only

@@ -166,6 +166,8 @@ def test_usage_and_credits_survive_a_sigterm(gateway_factory: GatewayFactory) ->
             "rate_limited": 3,
             "credits": 2,
             "last_used_at": shown["last_used_at"],
+            "legacy_keys": 0,
+            "legacy_last_used_at": None,
         }
     ]
 

@@ -1,0 +1,445 @@
+"""``gateway import`` and ``gateway export``: users and key hashes as JSON Lines, all or nothing.
+
+One object a line, a user or a key::
+
+    {"type": "user", "id": "acme", "subscription": "active", "created_at": "2025-01-31T10:00:00Z"}
+    {"type": "key", "user_id": "acme", "sha256": "<64 hex>", "prefix": "mk_live_aB3x", "name": "ci"}
+
+A key's optional fields are ``id``, ``name``, ``created_at``, ``expires_at``, ``revoked_at``,
+``last_used_at``, ``requests`` and ``credits``, and, as ``gateway export`` writes them,
+``rate_limited``, ``rate_limits``, ``replaced_by`` and ``legacy``. Dates are ISO 8601 (or Unix
+seconds). A key without ``legacy`` is an earlier system's (no checksum of ours).
+
+The file is streamed, never held whole: each line is checked on its own and staged, in batches, in
+temporary tables inside one store transaction; then SQL checks what needs the whole file
+(duplicates, keys whose user is in neither the file nor the store, ids that belong to another
+key). Any error: the transaction is rolled back, and the report names each bad line. Else the
+staged rows are merged in the same transaction, and the report counts what was created, updated
+and left unchanged. A key is matched by its hash, a user by its id. Merging never loses what the
+store knows better: counters and last use only go up, a revocation is never undone, a key's id,
+creation date and own limits stay (unless the file gives limits). So importing a file twice
+changes nothing the second time, and a subscription lapsed or a key revoked since is updated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from gateway.keys import key_id_for_hash
+from gateway.service import Invalid, check_limits, check_name, check_subscription, check_user_id
+from gateway.store import ApiKey, User
+
+__all__ = ["ImportReport", "ImportSession", "export_lines", "run_import"]
+
+BATCH = 5000
+MAX_ERRORS_SHOWN = 20
+
+USER_FIELDS = {"type", "id", "subscription", "created_at"}
+KEY_FIELDS = {
+    "type",
+    "user_id",
+    "sha256",
+    "prefix",
+    "id",
+    "name",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+    "requests",
+    "credits",
+    "rate_limited",
+    "rate_limits",
+    "replaced_by",
+    "legacy",
+}
+_HEX = frozenset("0123456789abcdef")
+
+# The staging tables, column for column as the rows of parse_line.
+STAGED_USER_COLUMNS = ("line", "id", "subscription", "created_at")
+STAGED_KEY_COLUMNS = (
+    "line",
+    "id",
+    "user_id",
+    "key_hash",
+    "prefix",
+    "name",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+    "replaced_by",
+    "rate_limits",
+    "requests",
+    "rate_limited",
+    "credits",
+    "legacy",
+)
+
+# What a merge sets on a key that is already stored: (column, expression over {old} and {new}).
+_KEY_UPDATES = (
+    ("user_id", "{new}.user_id"),
+    ("name", "{new}.name"),
+    ("prefix", "{new}.prefix"),
+    ("expires_at", "{new}.expires_at"),
+    ("revoked_at", "coalesce({old}.revoked_at, {new}.revoked_at)"),
+    (
+        "last_used_at",
+        "CASE WHEN {old}.last_used_at IS NULL OR {new}.last_used_at > {old}.last_used_at"
+        " THEN coalesce({new}.last_used_at, {old}.last_used_at) ELSE {old}.last_used_at END",
+    ),
+    ("requests", "CASE WHEN {new}.requests > {old}.requests THEN {new}.requests ELSE {old}.requests END"),
+    (
+        "rate_limited",
+        "CASE WHEN {new}.rate_limited > {old}.rate_limited THEN {new}.rate_limited ELSE {old}.rate_limited END",
+    ),
+    ("credits", "CASE WHEN {new}.credits > {old}.credits THEN {new}.credits ELSE {old}.credits END"),
+    ("rate_limits", "coalesce({new}.rate_limits, {old}.rate_limits)"),
+    ("replaced_by", "coalesce({new}.replaced_by, {old}.replaced_by)"),
+)
+
+
+class LineError(Exception):
+    pass
+
+
+@dataclass
+class Counts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    users: Counts = field(default_factory=Counts)
+    keys: Counts = field(default_factory=Counts)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # the first MAX_ERRORS_SHOWN
+    error_count: int = 0
+    dry_run: bool = False
+    written: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def error(self, line: int, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_SHOWN:
+            self.errors.append((line, message))
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "written": self.written,
+            "lines": self.lines,
+            "users": vars(self.users),
+            "keys": vars(self.keys),
+            "errors": [{"line": line, "message": message} for line, message in self.errors],
+            "error_count": self.error_count,
+            "warnings": self.warnings,
+        }
+
+
+class ImportSession(Protocol):
+    """Temporary tables ``import_users`` and ``import_keys`` (the STAGED_*_COLUMNS) on one store
+    connection. ``begin_write`` starts the transaction that holds the store's write lock (SQLite:
+    staging does not hold it, so a long import does not stall a running gateway's writes);
+    anything not committed is rolled back. ``distinct`` is the dialect's null-safe inequality."""
+
+    distinct: str
+
+    async def stage(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+    async def begin_write(self) -> None: ...
+
+    async def execute(self, sql: str) -> None: ...
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    async def commit(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------ one line
+
+
+def _date(record: dict[str, Any], name: str) -> float | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise LineError(f"{name} must be an ISO 8601 date or Unix seconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise LineError(f"{name} must be an ISO 8601 date or Unix seconds")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise LineError(f"{name} {value!r} is not an ISO 8601 date") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    raise LineError(f"{name} must be an ISO 8601 date or Unix seconds")
+
+
+def _count(record: dict[str, Any], name: str) -> int:
+    value = record.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LineError(f"{name} must be a whole number, 0 or more")
+    return value
+
+
+def _text(record: dict[str, Any], name: str, *, required: bool = False, longest: int = 255) -> str | None:
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise LineError(f"{name} is missing")
+        return None
+    if not isinstance(value, str) or not value or len(value) > longest or not value.isprintable():
+        raise LineError(f"{name} must be 1 to {longest} printable characters")
+    return value
+
+
+def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
+    """("user" or "key", the staged row); LineError says what is wrong."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LineError(f"not JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise LineError("not a JSON object")
+    kind = record.get("type")
+    if kind not in ("user", "key"):
+        raise LineError('"type" must be "user" or "key"')
+    unknown = sorted(set(record) - (USER_FIELDS if kind == "user" else KEY_FIELDS))
+    if unknown:
+        raise LineError(f"unknown field {unknown[0]!r} for a {kind}")
+    try:
+        if kind == "user":
+            user_id = check_user_id(_text(record, "id", required=True) or "")
+            subscription = check_subscription(record.get("subscription") or "")
+            return "user", (line, user_id, subscription, _date(record, "created_at") or now)
+        key_hash = record.get("sha256")
+        if not isinstance(key_hash, str) or len(key_hash) != 64 or not _HEX.issuperset(key_hash):
+            raise LineError("sha256 must be 64 lowercase hexadecimal characters")
+        user_id = check_user_id(_text(record, "user_id", required=True) or "")
+        key_id = _text(record, "id", longest=64) or key_id_for_hash(key_hash)
+        legacy = record.get("legacy", True)
+        if not isinstance(legacy, bool):
+            raise LineError("legacy must be true or false")
+        return "key", (
+            line,
+            key_id,
+            user_id,
+            key_hash,
+            _text(record, "prefix", required=True, longest=64),
+            check_name(record.get("name")),
+            _date(record, "created_at") or now,
+            _date(record, "expires_at"),
+            _date(record, "revoked_at"),
+            _date(record, "last_used_at"),
+            _text(record, "replaced_by", longest=64),
+            check_limits(record.get("rate_limits")),
+            _count(record, "requests"),
+            _count(record, "rate_limited"),
+            _count(record, "credits"),
+            legacy,
+        )
+    except Invalid as exc:
+        raise LineError(str(exc)) from None
+    except TypeError:
+        raise LineError("a field has the wrong type") from None
+
+
+# ------------------------------------------------------------------------------ the file
+
+
+async def run_import(
+    session: ImportSession, lines: AsyncIterable[str], *, now: float, dry_run: bool, prefixes: Sequence[str]
+) -> ImportReport:
+    """Stage, check and (unless ``dry_run`` or any error) merge ``lines`` in ``session``.
+    ``prefixes`` are those a key may start with (keys.prefix and keys.legacy_prefixes)."""
+    report = ImportReport(dry_run=dry_run)
+    users: list[tuple[Any, ...]] = []
+    keys: list[tuple[Any, ...]] = []
+    uncovered = 0
+    async for text in lines:
+        report.lines += 1
+        if not text.strip():
+            continue
+        try:
+            kind, row = parse_line(report.lines, text, now)
+        except LineError as exc:
+            report.error(report.lines, str(exc))
+            continue
+        if kind == "user":
+            users.append(row)
+        else:
+            keys.append(row)
+            if not str(row[4]).startswith(tuple(prefixes)):
+                uncovered += 1
+        if len(users) + len(keys) >= BATCH:
+            await _stage(session, users, keys)
+    await _stage(session, users, keys)
+    if uncovered:
+        report.warnings.append(
+            f"{uncovered} keys have a prefix that is neither keys.prefix nor in keys.legacy_prefixes:"
+            " they will not authenticate until keys.legacy_prefixes lists theirs"
+        )
+    await _index(session)
+    if report.error_count:  # bad lines: no need to look further
+        return report
+    await session.begin_write()
+    await _check(session, report)
+    if report.error_count:
+        return report
+    await _count_changes(session, report, now)
+    if not dry_run:
+        await _merge(session, now)
+        await session.commit()
+        report.written = True
+    return report
+
+
+async def _stage(session: ImportSession, users: list[tuple[Any, ...]], keys: list[tuple[Any, ...]]) -> None:
+    if users:
+        await session.stage("import_users", STAGED_USER_COLUMNS, users)
+        users.clear()
+    if keys:
+        await session.stage("import_keys", STAGED_KEY_COLUMNS, keys)
+        keys.clear()
+
+
+async def _index(session: ImportSession) -> None:
+    for statement in (
+        "CREATE INDEX import_users_id ON import_users (id)",
+        "CREATE INDEX import_keys_hash ON import_keys (key_hash)",
+        "CREATE INDEX import_keys_id ON import_keys (id)",
+        "CREATE INDEX import_keys_user ON import_keys (user_id)",
+    ):
+        await session.execute(statement)
+
+
+async def _check(session: ImportSession, report: ImportReport) -> None:
+    duplicates = (
+        ("import_users", "id", "the user"),
+        ("import_keys", "key_hash", "a key with this sha256"),
+        ("import_keys", "id", "a key with this id"),
+    )
+    for table, column, what in duplicates:
+        rows = await session.fetch(
+            f"SELECT b.line, min(a.line) FROM {table} a JOIN {table} b ON a.{column} = b.{column}"
+            f" AND a.line < b.line GROUP BY b.line ORDER BY b.line LIMIT {MAX_ERRORS_SHOWN}"
+        )
+        for line, first in rows:
+            report.error(int(line), f"duplicate: {what} is on line {first} already")
+    rows = await session.fetch(
+        "SELECT k.line, k.user_id FROM import_keys k WHERE NOT EXISTS (SELECT 1 FROM import_users u"
+        " WHERE u.id = k.user_id) AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id)"
+        f" ORDER BY k.line LIMIT {MAX_ERRORS_SHOWN}"
+    )
+    for line, user_id in rows:
+        report.error(int(line), f"user {user_id!r} is neither in the file nor in the store")
+    rows = await session.fetch(
+        "SELECT k.line, k.id FROM import_keys k JOIN api_keys a ON a.id = k.id"
+        f" WHERE a.key_hash <> k.key_hash ORDER BY k.line LIMIT {MAX_ERRORS_SHOWN}"
+    )
+    for line, key_id in rows:
+        report.error(int(line), f"key id {key_id!r} belongs to another key in the store")
+    report.errors.sort()
+
+
+def _key_changed(old: str, new: str, distinct: str) -> str:
+    return " OR ".join(
+        f"{old}.{column} {distinct} ({expression.format(old=old, new=new)})" for column, expression in _KEY_UPDATES
+    )
+
+
+async def _count_changes(session: ImportSession, report: ImportReport, now: float) -> None:
+    d = session.distinct
+    [(users, users_new, users_changed)] = await session.fetch(
+        "SELECT count(*), sum(CASE WHEN u.id IS NULL THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN u.id IS NOT NULL AND u.subscription {d} i.subscription THEN 1 ELSE 0 END)"
+        " FROM import_users i LEFT JOIN users u ON u.id = i.id"
+    )
+    report.users = Counts(int(users_new or 0), int(users_changed or 0), int(users) - int(users_new or 0))
+    report.users.unchanged -= report.users.updated
+    [(keys, keys_new, keys_changed)] = await session.fetch(
+        "SELECT count(*), sum(CASE WHEN a.id IS NULL THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN a.id IS NOT NULL AND ({_key_changed('a', 'i', d)}) THEN 1 ELSE 0 END)"
+        " FROM import_keys i LEFT JOIN api_keys a ON a.key_hash = i.key_hash"
+    )
+    report.keys = Counts(int(keys_new or 0), int(keys_changed or 0), int(keys) - int(keys_new or 0))
+    report.keys.unchanged -= report.keys.updated
+
+
+async def _merge(session: ImportSession, now: float) -> None:
+    d = session.distinct
+    await session.execute(
+        "INSERT INTO users (id, subscription, created_at, updated_at)"
+        f" SELECT id, subscription, created_at, {now!r} FROM import_users WHERE true"
+        " ON CONFLICT (id) DO UPDATE SET subscription = excluded.subscription,"
+        f" updated_at = excluded.updated_at WHERE users.subscription {d} excluded.subscription"
+    )
+    columns = [c for c in STAGED_KEY_COLUMNS if c != "line"]
+    updates = ", ".join(f"{c} = {e.format(old='api_keys', new='excluded')}" for c, e in _KEY_UPDATES)
+    await session.execute(
+        f"INSERT INTO api_keys ({', '.join(columns)}) SELECT {', '.join(columns)} FROM import_keys WHERE true"
+        f" ON CONFLICT (key_hash) DO UPDATE SET {updates} WHERE {_key_changed('api_keys', 'excluded', d)}"
+    )
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def _iso(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC to the microsecond: exact enough that an import of an export exports the same."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def user_line(user: User) -> str:
+    record = {"type": "user", "id": user.id, "subscription": user.subscription, "created_at": _iso(user.created_at)}
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def key_line(key: ApiKey) -> str:
+    record = {
+        "type": "key",
+        "id": key.id,
+        "user_id": key.user_id,
+        "sha256": key.key_hash,
+        "prefix": key.prefix,
+        "name": key.name,
+        "created_at": _iso(key.created_at),
+        "expires_at": _iso(key.expires_at),
+        "revoked_at": _iso(key.revoked_at),
+        "last_used_at": _iso(key.last_used_at),
+        "requests": key.requests,
+        "rate_limited": key.rate_limited,
+        "credits": key.credits,
+        "rate_limits": key.rate_limits,
+        "replaced_by": key.replaced_by,
+        "legacy": key.legacy,
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+class Exportable(Protocol):
+    def iter_users(self) -> AsyncIterator[User]: ...
+
+    def iter_keys(self) -> AsyncIterator[ApiKey]: ...
+
+
+async def export_lines(store: Exportable) -> AsyncIterator[str]:
+    """Every user, then every key, as import lines (hashes included: treat the output as a secret)."""
+    async for user in store.iter_users():
+        yield user_line(user)
+    async for key in store.iter_keys():
+        yield key_line(key)
