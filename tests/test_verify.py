@@ -221,3 +221,23 @@ async def test_while_redis_is_down_verdicts_live_at_most_the_degraded_ttl(
     clock.tick(verifier.degraded_ttl * 0.2)
     with pytest.raises(InvalidCredentials):
         await verifier.verify(bearer(created.key))
+
+
+async def test_legacy_keys_go_through_the_negative_cache(store: KeyStore, clock: Clock) -> None:
+    verifier = Verifier(
+        store,
+        prefix=PREFIX,
+        legacy_prefixes=("mpa_",),
+        default_limits=parse_limits("5/minute"),
+        ttl=3600,
+        max_entries=1000,
+        clock=clock,
+        timer=clock,
+    )
+    unknown = "mpa_" + "x" * 40
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(bearer(unknown))  # a store look-up
+    with pytest.raises(InvalidCredentials):
+        finishes_without_waiting(verifier.verify(bearer(unknown)))  # remembered: no store this time
+    with pytest.raises(InvalidCredentials):
+        finishes_without_waiting(verifier.verify(bearer("mk_other_" + "x" * 40)))  # no prefix: never looked up
