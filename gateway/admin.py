@@ -32,6 +32,7 @@ from starlette.routing import Route
 from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.importer import decode_line
 from gateway.metrics import Metrics
 from gateway.service import AlreadyExists, ChangeNotAnnounced, Invalid, KeyService, NotFound, open_service
 from gateway.store import is_store_failure
@@ -144,16 +145,9 @@ async def _body_lines(request: Request) -> AsyncIterator[str]:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            yield _text(line)
+            yield decode_line(line)
     if pending:
-        yield _text(pending)
-
-
-def _text(line: bytes) -> str:
-    try:
-        return line.decode()
-    except UnicodeDecodeError:
-        return "\x00"  # reported as "not JSON", with its line number
+        yield decode_line(pending)
 
 
 def _encode_cursor(created_at: float, key_id: str) -> str:

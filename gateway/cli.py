@@ -165,8 +165,9 @@ class _SharedSignals(uvicorn.Server):
 
 def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | None = None) -> None:
     """Serve several listeners in one process and event loop (on ``sockets``, one for each, if
-    given); SIGTERM or SIGINT stops them all gracefully (each runs its lifespan shutdown), a second
-    one forces the exit."""
+    given: a worker of ``serve --workers``); SIGTERM or SIGINT stops them all gracefully (each runs
+    its lifespan shutdown), and a second one forces the exit, except in a worker, whose parent
+    decides that (a service manager may signal a worker and its parent both)."""
     servers = [_SharedSignals(config) for config in configs]
     listening = [None] * len(servers) if sockets is None else [[sock] for sock in sockets]
 
@@ -175,7 +176,7 @@ def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | No
 
         def stop() -> None:
             for server in servers:
-                if server.should_exit:
+                if server.should_exit and sockets is None:
                     server.force_exit = True
                 server.should_exit = True
 

@@ -11,7 +11,7 @@ import click
 
 from gateway.cli_common import config_option, emit, json_option, load
 from gateway.cli_manage import run
-from gateway.importer import ImportReport, export_lines
+from gateway.importer import ImportReport, decode_line, export_lines
 from gateway.service import KeyService
 
 __all__ = ["export_command", "import_command", "report_text"]
@@ -32,19 +32,19 @@ def report_text(report: ImportReport) -> str:
     return "\n".join([f"warning: {w}" for w in report.warnings] + [prefix + "; ".join(counts)])
 
 
-async def _lines(stream: IO[str]) -> AsyncIterator[str]:
+async def _lines(stream: IO[bytes]) -> AsyncIterator[str]:
     # Read as needed: the file is never held whole. A blocking read is fine in the CLI.
     for line in stream:
-        yield line
+        yield decode_line(line)
 
 
 @click.command("import")
 @config_option
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @click.option("--dry-run", is_flag=True, help="Check the file and say what would change; write nothing.")
 @json_option
 @click.pass_context
-def import_command(ctx: click.Context, file: IO[str], dry_run: bool, as_json: bool) -> None:
+def import_command(ctx: click.Context, file: IO[bytes], dry_run: bool, as_json: bool) -> None:
     """Import users and keys from JSON Lines (FILE, or - for stdin): all of it, or nothing."""
     config = load(ctx)
     prefixes = (config.keys.prefix, *config.keys.legacy_prefixes)

@@ -7,8 +7,9 @@ One object a line, a user or a key::
 
 A key's optional fields are ``id``, ``name``, ``created_at``, ``expires_at``, ``revoked_at``,
 ``last_used_at``, ``requests`` and ``credits``, and, as ``gateway export`` writes them,
-``rate_limited``, ``rate_limits``, ``replaced_by`` and ``legacy``. Dates are ISO 8601 (or Unix
-seconds). A key without ``legacy`` is an earlier system's (no checksum of ours).
+``rate_limited``, ``rate_limits``, ``replaced_by`` and ``legacy``. Dates are ISO 8601 or Unix
+seconds; export writes Unix seconds, exactly as stored, so a round trip changes nothing. A key
+without ``legacy`` is an earlier system's (no checksum of ours).
 
 The file is streamed, never held whole: each line is checked on its own and staged, in batches, in
 temporary tables inside one store transaction; then SQL checks what needs the whole file
@@ -17,14 +18,18 @@ key). Any error: the transaction is rolled back, and the report names each bad l
 staged rows are merged in the same transaction, and the report counts what was created, updated
 and left unchanged. A key is matched by its hash, a user by its id. Merging never loses what the
 store knows better: counters and last use only go up, a revocation is never undone, a key's id,
-creation date and own limits stay (unless the file gives limits). So importing a file twice
-changes nothing the second time, and a subscription lapsed or a key revoked since is updated.
+creation date and own limits stay (unless the file gives limits), an expiry can come closer but
+never go back, and a key never changes owner (a line that says otherwise is an error). The file
+is the truth for a user's subscription, both ways, as a sync from the service's own database
+needs. So importing a file twice changes nothing the second time, and a subscription lapsed or a
+key revoked since is updated.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +39,7 @@ from gateway.keys import key_id_for_hash
 from gateway.service import Invalid, check_limits, check_name, check_subscription, check_user_id
 from gateway.store import ApiKey, User
 
-__all__ = ["ImportReport", "ImportSession", "export_lines", "run_import"]
+__all__ = ["ImportReport", "ImportSession", "decode_line", "export_lines", "run_import"]
 
 BATCH = 5000
 MAX_ERRORS_SHOWN = 20
@@ -59,6 +64,7 @@ KEY_FIELDS = {
     "legacy",
 }
 _HEX = frozenset("0123456789abcdef")
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # The staging tables, column for column as the rows of parse_line.
 STAGED_USER_COLUMNS = ("line", "id", "subscription", "created_at")
@@ -83,10 +89,15 @@ STAGED_KEY_COLUMNS = (
 
 # What a merge sets on a key that is already stored: (column, expression over {old} and {new}).
 _KEY_UPDATES = (
-    ("user_id", "{new}.user_id"),
     ("name", "{new}.name"),
     ("prefix", "{new}.prefix"),
-    ("expires_at", "{new}.expires_at"),
+    # An import may bring an expiry closer, never push it back or remove it (a rotation's grace
+    # end here is an expiry too): the earlier of the two, NULL meaning never.
+    (
+        "expires_at",
+        "CASE WHEN {old}.expires_at IS NULL OR {new}.expires_at < {old}.expires_at"
+        " THEN {new}.expires_at ELSE {old}.expires_at END",
+    ),
     ("revoked_at", "coalesce({old}.revoked_at, {new}.revoked_at)"),
     (
         "last_used_at",
@@ -166,7 +177,27 @@ class ImportSession(Protocol):
 # ------------------------------------------------------------------------------ one line
 
 
+def decode_line(line: bytes) -> str:
+    """A line of the file as text; one that is not UTF-8 is reported as not JSON, by its number."""
+    try:
+        return line.decode()
+    except UnicodeDecodeError:
+        return "\x00"
+
+
+# Dates from 1970 up to the end of 9999: what ISO 8601 can write (milliseconds since 1970 land
+# far beyond, and are refused rather than taken for a date in the year 50000).
+_LATEST = 253402300799.0
+
+
 def _date(record: dict[str, Any], name: str) -> float | None:
+    seconds = _any_date(record, name)
+    if seconds is not None and not 0 <= seconds <= _LATEST:
+        raise LineError(f"{name} is not between 1970 and 9999 (milliseconds instead of seconds?)")
+    return seconds
+
+
+def _any_date(record: dict[str, Any], name: str) -> float | None:
     value = record.get(name)
     if value is None:
         return None
@@ -183,7 +214,10 @@ def _date(record: dict[str, Any], name: str) -> float | None:
             raise LineError(f"{name} {value!r} is not an ISO 8601 date") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+        try:
+            return parsed.timestamp()
+        except (OverflowError, OSError, ValueError):
+            raise LineError(f"{name} {value!r} is not between 1970 and 9999") from None
     raise LineError(f"{name} must be an ISO 8601 date or Unix seconds")
 
 
@@ -228,7 +262,11 @@ def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
         if not isinstance(key_hash, str) or len(key_hash) != 64 or not _HEX.issuperset(key_hash):
             raise LineError("sha256 must be 64 lowercase hexadecimal characters")
         user_id = check_user_id(_text(record, "user_id", required=True) or "")
-        key_id = _text(record, "id", longest=64) or key_id_for_hash(key_hash)
+        key_id = record.get("id")
+        if key_id is None:
+            key_id = key_id_for_hash(key_hash)
+        elif not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
+            raise LineError("id must be 1 to 64 of A-Z a-z 0-9 _ . - (it is used in URLs and headers)")
         legacy = record.get("legacy", True)
         if not isinstance(legacy, bool):
             raise LineError("legacy must be true or false")
@@ -326,32 +364,52 @@ async def _index(session: ImportSession) -> None:
 
 
 async def _check(session: ImportSession, report: ImportReport) -> None:
-    duplicates = (
-        ("import_users", "id", "the user"),
-        ("import_keys", "key_hash", "a key with this sha256"),
-        ("import_keys", "id", "a key with this id"),
-    )
-    for table, column, what in duplicates:
-        rows = await session.fetch(
-            f"SELECT b.line, min(a.line) FROM {table} a JOIN {table} b ON a.{column} = b.{column}"
-            f" AND a.line < b.line GROUP BY b.line ORDER BY b.line LIMIT {MAX_ERRORS_SHOWN}"
+    """What only the whole file (and the store) can tell: each check lists its first lines, and
+    counts them all."""
+    # (rows, what to list of each, how to group them, the message). Joins on the store's ids and
+    # hashes, which are unique, give one row per line; only duplicates need grouping.
+    checks: list[tuple[str, str, str, str]] = [
+        (
+            f"{table} a JOIN {table} b ON a.{column} = b.{column} AND a.line < b.line",
+            "b.line, min(a.line)",
+            " GROUP BY b.line",
+            f"duplicate: {what} is on line {{}} already",
         )
-        for line, first in rows:
-            report.error(int(line), f"duplicate: {what} is on line {first} already")
-    rows = await session.fetch(
-        "SELECT k.line, k.user_id FROM import_keys k WHERE NOT EXISTS (SELECT 1 FROM import_users u"
-        " WHERE u.id = k.user_id) AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id)"
-        f" ORDER BY k.line LIMIT {MAX_ERRORS_SHOWN}"
-    )
-    for line, user_id in rows:
-        report.error(int(line), f"user {user_id!r} is neither in the file nor in the store")
-    rows = await session.fetch(
-        "SELECT k.line, k.id FROM import_keys k JOIN api_keys a ON a.id = k.id"
-        f" WHERE a.key_hash <> k.key_hash ORDER BY k.line LIMIT {MAX_ERRORS_SHOWN}"
-    )
-    for line, key_id in rows:
-        report.error(int(line), f"key id {key_id!r} belongs to another key in the store")
+        for table, column, what in (
+            ("import_users", "id", "the user"),
+            ("import_keys", "key_hash", "a key with this sha256"),
+            ("import_keys", "id", "a key with this id"),
+        )
+    ]
+    checks += [
+        (
+            "import_keys b WHERE NOT EXISTS (SELECT 1 FROM import_users u WHERE u.id = b.user_id)"
+            " AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id)",
+            "b.line, b.user_id",
+            "",
+            "user {!r} is neither in the file nor in the store",
+        ),
+        (
+            "import_keys b JOIN api_keys a ON a.id = b.id WHERE a.key_hash <> b.key_hash",
+            "b.line, b.id",
+            "",
+            "key id {!r} belongs to another key in the store",
+        ),
+        (
+            "import_keys b JOIN api_keys a ON a.key_hash = b.key_hash WHERE a.user_id <> b.user_id",
+            "b.line, a.user_id",
+            "",
+            "this key belongs to user {!r} in the store; a key never changes owner",
+        ),
+    ]
+    for source, columns, grouping, message in checks:
+        rows = await session.fetch(f"SELECT {columns} FROM {source}{grouping} ORDER BY b.line LIMIT {MAX_ERRORS_SHOWN}")
+        for line, detail in rows:
+            report.error(int(line), message.format(detail))
+        [(total,)] = await session.fetch(f"SELECT count(DISTINCT b.line) FROM {source}")
+        report.error_count += int(total) - len(rows)
     report.errors.sort()
+    del report.errors[MAX_ERRORS_SHOWN:]
 
 
 def _key_changed(old: str, new: str, distinct: str) -> str:
@@ -397,15 +455,8 @@ async def _merge(session: ImportSession, now: float) -> None:
 # ------------------------------------------------------------------------------ export
 
 
-def _iso(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC to the microsecond: exact enough that an import of an export exports the same."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
 def user_line(user: User) -> str:
-    record = {"type": "user", "id": user.id, "subscription": user.subscription, "created_at": _iso(user.created_at)}
+    record = {"type": "user", "id": user.id, "subscription": user.subscription, "created_at": user.created_at}
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
@@ -417,10 +468,10 @@ def key_line(key: ApiKey) -> str:
         "sha256": key.key_hash,
         "prefix": key.prefix,
         "name": key.name,
-        "created_at": _iso(key.created_at),
-        "expires_at": _iso(key.expires_at),
-        "revoked_at": _iso(key.revoked_at),
-        "last_used_at": _iso(key.last_used_at),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
         "requests": key.requests,
         "rate_limited": key.rate_limited,
         "credits": key.credits,

@@ -69,6 +69,8 @@ class SharedLimiter:
         return self.fallback.hit(key_id, limits), None
 
     def _degrade(self, exc: BaseException) -> None:
+        if self._probe is not None:  # another request that was waiting on Redis saw it first
+            return
         logger.warning(
             "Redis cannot be used (%s: %s); %s until it answers",
             type(exc).__name__,

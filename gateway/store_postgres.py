@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +70,13 @@ _ADD_USAGE = (
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password (user:password@ or ?password=), for messages."""
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    rest = re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 def _user(row: Any) -> User:
@@ -94,7 +96,8 @@ class PostgresStore:
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=10)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # ValueError: asyncpg's word for a URL it cannot read (a port that is not a number).
             raise StoreError(f"{redact(url)}: cannot connect: {exc}") from None
         store = cls(pool, url)
         try:
@@ -115,7 +118,11 @@ class PostgresStore:
 
     async def _listen(self) -> None:
         connection = await asyncpg.connect(self._url)
-        await connection.add_listener(CHANNEL, self._heard)
+        try:
+            await connection.add_listener(CHANNEL, self._heard)
+        except BaseException:
+            await connection.close()
+            raise
         connection.add_termination_listener(self._lost)
         self._listener = connection
 

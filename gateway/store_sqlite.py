@@ -305,28 +305,31 @@ class SQLiteStore:
 
     @contextlib.asynccontextmanager
     async def import_session(self) -> AsyncIterator[ImportSession]:
+        # The connection's write lock is held for each staging batch and from begin_write to the
+        # end, not while the file streams in: an admin revocation meanwhile waits for one batch.
+        session = _SQLiteImport(self._db, self._writing)
         async with self._writing:
-            async with self._import_session() as session:
-                yield session
-
-    @contextlib.asynccontextmanager
-    async def _import_session(self) -> AsyncIterator[_SQLiteImport]:
-        session = _SQLiteImport(self._db)
-        await self._db.execute(
-            "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT, created_at REAL)"
-        )
-        await self._db.execute(
-            "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
-            " name TEXT, created_at REAL, expires_at REAL, revoked_at REAL, last_used_at REAL, replaced_by TEXT,"
-            " rate_limits TEXT, requests INTEGER, rate_limited INTEGER, credits INTEGER, legacy INTEGER)"
-        )
+            await self._db.execute(
+                "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT, created_at REAL)"
+            )
+            await self._db.execute(
+                "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
+                " name TEXT, created_at REAL, expires_at REAL, revoked_at REAL, last_used_at REAL,"
+                " replaced_by TEXT, rate_limits TEXT, requests INTEGER, rate_limited INTEGER, credits INTEGER,"
+                " legacy INTEGER)"
+            )
         try:
             yield session
         finally:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            await self._db.execute("DROP TABLE temp.import_users")
-            await self._db.execute("DROP TABLE temp.import_keys")
+            if not session.locked:
+                await self._writing.acquire()
+            try:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                await self._db.execute("DROP TABLE temp.import_users")
+                await self._db.execute("DROP TABLE temp.import_keys")
+            finally:
+                self._writing.release()
         if session.committed:
             self._counter.bump()
 
@@ -348,21 +351,30 @@ _ADD_USAGE = (
 
 class _SQLiteImport:
     """An import on the store's connection: staging in the connection's temporary database (which
-    takes no lock on the store), then one BEGIN IMMEDIATE for the checks and the merge."""
+    takes no lock on the store file), then one BEGIN IMMEDIATE for the checks and the merge."""
 
     distinct = "IS NOT"
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, writing: asyncio.Lock) -> None:
         self._db = db
+        self._writing = writing
+        self.locked = False  # holding the connection's write lock, from begin_write on
         self.committed = False
 
     async def stage(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         marks = ", ".join("?" * len(columns))
-        await self._db.execute("BEGIN")
-        await self._db.executemany(f"INSERT INTO temp.{table} ({', '.join(columns)}) VALUES ({marks})", rows)
-        await self._db.execute("COMMIT")
+        async with self._writing:
+            await self._db.execute("BEGIN")
+            try:
+                await self._db.executemany(f"INSERT INTO temp.{table} ({', '.join(columns)}) VALUES ({marks})", rows)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     async def begin_write(self) -> None:
+        await self._writing.acquire()
+        self.locked = True
         await self._db.execute("BEGIN IMMEDIATE")
 
     async def execute(self, sql: str) -> None:

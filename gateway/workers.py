@@ -27,11 +27,19 @@ __all__ = ["run_workers"]
 logger = logging.getLogger("gateway.error")
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _fork(serve: Callable[[int], None], index: int) -> int:
+    """Fork a worker; called with the stop signals blocked, which the worker unblocks."""
     pid = os.fork()
     if pid == 0:  # the worker
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # A group of its own: a terminal's Ctrl-C reaches the parent only, which passes a single
+        # SIGTERM on (two signals would make the worker skip its graceful shutdown).
+        os.setpgid(0, 0)
+        for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)  # run_servers installs its own on its loop
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         code = 0
         try:
             serve(index)
@@ -71,10 +79,22 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
     # Before forking: a signal in between must not end the parent alone (workers reset them).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    def spawn(index: int) -> int:
+        # Blocked from the fork until the worker is on the list: a stop signal in between would
+        # otherwise miss it, and the parent would wait for it for ever.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = _fork(serve, index)
+            workers[pid] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return pid
+
     for index in range(count):
         if stopping:
             break
-        workers[_fork(serve, index)] = index
+        spawn(index)
     logger.info("started %d workers: %s", count, ", ".join(map(str, workers)))
 
     while workers:
@@ -94,8 +114,7 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
             for other in workers:
                 _kill(other, signal.SIGTERM)
             continue
-        replacement = _fork(serve, index)
-        workers[replacement] = index
+        replacement = spawn(index)
         logger.warning("worker %d exited (status %d); started worker %d in its place", pid, code, replacement)
     return status
 

@@ -200,14 +200,15 @@ def test_export_from_sqlite_into_postgres(gateway_factory: GatewayFactory, old_s
         assert moved.returncode == 0, moved.stderr
         # The target had a user alice of its own, with a key: the source's alice is unchanged.
         assert json.loads(moved.stdout)["keys"]["created"] == 5
-        for name in ("acme", "bolt"):
-            assert identity(target, old_system["keys"][name])[:2] == (200, name)
-        assert identity(target, old_system["keys"]["revoked"])[0] == 401
         # A round trip leaves the store equal: what it exports is what came in (alice aside).
+        # Before any request: usage counted afterwards would rightly differ.
         again = gateway_cli(target.config_path, "export").stdout.splitlines()
         assert sorted(line for line in again if "alice" not in line) == sorted(
             line for line in exported.stdout.splitlines() if "alice" not in line
         )
+        for name in ("acme", "bolt"):
+            assert identity(target, old_system["keys"][name])[:2] == (200, name)
+        assert identity(target, old_system["keys"]["revoked"])[0] == 401
         target.stop()
 
 
@@ -231,3 +232,41 @@ def test_the_admin_api_imports_the_same_lines(gateway_factory: GatewayFactory, o
     assert done.status_code == 200, done.text
     assert done.json()["keys"] == {"created": 4, "updated": 0, "unchanged": 0} and done.json()["written"]
     assert identity(gw, old_system["keys"]["bolt"]) == (200, "bolt", "k_bolt_1")
+
+
+def test_an_import_never_gives_back_what_the_store_took_away(
+    gateway_factory: GatewayFactory, old_system: dict[str, Any], tmp_path: Path
+) -> None:
+    gw = gateway_factory(LEGACY)
+    assert import_file(gw, old_system["file"]).returncode == 0
+    # Its own export, imported again, changes nothing: dates go out exactly as stored.
+    exported = tmp_path / "export.jsonl"
+    exported.write_text(gateway_cli(gw.config_path, "export").stdout)
+    again = json.loads(import_file(gw, exported, "--json").stdout)
+    assert again["keys"]["updated"] == 0 and again["users"]["updated"] == 0
+
+    # A rotation with grace gives the old key an expiry; the old file, imported again, has none.
+    rotated = cli_json(gw, "keys", "rotate", "k_bolt_1", "--grace", "1h")
+    assert rotated["replaced_key_stops_at"] is not None
+    assert import_file(gw, old_system["file"]).returncode == 0
+    assert cli_json(gw, "keys", "show", "k_bolt_1")["expires_at"] == rotated["replaced_key_stops_at"]
+
+    # A key never changes owner; dates in milliseconds are refused, not taken for the year 50000.
+    records = [dict(record) for record in old_system["records"]]
+    records[4]["user_id"] = "acme"
+    records[3]["last_used_at"] = 1_700_000_000_000
+    done = import_file(gw, write_lines(tmp_path / "moved.jsonl", records))
+    assert done.returncode == 1
+    assert "line 4: last_used_at is not between 1970 and 9999 (milliseconds instead of seconds?)" in done.stderr
+    records[3].pop("last_used_at")
+    done = import_file(gw, write_lines(tmp_path / "moved.jsonl", records))
+    assert "line 5: this key belongs to user 'bolt' in the store; a key never changes owner" in done.stderr
+
+
+def test_every_bad_line_is_counted(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    gw = gateway_factory(LEGACY)
+    user = {"type": "user", "id": "same", "subscription": "active"}
+    done = import_file(gw, write_lines(tmp_path / "many.jsonl", [user] * 30), "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["error_count"] == 29 and len(report["errors"]) == 20
+    assert report["errors"][0] == {"line": 2, "message": "duplicate: the user is on line 1 already"}
