@@ -61,14 +61,8 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
     stopping = False
     status = 0
 
-    parent = os.getpid()
-
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
-        if os.getpid() != parent:  # a worker, before it put back the default handlers
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         if stopping and signum == signal.SIGINT:
             for pid in workers:  # a second Ctrl-C: no more waiting
                 _kill(pid, signal.SIGKILL)
@@ -76,7 +70,8 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         for pid in workers:
             _kill(pid, signal.SIGTERM)
 
-    # Before forking: a signal in between must not end the parent alone (workers reset them).
+    # Before forking: a signal in between must not end the parent alone (workers reset them,
+    # still blocked, before they unblock them).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
