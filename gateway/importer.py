@@ -37,9 +37,9 @@ from typing import Any, Protocol
 
 from gateway.keys import key_id_for_hash
 from gateway.service import Invalid, check_limits, check_name, check_subscription, check_user_id
-from gateway.store import ApiKey, User
+from gateway.store import ApiKey, KeyStore, User
 
-__all__ = ["ImportReport", "ImportSession", "decode_line", "export_lines", "run_import"]
+__all__ = ["ImportReport", "ImportSession", "decode_line", "export_lines", "run_import", "staging_tables"]
 
 BATCH = 5000
 MAX_ERRORS_SHOWN = 20
@@ -66,26 +66,41 @@ KEY_FIELDS = {
 _HEX = frozenset("0123456789abcdef")
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-# The staging tables, column for column as the rows of parse_line.
-STAGED_USER_COLUMNS = ("line", "id", "subscription", "created_at")
-STAGED_KEY_COLUMNS = (
-    "line",
-    "id",
-    "user_id",
-    "key_hash",
-    "prefix",
-    "name",
-    "created_at",
-    "expires_at",
-    "revoked_at",
-    "last_used_at",
-    "replaced_by",
-    "rate_limits",
-    "requests",
-    "rate_limited",
-    "credits",
-    "legacy",
-)
+# The staging tables, column for column as the rows of parse_line, with their kinds of value.
+_STAGED: dict[str, tuple[tuple[str, str], ...]] = {
+    "import_users": (("line", "integer"), ("id", "text"), ("subscription", "text"), ("created_at", "real")),
+    "import_keys": (
+        ("line", "integer"),
+        ("id", "text"),
+        ("user_id", "text"),
+        ("key_hash", "text"),
+        ("prefix", "text"),
+        ("name", "text"),
+        ("created_at", "real"),
+        ("expires_at", "real"),
+        ("revoked_at", "real"),
+        ("last_used_at", "real"),
+        ("replaced_by", "text"),
+        ("rate_limits", "text"),
+        ("requests", "big_integer"),
+        ("rate_limited", "big_integer"),
+        ("credits", "big_integer"),
+        ("legacy", "boolean"),
+    ),
+}
+STAGED_USER_COLUMNS = tuple(column for column, _ in _STAGED["import_users"])
+STAGED_KEY_COLUMNS = tuple(column for column, _ in _STAGED["import_keys"])
+
+
+def staging_tables(*, real: str, big_integer: str, boolean: str, suffix: str = "") -> list[str]:
+    """The CREATE TEMP TABLE statements, with the store's names for the types (as for
+    ``schema.migrations``) and ``suffix`` after each (PostgreSQL: ON COMMIT DROP)."""
+    names = {"integer": "INTEGER", "text": "TEXT", "real": real, "big_integer": big_integer, "boolean": boolean}
+    return [
+        f"CREATE TEMP TABLE {table} ({', '.join(f'{column} {names[kind]}' for column, kind in columns)}){suffix}"
+        for table, columns in _STAGED.items()
+    ]
+
 
 # What a merge sets on a key that is already stored: (column, expression over {old} and {new}).
 _KEY_UPDATES = (
@@ -336,7 +351,7 @@ async def run_import(
     await _check(session, report)
     if report.error_count:
         return report
-    await _count_changes(session, report, now)
+    await _count_changes(session, report)
     if not dry_run:
         await _merge(session, now)
         await session.commit()
@@ -418,22 +433,22 @@ def _key_changed(old: str, new: str, distinct: str) -> str:
     )
 
 
-async def _count_changes(session: ImportSession, report: ImportReport, now: float) -> None:
+async def _count_changes(session: ImportSession, report: ImportReport) -> None:
     d = session.distinct
     [(users, users_new, users_changed)] = await session.fetch(
         "SELECT count(*), sum(CASE WHEN u.id IS NULL THEN 1 ELSE 0 END),"
         f" sum(CASE WHEN u.id IS NOT NULL AND u.subscription {d} i.subscription THEN 1 ELSE 0 END)"
         " FROM import_users i LEFT JOIN users u ON u.id = i.id"
     )
-    report.users = Counts(int(users_new or 0), int(users_changed or 0), int(users) - int(users_new or 0))
-    report.users.unchanged -= report.users.updated
+    created, updated = int(users_new or 0), int(users_changed or 0)
+    report.users = Counts(created, updated, int(users) - created - updated)
     [(keys, keys_new, keys_changed)] = await session.fetch(
         "SELECT count(*), sum(CASE WHEN a.id IS NULL THEN 1 ELSE 0 END),"
         f" sum(CASE WHEN a.id IS NOT NULL AND ({_key_changed('a', 'i', d)}) THEN 1 ELSE 0 END)"
         " FROM import_keys i LEFT JOIN api_keys a ON a.key_hash = i.key_hash"
     )
-    report.keys = Counts(int(keys_new or 0), int(keys_changed or 0), int(keys) - int(keys_new or 0))
-    report.keys.unchanged -= report.keys.updated
+    created, updated = int(keys_new or 0), int(keys_changed or 0)
+    report.keys = Counts(created, updated, int(keys) - created - updated)
 
 
 async def _merge(session: ImportSession, now: float) -> None:
@@ -482,13 +497,7 @@ def key_line(key: ApiKey) -> str:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
-class Exportable(Protocol):
-    def iter_users(self) -> AsyncIterator[User]: ...
-
-    def iter_keys(self) -> AsyncIterator[ApiKey]: ...
-
-
-async def export_lines(store: Exportable) -> AsyncIterator[str]:
+async def export_lines(store: KeyStore) -> AsyncIterator[str]:
     """Every user, then every key, as import lines (hashes included: treat the output as a secret)."""
     async for user in store.iter_users():
         yield user_line(user)

@@ -125,12 +125,6 @@ class RedisState:
         """Advance the epoch: every process drops its cached verdicts at its next request."""
         return int(await self._announce(keys=[EPOCH_KEY]))
 
-    async def epoch(self) -> bytes:
-        value = await self.client.get(EPOCH_KEY)
-        if value is None:
-            return b""
-        return value.encode() if isinstance(value, str) else value
-
     async def ping(self) -> None:
         await self.client.ping()
 

@@ -106,6 +106,26 @@ def usage_from_row(row: Sequence[Any]) -> UserUsage:
     return UserUsage(row[0], int(row[1]), int(row[2]), int(row[3]), row[4], int(row[5]), row[6])
 
 
+# The look-up by hash, a key's columns then its user's; each store appends its placeholder.
+FIND_KEY_BY_HASH = (
+    "SELECT "
+    + ", ".join(f"k.{c}" for c in KEY_COLUMNS)
+    + ", u.subscription, u.created_at, u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id"
+    " WHERE k.key_hash = "
+)
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    return User(*tuple(row)[: len(USER_COLUMNS)])
+
+
+def found_from_row(row: Sequence[Any]) -> tuple[ApiKey, User]:
+    """A FIND_KEY_BY_HASH row: the key and its user."""
+    key = key_from_row(row)
+    subscription, created_at, updated_at = tuple(row)[len(KEY_COLUMNS) :]
+    return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+
+
 def key_row(key: ApiKey) -> tuple[Any, ...]:
     """The key's values in KEY_COLUMNS order, as the stores insert them."""
     return tuple(getattr(key, name) for name in KEY_COLUMNS)

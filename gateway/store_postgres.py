@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.importer import staging_tables
 from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
 from gateway.store import (
+    FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     USAGE_BY_USER,
     USER_COLUMNS,
@@ -34,9 +36,11 @@ from gateway.store import (
     UsageDelta,
     User,
     UserUsage,
+    found_from_row,
     key_from_row,
     key_row,
     usage_from_row,
+    user_from_row,
 )
 
 if TYPE_CHECKING:
@@ -51,18 +55,15 @@ CHANNEL = "gateway_changes"
 MIGRATION_LOCK = 0x6761_7465_7761_7900
 RECONNECT_SECONDS = 1.0
 
-MIGRATIONS = migrations(real="DOUBLE PRECISION", big_integer="BIGINT", boolean="BOOLEAN")
+# The store's names for the kinds of value the schema and the import's staging tables use.
+_TYPES = dict(real="DOUBLE PRECISION", big_integer="BIGINT", boolean="BOOLEAN")
+MIGRATIONS = migrations(**_TYPES)
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join(f'${i + 1}' for i in range(_KEY_FIELDS))})"
 _USER_COLUMNS = ", ".join(USER_COLUMNS)
-_FIND_KEY = (
-    "SELECT "
-    + ", ".join(f"k.{c}" for c in KEY_COLUMNS)
-    + ", u.subscription, u.created_at, u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id"
-    " WHERE k.key_hash = $1"
-)
+_FIND_KEY = FIND_KEY_BY_HASH + "$1"
 _ADD_USAGE = (
     "UPDATE api_keys SET requests = requests + $1, rate_limited = rate_limited + $2, credits = credits + $3,"
     " last_used_at = greatest(last_used_at, $4) WHERE id = $5"
@@ -77,10 +78,6 @@ def redact(url: str) -> str:
         rest = f"{credentials.split(':', 1)[0]}:***@{host}"
     rest = re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
     return f"{scheme}{sep}{rest}"
-
-
-def _user(row: Any) -> User:
-    return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
 
 
 class PostgresStore:
@@ -215,7 +212,7 @@ class PostgresStore:
 
     async def get_user(self, user_id: str) -> User | None:
         row = await self._pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None:
         status = await self._write(
@@ -225,7 +222,7 @@ class PostgresStore:
 
     async def list_users(self) -> Sequence[User]:
         rows = await self._pool.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
-        return [_user(row) for row in rows]
+        return [user_from_row(row) for row in rows]
 
     # ------------------------------------------------------------------------------- keys
 
@@ -240,9 +237,7 @@ class PostgresStore:
         row = await self._pool.fetchrow(_FIND_KEY, key_hash)
         if row is None:
             return None
-        key = key_from_row(row)
-        subscription, created_at, updated_at = tuple(row)[_KEY_FIELDS:]
-        return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+        return found_from_row(row)
 
     async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
         if user_id is None:
@@ -291,7 +286,7 @@ class PostgresStore:
     async def iter_users(self) -> AsyncIterator[User]:
         async with self._pool.acquire() as connection, connection.transaction():
             async for row in connection.cursor(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id"):
-                yield _user(row)
+                yield user_from_row(row)
 
     async def iter_keys(self) -> AsyncIterator[ApiKey]:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -305,17 +300,8 @@ class PostgresStore:
             await transaction.start()
             session = _PostgresImport(connection, transaction)
             try:
-                await connection.execute(
-                    "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT,"
-                    " created_at DOUBLE PRECISION) ON COMMIT DROP"
-                )
-                await connection.execute(
-                    "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
-                    " name TEXT, created_at DOUBLE PRECISION, expires_at DOUBLE PRECISION,"
-                    " revoked_at DOUBLE PRECISION, last_used_at DOUBLE PRECISION, replaced_by TEXT,"
-                    " rate_limits TEXT, requests BIGINT, rate_limited BIGINT, credits BIGINT, legacy BOOLEAN)"
-                    " ON COMMIT DROP"
-                )
+                for statement in staging_tables(**_TYPES, suffix=" ON COMMIT DROP"):
+                    await connection.execute(statement)
                 yield session
             finally:
                 if not session.committed:

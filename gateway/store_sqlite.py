@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from gateway.changes import ChangeCounter
+from gateway.importer import staging_tables
 from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
 from gateway.store import (
+    FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     USAGE_BY_USER,
     USER_COLUMNS,
@@ -29,9 +31,11 @@ from gateway.store import (
     UsageDelta,
     User,
     UserUsage,
+    found_from_row,
     key_from_row,
     key_row,
     usage_from_row,
+    user_from_row,
 )
 
 if TYPE_CHECKING:
@@ -41,16 +45,15 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_path"]
 
 BUSY_TIMEOUT_MS = 5000
 
-MIGRATIONS = migrations(real="REAL", big_integer="INTEGER", boolean="INTEGER")
+# The store's names for the kinds of value the schema and the import's staging tables use.
+_TYPES = dict(real="REAL", big_integer="INTEGER", boolean="INTEGER")
+MIGRATIONS = migrations(**_TYPES)
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
 _USER_COLUMNS = ", ".join(USER_COLUMNS)
-_FIND_KEY = (
-    "SELECT " + ", ".join(f"k.{c}" for c in KEY_COLUMNS) + ", u.subscription, u.created_at,"
-    " u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
-)
+_FIND_KEY = FIND_KEY_BY_HASH + "?"
 
 
 async def _use_wal(db: aiosqlite.Connection) -> None:
@@ -76,10 +79,6 @@ async def _use_wal(db: aiosqlite.Connection) -> None:
 def sqlite_path(url: str) -> Path:
     """``sqlite:///relative.db`` -> relative.db, ``sqlite:////abs/x.db`` -> /abs/x.db."""
     return Path(url.removeprefix("sqlite:///"))
-
-
-def _user(row: Any) -> User:
-    return User(id=row[0], subscription=row[1], created_at=row[2], updated_at=row[3])
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -196,7 +195,7 @@ class SQLiteStore:
     async def get_user(self, user_id: str) -> User | None:
         async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)) as cursor:
             row = await cursor.fetchone()
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None:
         changed = await self._write(
@@ -206,7 +205,7 @@ class SQLiteStore:
 
     async def list_users(self) -> Sequence[User]:
         async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
-            return [_user(row) for row in await cursor.fetchall()]
+            return [user_from_row(row) for row in await cursor.fetchall()]
 
     # ------------------------------------------------------------------------------- keys
 
@@ -223,9 +222,7 @@ class SQLiteStore:
             row = await cursor.fetchone()
         if row is None:
             return None
-        key = key_from_row(row)
-        subscription, created_at, updated_at = row[_KEY_FIELDS:]
-        return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+        return found_from_row(row)
 
     async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
         sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
@@ -295,7 +292,7 @@ class SQLiteStore:
         async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
             while rows := await cursor.fetchmany(1000):
                 for row in rows:
-                    yield _user(row)
+                    yield user_from_row(row)
 
     async def iter_keys(self) -> AsyncIterator[ApiKey]:
         async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id") as cursor:
@@ -309,15 +306,8 @@ class SQLiteStore:
         # end, not while the file streams in: an admin revocation meanwhile waits for one batch.
         session = _SQLiteImport(self._db, self._writing)
         async with self._writing:
-            await self._db.execute(
-                "CREATE TEMP TABLE import_users (line INTEGER, id TEXT, subscription TEXT, created_at REAL)"
-            )
-            await self._db.execute(
-                "CREATE TEMP TABLE import_keys (line INTEGER, id TEXT, user_id TEXT, key_hash TEXT, prefix TEXT,"
-                " name TEXT, created_at REAL, expires_at REAL, revoked_at REAL, last_used_at REAL,"
-                " replaced_by TEXT, rate_limits TEXT, requests INTEGER, rate_limited INTEGER, credits INTEGER,"
-                " legacy INTEGER)"
-            )
+            for statement in staging_tables(**_TYPES):
+                await self._db.execute(statement)
         try:
             yield session
         finally:

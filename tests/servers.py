@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
 from gateway.service import CreatedKey, KeyService
@@ -230,6 +232,19 @@ def run_service(store_url: str, prefix: str, action: Callable[[KeyService], Awai
             await store.close()
 
     return asyncio.run(main())
+
+
+def samples(gw: GatewayProcess, token: bool = True) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on ``gw``'s /metrics, by name and labels (the admin token sent unless not ``token``)."""
+    headers = {"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}"} if token else {}
+    response = httpx.get(f"{gw.admin_url}/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -6,22 +6,9 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, cli_json, free_port
-
-
-def samples(gw: GatewayProcess, token: bool = True) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    headers = {"Authorization": f"Bearer {GatewayProcess.ADMIN_TOKEN}"} if token else {}
-    response = httpx.get(f"{gw.admin_url}/metrics", headers=headers)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+from tests.servers import GatewayProcess, cli_json, free_port, samples
 
 
 def outcome(values: dict, name: str) -> float:

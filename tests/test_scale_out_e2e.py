@@ -23,7 +23,7 @@ import pytest
 from gateway.schema import SCHEMA_VERSION
 from tests.adversarial.fault_proxy import FaultProxy
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, cli_json, free_port, gateway_cli
+from tests.servers import GatewayProcess, cli_json, free_port, gateway_cli, samples
 from tests.services import REDIS_HOST, PostgresServer, RedisServer, machine_redis_url, postgres_schema
 
 
@@ -183,9 +183,11 @@ def test_two_replicas_of_two_workers_each_behave_as_one(
 
 def outcomes(gw: GatewayProcess) -> dict[str, int]:
     """The non-zero gateway_requests_total counts on ``gw``'s /metrics."""
-    text = httpx.get(f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {gw.ADMIN_TOKEN}"}).text
-    found = re.findall(r'^gateway_requests_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
-    return {outcome: int(float(count)) for outcome, count in found if float(count)}
+    return {
+        labels[0][1]: int(value)
+        for (name, labels), value in samples(gw).items()
+        if name == "gateway_requests_total" and value
+    }
 
 
 def test_usage_from_two_replicas_adds_up(
