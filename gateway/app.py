@@ -11,6 +11,7 @@ import gc
 import logging
 
 from gateway.access_log import AccessLog
+from gateway.auth_throttle import LookupThrottle
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
@@ -89,6 +90,7 @@ class GatewayApp:
             lookup_timeout=config.store.lookup_timeout,
             degraded_ttl=config.cache.degraded_ttl_seconds,
             legacy_prefixes=config.keys.legacy_prefixes,
+            throttle=LookupThrottle(config.auth_failures.limit) if config.auth_failures.limit is not None else None,
         )
         self.proxy.limiter = Limiter()
         if config.redis.url is not None:

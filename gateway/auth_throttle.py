@@ -1,10 +1,16 @@
-"""Throttling of failed authentications per client address (``auth_failures.limit``).
+"""Throttling of key look-ups per client address (``auth_failures.limit``).
 
-Each address may fail (send a key that is malformed, unknown, revoked or expired) a number of
-times per fixed window, 20 a minute by default; after that, its requests get 429 until the window
-ends, before any key is checked, so guessing keys from one address is slow and costs the store
-nothing. Other addresses are not affected, and a valid key from a throttled address is refused
-too until the window ends: the throttle cannot tell a guess from a hit.
+A key that is not in the cache, but well formed (anyone can compute its checksum), costs a store
+look-up. Each address may start a number of such look-ups per fixed window, 20 a minute by default;
+a look-up that finds a good key is given back, so what is counted is, in effect, the failures
+(unknown, revoked and expired keys). Once the window's count is used up, the address's further
+look-ups get 429 until the window ends, without reaching the store.
+
+The count is taken *before* the look-up: however many guesses one address sends at once, at most
+the limit's worth reach the store in a window. What is never throttled: a key whose good verdict
+is cached, a request without a key (401), a malformed key (401, no look-up), and requests that
+join a look-up already under way for the same key. So one bad client behind a NAT does not lock
+out the good keys of everyone sharing its address.
 
 The address is the peer's, or, when the peer is in ``proxy.trusted_peers``, the last one its
 X-Forwarded-For names. At most ``MAX_ADDRESSES`` (100,000) are tracked; past that, closed windows are
@@ -20,12 +26,12 @@ from typing import Final
 
 from limits import RateLimitItem
 
-__all__ = ["FailureThrottle"]
+__all__ = ["LookupThrottle"]
 
 MAX_ADDRESSES: Final = 100_000
 
 
-class FailureThrottle:
+class LookupThrottle:
     def __init__(
         self, limit: RateLimitItem, *, clock: Callable[[], float] = time.time, max_addresses: int = MAX_ADDRESSES
     ) -> None:
@@ -34,36 +40,34 @@ class FailureThrottle:
         self._amount = limit.amount
         self._length = limit.get_expiry()
         self._clock = clock
-        # address -> [failures counted, end of the window]
+        # address -> [look-ups counted, end of the window]
         self._windows: dict[str, list[float]] = {}
 
     def __len__(self) -> int:
         return len(self._windows)
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds until ``address`` may try again, or None if it is not throttled."""
-        window = self._windows.get(address)
-        if window is None:
-            return None
-        now = self._clock()
-        if window[1] <= now:
-            del self._windows[address]
-            return None
-        if window[0] >= self._amount:
-            return max(1, math.ceil(window[1] - now))
-        return None
-
-    def failed(self, address: str) -> None:
+    def reserve(self, address: str) -> int | None:
+        """Count one look-up for ``address``; or, if its window is used up, the seconds until it may
+        try again (and nothing is counted)."""
         now = self._clock()
         window = self._windows.get(address)
         if window is not None and window[1] > now:
+            if window[0] >= self._amount:
+                return max(1, math.ceil(window[1] - now))
             window[0] += 1
-            return
-        if len(self._windows) >= self._max_addresses:
+            return None
+        if window is None and len(self._windows) >= self._max_addresses:
             self._sweep(now)
             if len(self._windows) >= self._max_addresses:
-                return
+                return None
         self._windows[address] = [1, now + self._length]
+        return None
+
+    def refund(self, address: str) -> None:
+        """The look-up counted for ``address`` found a good key: it was no failure."""
+        window = self._windows.get(address)
+        if window is not None and window[0] > 0:
+            window[0] -= 1
 
     def _sweep(self, now: float) -> None:
         for address in [a for a, window in self._windows.items() if window[1] <= now]:

@@ -138,6 +138,8 @@ def _serve_process(
         host=host,
         port=port,
         log_config=log_config,
+        # Typed int by uvicorn, used as call_later's float delay.
+        timeout_keep_alive=config.limits.keepalive_timeout,  # type: ignore[arg-type]
         **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.proxy)}),
     )
     if config.admin_token is None:

@@ -63,6 +63,8 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_connections: int = 100
+    # The longest a request waits for one of the max_connections to be free (then 503).
+    pool_timeout: float = 5.0
     preserve_host: bool = False
     forward_authorization: bool = False
 
@@ -140,8 +142,17 @@ class LimitsConfig:
     head_timeout: float = 10.0
     # The longest wait for the next part of a request body (408).
     body_idle_timeout: float = 30.0
+    # Request bodies are read whole before the upstream is contacted: up to this size in memory,
+    # beyond it (up to max_body_bytes) in a temporary file.
+    body_buffer_bytes: int = 1024 * 1024
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout: float = 5.0
+    # A client that takes no part of its answer for this long is disconnected.
+    send_timeout: float = 60.0
     # Open client connections on the public listener; one more is answered 503 and closed.
     max_connections: int = 1000
+    # Requests of one key in flight to the upstream at once; one more is answered 429.
+    max_concurrent_per_key: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +391,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "upstream.connect_timeout": _positive_duration,
     "upstream.read_timeout": _positive_duration,
     "upstream.max_connections": _positive_int,
+    "upstream.pool_timeout": _positive_duration,
     "upstream.preserve_host": _boolean,
     "upstream.forward_authorization": _boolean,
     "proxy.trusted_peers": _networks,
@@ -388,7 +400,11 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "limits.max_headers": _positive_int,
     "limits.head_timeout": _positive_duration,
     "limits.body_idle_timeout": _positive_duration,
+    "limits.body_buffer_bytes": parse_size,
+    "limits.keepalive_timeout": _positive_duration,
+    "limits.send_timeout": _positive_duration,
     "limits.max_connections": _positive_int,
+    "limits.max_concurrent_per_key": _positive_int,
     "keys.prefix": _key_prefix,
     "keys.legacy_prefixes": _legacy_prefixes,
     "cache.ttl_seconds": _positive_duration,

@@ -11,6 +11,8 @@ left is to break the connection (``UpstreamAborted``).
     │   └── InvalidCredentials    invalid_credentials
     ├── SubscriptionInactive      subscription_inactive  (403)
     ├── RateLimited               rate_limited           (429, with Retry-After)
+    │   └── AuthThrottled         rate_limited           (429: too many look-ups of unknown keys)
+    ├── ConcurrencyLimited        concurrency_limited    (429, with Retry-After: too many in flight)
     ├── PayloadTooLarge           payload_too_large      (413)
     ├── BadRequest                bad_request            (400: a request that cannot be forwarded)
     ├── MethodNotAllowed          method_not_allowed     (405: TRACE and CONNECT, with Allow)
@@ -18,6 +20,7 @@ left is to break the connection (``UpstreamAborted``).
     ├── HeadersTooLarge           headers_too_large      (431)
     ├── StoreUnavailable          store_unavailable      (503, with Retry-After: a key not in the cache)
     ├── Overloaded                overloaded             (503, with Retry-After: too many connections)
+    ├── UpstreamBusy              overloaded             (503, with Retry-After: no free upstream connection)
     ├── InternalError             internal_error         (500: a bug of ours, logged)
     └── UpstreamError
         ├── UpstreamUnavailable   upstream_unavailable   (502)
@@ -32,8 +35,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "AuthThrottled",
     "AuthenticationError",
     "BadRequest",
+    "ConcurrencyLimited",
     "GatewayError",
     "HeadersTooLarge",
     "InternalError",
@@ -47,6 +52,7 @@ __all__ = [
     "StoreUnavailable",
     "SubscriptionInactive",
     "UpstreamAborted",
+    "UpstreamBusy",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -57,6 +63,8 @@ class GatewayError(Exception):
     """A request the gateway answers itself, in the active error profile."""
 
     situation: str = ""
+    # The outcome in the metrics and the access log, where it says more than the situation does.
+    outcome: str = ""
 
     def __init__(
         self,
@@ -110,6 +118,25 @@ class RateLimited(GatewayError):
             f"rate limit of {limit} per {window} reached",
             params={"limit": limit, "window": window, "retry_after": retry_after},
             headers={"Retry-After": str(retry_after)},
+        )
+
+
+class AuthThrottled(RateLimited):
+    """The client address has used up its look-ups of unknown keys for the window (``auth_throttle.py``)."""
+
+    outcome = "auth_throttled"
+
+
+class ConcurrencyLimited(GatewayError):
+    """The key already has ``limits.max_concurrent_per_key`` requests in flight to the upstream."""
+
+    situation = "concurrency_limited"
+
+    def __init__(self, max_concurrent: int) -> None:
+        super().__init__(
+            f"{max_concurrent} requests of this key already in flight",
+            params={"max_concurrent": max_concurrent, "retry_after": 1},
+            headers={"Retry-After": "1"},
         )
 
 
@@ -171,6 +198,16 @@ class Overloaded(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("too many connections", headers={"Retry-After": "1"})
+
+
+class UpstreamBusy(GatewayError):
+    """Every upstream connection stayed busy for ``upstream.pool_timeout``."""
+
+    situation = "overloaded"
+    outcome = "upstream_busy"
+
+    def __init__(self) -> None:
+        super().__init__("no free upstream connection", headers={"Retry-After": "1"})
 
 
 class InternalError(GatewayError):

@@ -13,15 +13,21 @@ X-Forwarded-For is kept and the peer appended, and its X-Forwarded-Proto and -Ho
 ``Forwarded`` and ``X-Real-IP`` are passed on from a trusted peer and dropped from anyone else.
 After authentication the upstream learns who is calling from the identity headers
 (``X-User-Id`` and ``X-Api-Key-Id`` by default). Any client-sent header that could be taken for
-one of them is removed first: any letter case, any number of copies, and the spellings with
-``_`` or ``.`` for ``-`` (``X_User_Id``, ``x.user.id``), which some servers read as the same name.
-``Authorization`` is not forwarded unless ``upstream.forward_authorization``. ``X-Request-Id``
-is taken out for the proxy, which forwards one (``request_id.py``). Everything else passes
-unchanged and in order, repeated headers included.
+one of them is removed first: any letter case, any number of copies. The same goes for every
+header the gateway manages (the identity headers, X-Forwarded-*, X-Real-IP, X-Request-Id, the
+hop-by-hop ones, Content-Length): a name spelt with ``_`` or ``.`` for ``-`` (``X_Forwarded_For``,
+``x.user.id``) is dropped, since some servers (CGI and WSGI environs, Puma before CVE-2024-45614)
+read it as the real one. ``Authorization`` is not forwarded unless
+``upstream.forward_authorization``. ``X-Request-Id`` is taken out for the proxy, which forwards one
+(``request_id.py``). ``Expect`` is not forwarded: the gateway reads the whole body before it
+contacts the upstream, so the expectation is met (``100 Continue``) on the client's hop. Everything
+else passes unchanged and in order, repeated headers included.
 
 Towards the client, ``Access-Control-*`` headers are removed on the paths under
 ``cors.deny_prefixes``: the API offers no CORS, whatever the upstream says. The upstream's
-``X-Request-Id`` is dropped: the client gets the one the gateway logged and forwarded.
+``X-Request-Id`` is dropped: the client gets the one the gateway logged and forwarded. A header
+value with a control byte (anything below 0x20 but HTAB, and DEL) cannot be written to the client
+as received, so it makes the whole answer a 502.
 
 Header names arrive lowercased in the ASGI scope; values are passed as the bytes received.
 """
@@ -29,10 +35,12 @@ Header names arrive lowercased in the ASGI scope; values are passed as the bytes
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import IPNetwork
+from gateway.errors import UpstreamUnavailable
 from gateway.request_id import HEADER as REQUEST_ID, acceptable
 
 __all__ = ["HOP_BY_HOP", "ForwardedRequest", "RequestHeaderRules", "response_headers"]
@@ -55,6 +63,8 @@ HOP_BY_HOP = frozenset(
 _X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # Other claims about the client that only a trusted proxy may make; the gateway does not write them.
 _PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip"})
+# The names the gateway sets or judges: a lookalike of one (``_`` or ``.`` for ``-``) never passes.
+_MANAGED = HOP_BY_HOP | _X_FORWARDED | _PROXY_CLAIMS | {REQUEST_ID, b"content-length", b"expect", b"host"}
 
 
 def _nominated(connection_values: Iterable[bytes]) -> frozenset[bytes]:
@@ -99,9 +109,7 @@ class RequestHeaderRules:
         self._preserve_host = preserve_host
         self._trusted_peers = trusted_peers
         self._identity = frozenset(_canonical(name.lower().encode("latin-1")) for name in identity_headers)
-        # Only names of these lengths can be an identity header in disguise: spares the others
-        # the normalisation.
-        self._identity_lengths = frozenset(len(name) for name in self._identity)
+        self._managed = _MANAGED | self._identity
         self._forward_authorization = forward_authorization
 
     def is_trusted(self, peer: str) -> bool:
@@ -125,7 +133,10 @@ class RequestHeaderRules:
         request_ids: list[bytes] = []
         trusted = peer is not None and self.is_trusted(peer)
         for name, value in scope_headers:
-            if len(name) in self._identity_lengths and _canonical(name) in self._identity:
+            if b"_" in name or b"." in name:
+                if _canonical(name) in self._managed:
+                    continue
+            elif name in self._identity:
                 continue
             if name == b"authorization":
                 authorization.append(value)
@@ -139,6 +150,8 @@ class RequestHeaderRules:
                 continue
             if name == REQUEST_ID:
                 request_ids.append(value)
+                continue
+            if name == b"expect":
                 continue
             if name in _PROXY_CLAIMS and not trusted:
                 continue
@@ -191,12 +204,18 @@ def _canonical(name: bytes) -> bytes:
     return name.replace(b"_", b"-").replace(b".", b"-")
 
 
+# What RFC 9110 section 5.5 forbids in a field value (obs-text, 0x80-0xFF, passes as it came).
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def response_headers(raw: Iterable[tuple[bytes, bytes]], *, strip_cors: bool = False) -> Headers:
     """The upstream's response headers minus hop-by-hop ones (and CORS ones if asked), names and
-    order as the upstream sent them."""
+    order as the upstream sent them; UpstreamUnavailable if a value holds a control byte."""
     kept: Headers = []
     connection: list[bytes] = []
     for name, value in raw:
+        if _CONTROL_BYTE.search(value) is not None:
+            raise UpstreamUnavailable(f"the upstream sent a control byte in the value of {name!r}")
         lowered = name.lower()
         if lowered in HOP_BY_HOP:
             if lowered == b"connection":

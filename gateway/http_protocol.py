@@ -17,6 +17,23 @@ what uvicorn leaves out:
 - ``limits.max_connections``: a connection beyond it is answered 503 (``overloaded``) and closed.
 - A client that closes its connection before its answer is complete cancels the request's task,
   and with it the upstream request (uvicorn would let it run to the upstream's answer).
+- No protocol upgrade. llhttp takes a request with ``Connection: upgrade`` and ``Upgrade`` to be
+  complete at the end of its head and leaves its body unread, so a declared body would be left
+  for the upstream to take as the start of the next request (a desync). Such a request with a
+  body (Content-Length above 0, or Transfer-Encoding) gets 400; one without is answered as plain
+  HTTP (Upgrade and Connection are hop-by-hop) and the connection is closed after it, unread.
+- A chunked body whose chunks average fewer than ``MIN_CHUNK_AVERAGE`` (8) bytes, past its first
+  ``CHUNK_GRACE`` (1,024), gets 400: each chunk costs a parser callback, so a body of 1-byte
+  chunks would cost the event loop (and every other client) a call per byte.
+- Trailers of a chunked body are dropped (counted against ``limits.max_header_bytes``): llhttp
+  reports them like head fields, and uvicorn would add them to the request's headers.
+- Every state of a connection has a deadline: ``limits.head_timeout`` for a head (and for a new
+  connection's first byte), ``limits.body_idle_timeout`` for a body (in the proxy),
+  ``limits.keepalive_timeout`` between requests, ``limits.send_timeout`` for a client that takes
+  none of its answer. After an answer given before the request's body was read (401, 413,
+  429...), the connection closes once the answer is sent: the gateway shuts its sending side and
+  discards at most ``LINGER_BYTES`` more of the client's body for at most ``LINGER_SECONDS``, so
+  that the client can read the answer before the connection is gone (nginx's lingering close).
 
 Each refusal is counted in the metrics and written to the access log. If a response to an
 earlier pipelined request is still being sent, the refusal cannot be written without corrupting
@@ -29,19 +46,56 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config import LimitsConfig
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, MethodNotAllowed, Overloaded, RequestTimeout
 from gateway.profiles import ErrorProfile
-from gateway.proxy import CLIENT_GONE, OUTCOME_OF, REFUSAL, Proxy, error_answer
+from gateway.proxy import CLIENT_GONE, REFUSAL, Proxy, error_answer, outcome_of
 from gateway.request_id import HEADER as REQUEST_ID
 
-__all__ = ["GatewayHttpProtocol", "protocol_class"]
+__all__ = [
+    "CHUNK_GRACE",
+    "LINGER_BYTES",
+    "LINGER_SECONDS",
+    "MIN_CHUNK_AVERAGE",
+    "GatewayHttpProtocol",
+    "logged_path",
+    "protocol_class",
+]
+
+# After an answer given before the request's body was read: what more of the body is discarded
+# at most, and for how long, before the connection is closed.
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 5.0
+# A chunked body's chunks may average no fewer bytes than this, once it has more than CHUNK_GRACE.
+MIN_CHUNK_AVERAGE = 8
+CHUNK_GRACE = 1024
 
 
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing; the refusal itself is on the protocol."""
+
+
+class _LingeringClose:
+    """The transport as the cycle of a request with a body sees it: its ``close`` becomes the
+    protocol's lingering close, since the body may not all have been read."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, protocol: GatewayHttpProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol.close_lingering()
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -65,18 +119,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: GatewayError | None = None
         self._asgi_task: asyncio.Task[None] | None = None
+        # The request being parsed declared a body (Content-Length above 0, or chunked).
+        self._declared_body = False
+        # Its body is chunked: the parser's body callbacks (about one per chunk) and their bytes.
+        self._chunked = False
+        self._body_calls = 0
+        self._body_bytes = 0
+        # A request asked for a protocol upgrade: nothing after its head is read.
+        self._upgraded = False
+        # Bytes of trailer fields of the chunked body being parsed.
+        self._trailer_bytes = 0
+        # Set once the connection is being closed after a bounded discard of the client's body.
+        self._linger_left: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # -------------------------------------------------------------------- connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self._refuse(Overloaded())
+            self._refuse(Overloaded(), linger=False)  # shed at once: lingering would hold the slot
             return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        for timer in (self._linger_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
         cycle, task = self.cycle, self._asgi_task
         if cycle is not None and not cycle.response_complete and task is not None and not task.done():
             # The client has gone before its answer was complete: stop working for nobody. The
@@ -93,7 +164,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._asgi_task = task
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
+        if self._linger_left is not None:
+            self._linger_left -= len(data)
+            if self._linger_left <= 0:
+                self.transport.close()
+            return
+        if self._refusal is not None or self._upgraded:
             return
         self._unset_keepalive_if_required()
         if self._in_head:
@@ -105,8 +181,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 # and cost no timer.
                 self._arm_head_timer()
         except httptools.HttpParserUpgrade:
-            # An Upgrade request goes upstream as plain HTTP (Upgrade is hop-by-hop); the parser
-            # stops at its head, so what follows on this connection is not read as requests.
+            # A bodiless request that asked for an upgrade (see the module docstring): it is
+            # answered as plain HTTP, and nothing after its head is read.
+            self._upgraded = True
+            self.flow.pause_reading()
             return
         except httptools.HttpParserError:
             self._refuse(self._refusal or BadRequest("the request could not be parsed"))
@@ -119,7 +197,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = self._partial_head = True
-        self._head_bytes = self._received_bytes = self._header_count = 0
+        self._head_bytes = self._received_bytes = self._header_count = self._trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._head_bytes += len(url)
@@ -127,6 +205,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer: never a head field (it could carry an Authorization or a Host that no
+            # check has seen). Dropped, within the head's byte limit.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self.limits.max_header_bytes:
+                self._refusal = HeadersTooLarge(self.limits.max_header_bytes, self.limits.max_headers)
+                raise _Refused()
+            return
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
         self._check_head()
@@ -140,23 +226,97 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             raise _Refused()
         hosts = 0
         codings: list[bytes] = []
+        declared_body = False
         for name, value in self.headers:
             if name == b"host":
                 hosts += 1
             elif name == b"transfer-encoding":
                 codings.append(value)
+                declared_body = True
+            elif name == b"content-length" and value.strip(b" \t0"):
+                declared_body = True  # llhttp has checked it is one number
         # Two Hosts leave it open which one a server behind reads; a transfer coding other than
         # a single "chunked" leaves the body's end to guesswork (llhttp reads such a body to
         # the connection's end). Either could make the upstream see a different request.
         if hosts > 1 or (codings and b",".join(codings).strip().lower() != b"chunked"):
             self._refusal = BadRequest("duplicate Host or a transfer coding other than chunked")
             raise _Refused()
+        upgrade = self.parser.should_upgrade()
+        if upgrade and declared_body:
+            self._refusal = BadRequest("a request that asks for a protocol upgrade cannot carry a body here")
+            raise _Refused()
+        self._declared_body = declared_body
+        self._chunked = bool(codings)
+        self._body_calls = self._body_bytes = 0
         super().on_headers_complete()
+        cycle = self.cycle
+        if upgrade:
+            cycle.keep_alive = False
+        elif declared_body:
+            cycle.transport = _LingeringClose(self)  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        # uvicorn's, less its per-chunk upgrade checks (a request asking for one has no body
+        # here): a body of many tiny chunks costs one call and an append per chunk.
+        if self._chunked:
+            self._body_calls += 1
+            self._body_bytes += len(body)
+            if self._body_calls > CHUNK_GRACE and self._body_bytes < self._body_calls * MIN_CHUNK_AVERAGE:
+                self._refusal = BadRequest(f"chunks of fewer than {MIN_CHUNK_AVERAGE} bytes on average")
+                raise _Refused()
+        cycle = self.cycle
+        if cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._declared_body = False
         self._head_bytes = self._received_bytes = 0
+
+    # -------------------------------------------------------------------- closing and writing
+
+    def close_lingering(self) -> None:
+        """Close the connection; if the client may still be sending a body, first shut the sending
+        side (the answer is complete) and discard what arrives, within LINGER_BYTES and
+        LINGER_SECONDS, so that the client is not reset before it has read its answer."""
+        transport = self.transport
+        if transport.is_closing() or self._linger_left is not None:
+            return
+        if self._in_head and not self._partial_head and self._refusal is None:
+            transport.close()  # the request is all in: nothing left to wait for
+            return
+        self._cancel_head_timer()
+        self._linger_left = LINGER_BYTES
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        self.flow.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def on_response_complete(self) -> None:
+        if self._linger_left is not None:
+            return  # closing: no next request, no keep-alive
+        super().on_response_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resume_writing()
+
+    def _send_timed_out(self) -> None:
+        # The client has taken nothing of its answer for limits.send_timeout.
+        self._send_timer = None
+        self.transport.abort()
 
     # -------------------------------------------------------------------- limits
 
@@ -181,11 +341,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not self._partial_head:
             self.transport.close()  # opened and never used: nobody to answer
             return
-        self._refuse(RequestTimeout("the request head did not arrive in time"))
+        # No lingering: a client this slow is not sending a body worth waiting for.
+        self._refuse(RequestTimeout("the request head did not arrive in time"), linger=False)
 
     # -------------------------------------------------------------------- answers
 
-    def _refuse(self, error: GatewayError) -> None:
+    def _refuse(self, error: GatewayError, *, linger: bool = True) -> None:
         self._refusal = error
         self._cancel_head_timer()
         request_id = self.proxy.new_request_id()
@@ -194,8 +355,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # What is known of the refused request: nothing if none of it had arrived.
         begun = self._partial_head or not self._in_head
         method = scope.get("method", "") if begun else ""
-        url = self.url if begun else b""
-        outcome = OUTCOME_OF[error.situation]
+        url = logged_path(self.url) if begun else b""
+        outcome = outcome_of(error)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if self._in_head:
@@ -219,7 +380,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         head = [STATUS_LINE[status]]
         head.extend(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(b"".join(head) + b"\r\n" + body)
-        self.transport.close()
+        if linger:
+            self.close_lingering()
+        else:
+            self.transport.close()
+
+
+def logged_path(target: bytes) -> bytes:
+    """A request target as the access log shows it: its path alone. The query may carry secrets
+    (``?api_key=``), and so may an absolute-form target's userinfo (``http://user:password@h/x``)."""
+    try:
+        return httptools.parse_url(target).path or b""
+    except httptools.HttpParserInvalidURLError:
+        pass
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    scheme, separator, rest = path.partition(b"://")
+    if separator:
+        path = b"/" + rest.partition(b"/")[2]
+    return path if path[:1] == b"/" or path == b"*" else b""
 
 
 def protocol_class(limits: LimitsConfig, profile: ErrorProfile, proxy: Proxy) -> type[GatewayHttpProtocol]:

@@ -36,6 +36,7 @@ OUTCOMES = (
     "subscription_inactive",
     "rate_limited",
     "auth_throttled",
+    "concurrency_limited",
     "too_large",
     "upstream_unavailable",
     "upstream_timeout",
@@ -45,6 +46,7 @@ OUTCOMES = (
     "headers_too_large",
     "store_unavailable",
     "overloaded",
+    "upstream_busy",
     "internal_error",
     "client_closed",
 )

@@ -29,6 +29,7 @@ SITUATIONS: Mapping[str, tuple[str, ...]] = {
     "invalid_credentials": (),
     "subscription_inactive": (),
     "rate_limited": ("limit", "window", "retry_after"),
+    "concurrency_limited": ("max_concurrent", "retry_after"),
     "payload_too_large": ("max_bytes",),
     "upstream_unavailable": (),
     "upstream_timeout": (),
@@ -123,6 +124,9 @@ _MOCKLY = ErrorProfile(
         "rate_limited": Situation(
             429, "rate_limited", "Rate limit of {limit} requests per {window} exceeded; retry in {retry_after}s"
         ),
+        "concurrency_limited": Situation(
+            429, "rate_limited", "Too many concurrent requests for this key (at most {max_concurrent}); retry shortly"
+        ),
         "payload_too_large": Situation(413, "validation_failed", "Request body is larger than {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "upstream_unavailable", "The service is unavailable"),
         "upstream_timeout": Situation(504, "upstream_timeout", "The service did not answer in time"),
@@ -147,6 +151,9 @@ _MOCKUPANDA = ErrorProfile(
         "subscription_inactive": Situation(403, "SUBSCRIPTION_INACTIVE", "Subscription is not active"),
         "rate_limited": Situation(
             429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded", details=("limit", "window", "retry_after")
+        ),
+        "concurrency_limited": Situation(
+            429, "RATE_LIMIT_EXCEEDED", "Too many concurrent requests", details=("max_concurrent",)
         ),
         "payload_too_large": Situation(413, "PAYLOAD_TOO_LARGE", "Request body exceeds {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "UPSTREAM_UNAVAILABLE", "Upstream service unavailable"),

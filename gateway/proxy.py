@@ -2,12 +2,17 @@
 StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
 
 For each HTTP request: rewrite the headers (``headers.py``), authenticate the caller
-(``verify.py``), charge the key's rate limits (``ratelimit.py``; 429 when full), count the
-request (``usage.py``), add the identity headers, refuse a body declared larger than
-``limits.max_body_bytes``, send method, raw path and raw query byte for byte to the upstream,
-stream the request body to it (cutting it off if it crosses the limit midway), and stream the
+(``verify.py``), charge the key's rate limits (``ratelimit.py``; 429 when full), refuse a body
+declared larger than ``limits.max_body_bytes``, hold the key to ``limits.max_concurrent_per_key``
+requests in flight (429), count the request (``usage.py``), read the whole request body
+(``request_body.py``: no upstream connection waits on a slow client), take one of
+``upstream.max_connections`` (503 after ``upstream.pool_timeout``), add the identity headers, send
+method, raw path and raw query byte for byte to the upstream with the body, and stream the
 response back. A response of known small length is read whole and sent as one message; anything
 else streams, with back-pressure from the client's socket through uvicorn's ``send``.
+
+An answer the gateway gives before it has read a request's body says ``Connection: close``: the
+HTTP protocol then discards a bounded part of what the client still sends, and closes.
 
 Errors before the response has started are answered in the active error profile. After it has
 started they can only break the connection, so a truncated body is never passed off as complete.
@@ -18,23 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.access_log import AccessLog
-from gateway.auth_throttle import FailureThrottle
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
+    ConcurrencyLimited,
     GatewayError,
     InternalError,
     MethodNotAllowed,
     PayloadTooLarge,
     RateLimited,
-    RequestTimeout,
     UpstreamAborted,
+    UpstreamBusy,
+    UpstreamUnavailable,
 )
 from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
 from gateway.metrics import Metrics
@@ -44,6 +49,7 @@ from gateway.ratelimit import Limiter
 if TYPE_CHECKING:  # redis is imported only when redis.url is set
     from gateway.shared_limiter import SharedLimiter
 from gateway.ratelimit_headers import RateLimitHeaderWriter
+from gateway.request_body import ClientDisconnected, read_body
 from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamResponse
@@ -60,6 +66,7 @@ OUTCOME_OF = {
     "invalid_credentials": "invalid_key",
     "subscription_inactive": "subscription_inactive",
     "rate_limited": "rate_limited",
+    "concurrency_limited": "concurrency_limited",
     "payload_too_large": "too_large",
     "upstream_unavailable": "upstream_unavailable",
     "upstream_timeout": "upstream_timeout",
@@ -101,51 +108,6 @@ class Exchange:
         self.user_id: str | None = None
 
 
-class ClientDisconnected(Exception):
-    """The client went away while its request body was being forwarded."""
-
-
-class _RequestBody:
-    """The client's request body as an async iterator, cut off once it passes the limit."""
-
-    __slots__ = ("_idle", "_limit", "_receive", "complete", "disconnected", "received", "timed_out", "too_large")
-
-    def __init__(self, receive: Receive, limit: int, idle: float) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._idle = idle
-        self.received = 0
-        self.complete = False
-        self.too_large = False
-        self.timed_out = False
-        self.disconnected = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout(self._idle):
-                    message = await self._receive()
-            except TimeoutError:
-                # Like the cut-off for size: the upstream never sees a complete request.
-                self.timed_out = True
-                raise RequestTimeout("no request body data for limits.body_idle_timeout") from None
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise ClientDisconnected()
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                self.received += len(chunk)
-                if self.received > self._limit:
-                    # Raising inside the upload makes the client library abandon the upstream
-                    # connection before the final chunk: the upstream never sees a complete request.
-                    self.too_large = True
-                    raise PayloadTooLarge(self._limit)
-                yield chunk
-            if not message.get("more_body", False):
-                self.complete = True
-                return
-
-
 def error_answer(
     profile: ErrorProfile, error: GatewayError, extra: list[tuple[bytes, bytes]] | None = None, *, close: bool = False
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -164,6 +126,11 @@ def error_answer(
     if close:
         headers.append((b"connection", b"close"))
     return status, headers, body
+
+
+def outcome_of(error: GatewayError) -> str:
+    """The metrics and access-log outcome of an answer the gateway gives by itself."""
+    return error.outcome or OUTCOME_OF[error.situation]
 
 
 async def send_error(
@@ -204,8 +171,17 @@ class Proxy:
         self._key_header = identity.key_id.lower().encode("latin-1")
         self._cors_prefixes = config.cors.deny_prefixes
         self._cors_raw_prefixes = tuple(prefix.encode() for prefix in config.cors.deny_prefixes)
-        self._max_body = config.limits.max_body_bytes
-        self._body_idle = config.limits.body_idle_timeout
+        limits = config.limits
+        self._max_body = limits.max_body_bytes
+        self._body_idle = limits.body_idle_timeout
+        self._body_memory = limits.body_buffer_bytes
+        self._max_per_key = limits.max_concurrent_per_key
+        # key id -> its requests in flight to the upstream (absent: none)
+        self._in_flight: dict[str, int] = {}
+        # One per upstream connection, so that waiting for one is bounded (the client libraries'
+        # own pool waits cannot be told from a connect timeout).
+        self._slots = asyncio.Semaphore(config.upstream.max_connections)
+        self._pool_timeout = config.upstream.pool_timeout
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._credits = CreditRules(config.credits.rules)
@@ -218,8 +194,6 @@ class Proxy:
         self.usage: UsageRecorder | None = None
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
-        limit = config.auth_failures.limit
-        self.throttle = FailureThrottle(limit) if limit is not None else None
 
     def new_request_id(self) -> bytes:
         return self._request_ids.new().encode()
@@ -296,19 +270,13 @@ class Proxy:
             refusal = BadRequest("the request target is not a path")
         if refusal is not None:
             exchange.status = await send_error(send, self._profile, refusal, close=True, extra=[request_id])
-            exchange.outcome = OUTCOME_OF[refusal.situation]
+            exchange.outcome = outcome_of(refusal)
             return
-        throttle, address = self.throttle, forwarded.client_address
-        if throttle is not None and address is not None:
-            retry_after = throttle.retry_after(address)
-            if retry_after is not None:
-                limit = throttle.limit
-                throttled = RateLimited(limit=limit.amount, window=f"{limit.get_expiry()}s", retry_after=retry_after)
-                exchange.status = await send_error(send, self._profile, throttled, extra=[request_id])
-                exchange.outcome = "auth_throttled"
-                return
+        length = forwarded.content_length
+        # An answer before the body is read closes the connection (see the module docstring).
+        unread = bool(length)
         try:
-            identity = await verifier.verify(forwarded.authorization)
+            identity = await verifier.verify(forwarded.authorization, forwarded.client_address)
             exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
             shared = self.shared_limiter
             if shared is None:
@@ -318,16 +286,14 @@ class Proxy:
                 if epoch is not None and verifier.note_epoch(epoch):
                     # Something was written since this process last looked (a revocation on
                     # another replica, say): the cached verdict may be stale; check afresh.
-                    checked = await verifier.verify(forwarded.authorization)
+                    checked = await verifier.verify(forwarded.authorization, forwarded.client_address)
                     if checked.limits != identity.limits:
                         decision, _ = await shared.hit(checked.key_id, checked.limits)
                     identity = checked
         except GatewayError as error:
             # Answered before the body is read: an unauthenticated upload is never taken in.
-            if throttle is not None and address is not None and error.situation == "invalid_credentials":
-                throttle.failed(address)
-            exchange.status = await send_error(send, self._profile, error, extra=[request_id])
-            exchange.outcome = OUTCOME_OF[error.situation]
+            exchange.status = await send_error(send, self._profile, error, close=unread, extra=[request_id])
+            exchange.outcome = outcome_of(error)
             return
         extra_headers = self._rate_headers.headers(decision, limiter.clock())
         extra_headers.append(request_id)
@@ -339,55 +305,98 @@ class Proxy:
                 window=f"{window.item.get_expiry()}s",
                 retry_after=limiter.retry_after(window),
             )
-            exchange.status = await send_error(send, self._profile, limited, extra=extra_headers)
+            exchange.status = await send_error(send, self._profile, limited, close=unread, extra=extra_headers)
             exchange.outcome = "rate_limited"
             return
-        headers = forwarded.headers
-        headers.append((self._user_header, identity.user_id.encode()))
-        headers.append((self._key_header, identity.key_id.encode()))
-        headers.append(request_id)
-        length = forwarded.content_length
         if length is not None and length > self._max_body:
             too_large = PayloadTooLarge(self._max_body)
             exchange.status = await send_error(send, self._profile, too_large, close=True, extra=extra_headers)
             exchange.outcome = "too_large"
             return
-        usage.forwarded(identity.key_id)
+        key_id = identity.key_id
+        in_flight = self._in_flight.get(key_id, 0)
+        if in_flight >= self._max_per_key:
+            busy = ConcurrencyLimited(self._max_per_key)
+            exchange.status = await send_error(send, self._profile, busy, close=unread, extra=extra_headers)
+            exchange.outcome = "concurrency_limited"
+            return
+        self._in_flight[key_id] = in_flight + 1
+        try:
+            usage.forwarded(key_id)
+            headers = forwarded.headers
+            headers.append((self._user_header, identity.user_id.encode()))
+            headers.append((self._key_header, key_id.encode()))
+            headers.append(request_id)
+            await self._forward(scope, receive, send, headers, length, extra_headers, identity.key_id, exchange)
+        finally:
+            left = self._in_flight[key_id] - 1
+            if left:
+                self._in_flight[key_id] = left
+            else:
+                del self._in_flight[key_id]
 
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        extra_headers: list[tuple[bytes, bytes]],
+        key_id: str,
+        exchange: Exchange,
+    ) -> None:
+        """Read the body, send the request upstream on a free connection, and answer."""
+        client, usage = self.client, self.usage
+        assert client is not None and usage is not None, "opened in the lifespan"
+        body = None
+        if length:
+            try:
+                body = await read_body(receive, limit=self._max_body, memory=self._body_memory, idle=self._body_idle)
+            except ClientDisconnected:
+                return
+            except GatewayError as error:
+                exchange.status = await send_error(send, self._profile, error, close=True, extra=extra_headers)
+                exchange.outcome = outcome_of(error)
+                return
+            if length < 0:  # chunked from the client: the upstream gets the length, now known
+                headers.append((b"content-length", str(body.length).encode()))
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        body = _RequestBody(receive, self._max_body, self._body_idle) if length else None
-        sent_at = time.perf_counter()
+        slots = self._slots
         try:
-            response = await client.request(scope["method"], target, headers, body)
-        except ClientDisconnected:
-            exchange.upstream = time.perf_counter() - sent_at
-            return
-        except GatewayError as exc:
-            exchange.upstream = time.perf_counter() - sent_at
-            if body is not None and body.disconnected:
-                return
-            if body is not None and (body.too_large or body.timed_out):
-                # However the client library reported the cut-off upload, the client gets the 413 or 408.
-                cut: GatewayError = PayloadTooLarge(self._max_body) if body.too_large else RequestTimeout()
-                exchange.status = await send_error(send, self._profile, cut, close=True, extra=extra_headers)
-                exchange.outcome = OUTCOME_OF[cut.situation]
-                return
-            exchange.status = await send_error(send, self._profile, exc, extra=extra_headers)
-            exchange.outcome = OUTCOME_OF[exc.situation]
-            return
-        exchange.upstream = time.perf_counter() - sent_at
-        if 200 <= response.status < 300:
-            cost = self._credits.cost(scope["method"], scope["path"])
-            if cost:
-                usage.charge(identity.key_id, cost)
-        try:
-            await self._respond(
-                scope, receive, send, response, extra_headers, exchange, request_read=body is None or body.complete
-            )
+            if slots.locked():
+                try:
+                    async with asyncio.timeout(self._pool_timeout):
+                        await slots.acquire()
+                except TimeoutError:
+                    busy = UpstreamBusy()
+                    exchange.status = await send_error(send, self._profile, busy, extra=extra_headers)
+                    exchange.outcome = outcome_of(busy)
+                    return
+            else:
+                await slots.acquire()
+            try:
+                content = None if body is None else body.content if body.in_memory else body.chunks()
+                sent_at = time.perf_counter()
+                try:
+                    response = await client.request(scope["method"], target, headers, content)
+                except GatewayError as exc:
+                    exchange.upstream = time.perf_counter() - sent_at
+                    exchange.status = await send_error(send, self._profile, exc, extra=extra_headers)
+                    exchange.outcome = outcome_of(exc)
+                    return
+                exchange.upstream = time.perf_counter() - sent_at
+                try:
+                    await self._respond(scope, receive, send, response, extra_headers, exchange, key_id)
+                finally:
+                    await response.aclose()
+            finally:
+                slots.release()
         finally:
-            await response.aclose()
+            if body is not None:
+                body.close()
 
     async def _respond(
         self,
@@ -397,13 +406,26 @@ class Proxy:
         response: UpstreamResponse,
         extra_headers: list[tuple[bytes, bytes]],
         exchange: Exchange,
-        *,
-        request_read: bool,
+        key_id: str,
     ) -> None:
         strip_cors = bool(self._cors_prefixes) and (
             scope["path"].startswith(self._cors_prefixes) or scope["raw_path"].startswith(self._cors_raw_prefixes)
         )
-        headers = response_headers(response.headers, strip_cors=strip_cors)
+        try:
+            if not 200 <= response.status <= 599:
+                # 1xx are the client library's to handle; 101 would switch to a protocol the
+                # gateway does not carry; above 599 is no HTTP status.
+                raise UpstreamUnavailable(f"the upstream answered with status {response.status}")
+            headers = response_headers(response.headers, strip_cors=strip_cors)
+        except GatewayError as error:
+            logger.warning("unusable answer from the upstream to %s %r: %s", scope["method"], scope["path"], error)
+            exchange.status = await send_error(send, self._profile, error, extra=extra_headers)
+            exchange.outcome = outcome_of(error)
+            return
+        if 200 <= response.status < 300:
+            cost = self._credits.cost(scope["method"], scope["path"])
+            if cost and self.usage is not None:
+                self.usage.charge(key_id, cost)
         headers += extra_headers
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
@@ -417,7 +439,7 @@ class Proxy:
                 content = await response.read()
             except GatewayError as error:
                 exchange.status = await send_error(send, self._profile, error, extra=extra_headers)
-                exchange.outcome = OUTCOME_OF[error.situation]
+                exchange.outcome = outcome_of(error)
                 return
             await send(start)
             await send({"type": "http.response.body", "body": content})
@@ -425,15 +447,15 @@ class Proxy:
 
         await send(start)
         # uvicorn's send() returns quietly once the client has gone, so watch for it to stop
-        # pulling a large body from the upstream for nobody. Not while the upload is still being
-        # read (an upstream may answer early): receive() must have one reader at a time.
-        watcher = asyncio.ensure_future(_watch_disconnect(receive)) if request_read else None
+        # pulling a large body from the upstream for nobody. (The request body has been read
+        # whole by now, so this is receive()'s only reader.)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive))
         sent = 0
         try:
             async for chunk in response.iter_chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
-                if watcher is not None and watcher.done():
+                if watcher.done():
                     return
         except UpstreamAborted as exc:
             logger.warning(
@@ -445,6 +467,5 @@ class Proxy:
             )
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
         await send({"type": "http.response.body", "body": b""})

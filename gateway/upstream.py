@@ -1,10 +1,16 @@
 """The upstream hop, behind a small interface of our own, so the HTTP client can be chosen by measurement.
 
-An ``UpstreamClient`` sends one request (the raw request target, headers already rewritten, an
-optional streamed body) and returns an ``UpstreamResponse`` as soon as the status and headers
-have arrived. Each implementation translates its library's exceptions exactly once, here at the
-boundary: before the response, to ``UpstreamUnavailable`` (502) or ``UpstreamTimeout`` (504);
-while the body is being read, to ``UpstreamAborted``.
+An ``UpstreamClient`` sends one request (the raw request target, headers already rewritten, the
+whole body as bytes, or as blocks read back from a file with its Content-Length among the headers)
+and returns an ``UpstreamResponse`` as soon as the status and headers have arrived.
+
+A connection goes back to the pool only when the request was sent whole and its response read
+to the end; in every other case (the client left, a timeout, a response abandoned midway) it is
+closed, so that no byte of one exchange can ever be read as part of the next.
+
+Each implementation translates its library's exceptions exactly once, here at the boundary:
+before the response, to ``UpstreamUnavailable`` (502) or ``UpstreamTimeout`` (504); while the
+body is being read, to ``UpstreamAborted``.
 
 ``upstream.client`` selects ``aiohttp`` (the default: several times faster in ``bench/``) or
 ``httpx``.
@@ -30,7 +36,8 @@ class UpstreamResponse(Protocol):
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Give the connection back to the pool if the exchange is complete, else close it."""
 
 
 class UpstreamClient(Protocol):
@@ -39,7 +46,7 @@ class UpstreamClient(Protocol):
         method: str,
         target: str,
         headers: list[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes] | None,
+        body: bytes | AsyncIterable[bytes] | None,
     ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...

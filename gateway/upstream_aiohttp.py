@@ -9,7 +9,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.config import UpstreamConfig
-from gateway.errors import UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
 
 __all__ = ["AiohttpUpstream"]
 
@@ -31,20 +31,39 @@ class _VerbatimRequest(aiohttp.ClientRequest):
         super().update_body_from_data(body, _stacklevel=_stacklevel + 1)
 
 
-class _Response:
-    __slots__ = ("_response", "content_length", "headers", "status")
+class _SentBody:
+    """A body read back from a file, noting whether every block of it was handed to aiohttp."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    __slots__ = ("_blocks", "complete")
+
+    def __init__(self, blocks: AsyncIterable[bytes]) -> None:
+        self._blocks = blocks
+        self.complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for block in self._blocks:
+            yield block
+        self.complete = True
+
+
+class _Response:
+    __slots__ = ("_body", "_read", "_response", "content_length", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, body: _SentBody | None) -> None:
         self._response = response
+        self._body = body
+        self._read = False
         self.status = response.status
         self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
         self.content_length = response.content_length
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
+            content = await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamUnavailable(f"upstream broke off the response: {exc!r}") from exc
+        self._read = True
+        return content
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -52,9 +71,16 @@ class _Response:
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamAborted(repr(exc)) from exc
+        self._read = True
 
     async def aclose(self) -> None:
-        self._response.release()
+        complete = self._read or self._response.content.at_eof()
+        if complete and (self._body is None or self._body.complete):
+            self._response.release()
+        else:
+            # The upstream may still be reading a request or sending a response that nobody will
+            # finish: the connection must never carry another exchange.
+            self._response.close()
 
 
 class AiohttpUpstream:
@@ -74,15 +100,21 @@ class AiohttpUpstream:
         method: str,
         target: str,
         headers: list[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes] | None,
+        body: bytes | AsyncIterable[bytes] | None,
     ) -> _Response:
         # encoded=True: the target goes out byte for byte, dot segments and %2F included.
         url = URL(self._base + target, encoded=True)
-        # A plain list: aiohttp copies headers into its own CIMultiDict anyway.
-        header_list = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        # A plain list: aiohttp copies headers into its own CIMultiDict anyway. aiohttp writes
+        # header strings as UTF-8, so values are decoded as UTF-8 to go out as the very bytes
+        # received; a value that is not UTF-8 cannot (aiohttp would drop or re-encode its bytes).
+        try:
+            header_list = [(name.decode("latin-1"), value.decode()) for name, value in headers]
+        except UnicodeDecodeError:
+            raise BadRequest("a header value is not UTF-8 (upstream.client: httpx forwards any bytes)") from None
+        sent = _SentBody(body) if body is not None and not isinstance(body, bytes) else None
         try:
             response = await self._session.request(
-                method, url, headers=header_list, data=body, allow_redirects=False, compress=None
+                method, url, headers=header_list, data=sent or body, allow_redirects=False, compress=None
             )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamUnavailable(f"connecting to the upstream timed out: {exc!r}") from exc
@@ -90,7 +122,7 @@ class AiohttpUpstream:
             raise UpstreamTimeout(f"the upstream did not answer in time: {exc!r}") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream request failed: {exc!r}") from exc
-        return _Response(response)
+        return _Response(response, sent)
 
     async def aclose(self) -> None:
         await self._session.close()

@@ -36,6 +36,8 @@ class _Response:
             raise UpstreamAborted(repr(exc)) from exc
 
     async def aclose(self) -> None:
+        # httpcore keeps a connection only when both the request and the response went through
+        # whole (h11's states are both DONE); any other is closed.
         await self._response.aclose()
 
 
@@ -59,7 +61,7 @@ class HttpxUpstream:
         method: str,
         target: str,
         headers: list[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes] | None,
+        body: bytes | AsyncIterable[bytes] | None,
     ) -> _Response:
         # httpx normalises dot segments in URLs; the "target" extension sends the raw target instead.
         request = self._client.build_request(

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from cachetools import LRUCache, TTLCache
 from limits import RateLimitItem
 
-from gateway.errors import InvalidCredentials, MissingCredentials, StoreUnavailable, SubscriptionInactive
+from gateway.auth_throttle import LookupThrottle
+from gateway.errors import (
+    AuthThrottled,
+    InvalidCredentials,
+    MissingCredentials,
+    StoreUnavailable,
+    SubscriptionInactive,
+)
 from gateway.keys import KeyFormat
 from gateway.metrics import Metrics
 from gateway.ratelimit import parse_limits
@@ -98,8 +105,10 @@ class Verifier:
         lookup_timeout: float = 2.0,
         degraded_ttl: float = 1.0,
         legacy_prefixes: tuple[str, ...] = (),
+        throttle: LookupThrottle | None = None,
     ) -> None:
         self._store = store
+        self._throttle = throttle
         self._lookup_timeout = lookup_timeout
         self._metrics = metrics
         self._format = KeyFormat(prefix, legacy_prefixes)
@@ -124,8 +133,9 @@ class Verifier:
         self._degraded = False
         self._refresh_at = 0.0
 
-    async def verify(self, authorization: Sequence[bytes]) -> Identity:
-        """The caller's identity; raises an AuthenticationError, SubscriptionInactive or StoreUnavailable."""
+    async def verify(self, authorization: Sequence[bytes], address: str | None = None) -> Identity:
+        """The caller's identity; raises an AuthenticationError, SubscriptionInactive, StoreUnavailable,
+        or AuthThrottled when ``address`` has used up its look-ups of keys not in the cache."""
         token = bearer_token(authorization)
         changes = self._store.changes()
         if changes != self._seen:
@@ -145,9 +155,11 @@ class Verifier:
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
             if self._metrics is not None:
                 self._metrics.cache_misses += 1
+            counted = self._count_look_up(digest, address)
             try:
                 verdict = await self._look_up(digest)
             except StoreUnavailable:
+                self._refund(counted)  # no fault of the client's
                 # A key that was good when last read stays good while the store cannot answer:
                 # nothing can have been written meanwhile, or the change counter would have
                 # emptied this cache too.
@@ -155,6 +167,9 @@ class Verifier:
                 if known is None:
                     raise
                 verdict = known
+            else:
+                if verdict.identity is not None and not verdict.revoked:
+                    self._refund(counted)
         elif self._metrics is not None:
             self._metrics.cache_hits += 1
         identity = verdict.identity
@@ -167,6 +182,24 @@ class Verifier:
         if not verdict.subscription_active:
             raise SubscriptionInactive(f"user {identity.user_id} has no active subscription")
         return identity
+
+    def _count_look_up(self, digest: bytes, address: str | None) -> str | None:
+        """Count a look-up against ``address`` before it starts (so that concurrent guesses cannot
+        all reach the store); the address counted, or None. Joining a look-up already under way
+        costs the store nothing and is not counted. Raises AuthThrottled when the address's count
+        is used up."""
+        throttle = self._throttle
+        if throttle is None or address is None or digest in self._inflight:
+            return None
+        retry_after = throttle.reserve(address)
+        if retry_after is not None:
+            limit = throttle.limit
+            raise AuthThrottled(limit=limit.amount, window=f"{limit.get_expiry()}s", retry_after=retry_after)
+        return address
+
+    def _refund(self, counted: str | None) -> None:
+        if counted is not None and self._throttle is not None:
+            self._throttle.refund(counted)
 
     def note_epoch(self, epoch: bytes) -> bool:
         """The shared change epoch, as read with this request's rate limits: True if it moved

@@ -37,7 +37,10 @@ def read_responses(sock: socket.socket, count: int = 1) -> list[Answer]:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
+                data = sock.recv(65536)
+                if not data and status == 0:
+                    return answers  # closed before (another) answer began
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status, headers = event.status_code, dict(event.headers)
             elif isinstance(event, h11.Data):

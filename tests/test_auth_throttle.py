@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.auth_throttle import FailureThrottle
+from gateway.auth_throttle import LookupThrottle
 from gateway.ratelimit import parse_limits
 
 
@@ -14,24 +14,32 @@ class Clock:
 
 def test_an_address_is_throttled_for_the_rest_of_its_window() -> None:
     clock = Clock()
-    throttle = FailureThrottle(parse_limits("2/minute")[0], clock=clock)
-    throttle.failed("a")
-    assert throttle.retry_after("a") is None
+    throttle = LookupThrottle(parse_limits("2/minute")[0], clock=clock)
+    assert throttle.reserve("a") is None
     clock.now += 10
-    throttle.failed("a")
-    assert throttle.retry_after("a") == 50  # the window opened at the first failure
-    assert throttle.retry_after("b") is None
+    assert throttle.reserve("a") is None
+    assert throttle.reserve("a") == 50  # the window opened at the first look-up
+    assert throttle.reserve("b") is None
     clock.now += 50
-    assert throttle.retry_after("a") is None
-    assert len(throttle) == 0  # a closed window is forgotten
+    assert throttle.reserve("a") is None  # a new window
+
+
+def test_a_look_up_that_finds_a_good_key_is_given_back() -> None:
+    throttle = LookupThrottle(parse_limits("1/minute")[0], clock=Clock())
+    for _ in range(5):
+        assert throttle.reserve("a") is None
+        throttle.refund("a")
+    assert throttle.reserve("a") is None
+    assert throttle.reserve("a") == 60
 
 
 def test_memory_is_bounded() -> None:
     clock = Clock()
-    throttle = FailureThrottle(parse_limits("1/minute")[0], clock=clock, max_addresses=3)
-    for address in "abcd":
-        throttle.failed(address)
-    assert len(throttle) == 3 and throttle.retry_after("d") is None  # untracked: all windows open
+    throttle = LookupThrottle(parse_limits("1/minute")[0], clock=clock, max_addresses=3)
+    for address in "abc":
+        throttle.reserve(address)
+    assert throttle.reserve("d") is None and throttle.reserve("d") is None  # untracked: never throttled
+    assert len(throttle) == 3
     clock.now += 60
-    throttle.failed("d")  # the closed windows are swept to make room
-    assert len(throttle) == 1 and throttle.retry_after("d") == 60
+    assert throttle.reserve("d") is None  # the closed windows are swept to make room
+    assert len(throttle) == 1 and throttle.reserve("d") == 60

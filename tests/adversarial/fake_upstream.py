@@ -1,12 +1,24 @@
 """A recording, misbehaving upstream: a plain TCP server on loopback, in a thread of the test.
 
-It keeps the exact bytes of every request head it receives and answers by the path:
+It keeps the exact bytes of every request head it receives, and of every request body it reads,
+and answers by the path:
 
-- ``/ok``: 200 with a small body, keeping the connection;
+- ``/ok``: 200 with a small body, keeping the connection (a body the head declares is not read);
+- ``/body``: reads the body the head declares (Content-Length or chunked), then answers 200 with
+  ``<X-Request-Id>\\n<the body>``, keeping the connection;
+- ``/early``: answers 200 right after the head, then reads as many body bytes as its
+  Content-Length declares and goes on to the next head on the same connection, as a server does on
+  a route that ignores the body;
 - ``/close``: closes the connection without answering;
 - ``/garbage``: a status line that is not HTTP;
 - ``/huge-head``: a response header of 1 MiB;
+- ``/status-999``, ``/status-600``: a response with that status code (no such status exists);
+- ``/control-byte``: 200 with a header value holding the control byte 0x01;
+- ``/utf8-header``: 200 with the header ``X-Utf8`` whose value is ``UTF8_VALUE``, UTF-8 bytes;
 - ``/hang``: never answers; the connection's end is recorded as an event.
+
+Any other path gets no answer. A head whose first line is not a request line (a body read as a
+head) is recorded, and the connection closed.
 """
 
 from __future__ import annotations
@@ -16,10 +28,21 @@ import socketserver
 import threading
 from dataclasses import dataclass, field
 
+UTF8_VALUE = "café ☕".encode()
+
+# Answers that need nothing from the request but its head, then close or keep the connection.
+_CANNED: dict[bytes, bytes] = {
+    b"/status-999": b"HTTP/1.1 999 Whatever\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+    b"/status-600": b"HTTP/1.1 600 Beyond\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+    b"/control-byte": b"HTTP/1.1 200 OK\r\nX-Control: a\x01b\r\nContent-Length: 2\r\n\r\nok",
+    b"/utf8-header": b"HTTP/1.1 200 OK\r\nX-Utf8: " + UTF8_VALUE + b"\r\nContent-Length: 2\r\n\r\nok",
+}
+
 
 @dataclass
 class Recording:
     heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     received: threading.Condition = field(default_factory=threading.Condition)
     hang_closed: threading.Event = field(default_factory=threading.Event)
 
@@ -28,26 +51,93 @@ class Recording:
             return self.received.wait_for(lambda: len(self.heads) >= count, timeout)
 
 
+def header(head: bytes, name: bytes) -> bytes | None:
+    """The value of the first header ``name`` (any case) in a raw request head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        field_name, _, value = line.partition(b":")
+        if field_name.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+class _Closed(Exception):
+    """The gateway closed the connection."""
+
+
+class _Reader:
+    """Reads a socket by lines, heads and counts of bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise _Closed()
+        self._buffer += chunk
+
+    def until(self, mark: bytes) -> bytes:
+        """Everything up to ``mark`` (which is consumed and not returned)."""
+        while mark not in self._buffer:
+            self._fill()
+        found, _, self._buffer = self._buffer.partition(mark)
+        return found
+
+    def exactly(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._fill()
+        found, self._buffer = self._buffer[:count], self._buffer[count:]
+        return found
+
+    def body(self, head: bytes) -> bytes:
+        """The body ``head`` declares: by its Content-Length, or chunked (trailers read and dropped)."""
+        if (header(head, b"transfer-encoding") or b"").lower() == b"chunked":
+            parts = []
+            while size := int(self.until(b"\r\n").split(b";")[0], 16):
+                parts.append(self.exactly(size))
+                self.exactly(2)
+            while self.until(b"\r\n"):
+                pass
+            return b"".join(parts)
+        return self.exactly(int(header(head, b"content-length") or b"0"))
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
-        buffer = b""
+        try:
+            self._serve(self.request)
+        except (_Closed, OSError):
+            pass
+
+    def _serve(self, sock: socket.socket) -> None:
+        reader = _Reader(sock)
+        recording = self.server.recording
         while True:
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            recording = self.server.recording
+            head = reader.until(b"\r\n\r\n")
             with recording.received:
                 recording.heads.append(head)
                 recording.received.notify_all()
-            path = head.split(b" ", 2)[1]
+            request_line = head.split(b"\r\n", 1)[0].split(b" ")
+            if len(request_line) != 3:
+                return  # not a request: nothing more on this connection can be trusted
+            path = request_line[1]
             if path == b"/ok":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+            elif path in (b"/body", b"/early"):
+                if path == b"/early":
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nearly")
+                body = reader.body(head)
+                with recording.received:
+                    recording.bodies.append(body)
+                    recording.received.notify_all()
+                if path == b"/body":
+                    content = (header(head, b"x-request-id") or b"") + b"\n" + body
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(content) + content)
+            elif path in _CANNED:
+                sock.sendall(_CANNED[path])
             elif path == b"/close":
                 return
             elif path == b"/garbage":

@@ -12,7 +12,7 @@ import pytest
 
 from tests.adversarial.fake_upstream import FakeUpstream
 from tests.conftest import GatewayFactory
-from tests.rawhttp import connect
+from tests.rawhttp import connect, exchange
 from tests.servers import GatewayProcess
 
 
@@ -45,6 +45,17 @@ def test_a_malformed_upstream_response_is_a_502(gw: GatewayProcess, path: str) -
     assert answer.status_code == 502
     assert answer.headers["content-type"] == "application/json"
     assert json.loads(answer.content)["error"]["code"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("path", ["/status-999", "/status-600", "/control-byte"])
+def test_an_upstream_answer_that_cannot_be_passed_on_is_a_502(gw: GatewayProcess, path: str) -> None:
+    status, headers, body = exchange(
+        gw.port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n"
+    )
+    assert status != 0, "an empty reply"
+    assert status == 502
+    assert headers[b"content-type"] == b"application/json"
+    assert json.loads(body)["error"]["code"] == "upstream_unavailable"
 
 
 def test_a_hung_upstream_is_a_504_at_the_read_timeout(gw: GatewayProcess) -> None:

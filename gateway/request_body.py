@@ -1,0 +1,123 @@
+"""A request body read whole before the upstream is contacted, as nginx's ``proxy_request_buffering``.
+
+A client that trickles its body would otherwise hold an upstream connection for as long as it
+likes, and a few such clients would hold them all. So the proxy takes an upstream connection only
+once the body is complete: up to ``limits.body_buffer_bytes`` (1 MiB) it is kept in memory, beyond
+that it goes to an anonymous temporary file (``$TMPDIR``, already unlinked, so nothing is left
+behind by a crash), written and read back in a worker thread so that the event loop never waits on
+the disk. The upstream then receives exactly the bytes declared, with a Content-Length, in as few
+writes as possible, however small the client's chunks were.
+
+Reading stops with PayloadTooLarge past ``limits.max_body_bytes``, RequestTimeout when no part
+arrives for ``limits.body_idle_timeout``, and ClientDisconnected when the client leaves: in none of
+these cases has anything been sent upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO
+
+from gateway.errors import InternalError, PayloadTooLarge, RequestTimeout
+from gateway.types import Receive
+
+__all__ = ["BufferedBody", "ClientDisconnected", "read_body"]
+
+logger = logging.getLogger("gateway.error")
+
+# Parts gathered in memory before each write to the temporary file, and the size of each read back.
+_FILE_BLOCK = 256 * 1024
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+class BufferedBody:
+    """A complete request body: ``length`` bytes, in memory (``content``) or in a temporary file."""
+
+    __slots__ = ("_file", "content", "length")
+
+    def __init__(self, content: bytes, length: int, file: IO[bytes] | None = None) -> None:
+        self.content = content
+        self.length = length
+        self._file = file
+
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, read back from its file in blocks (each read in a worker thread)."""
+        file = self._file
+        assert file is not None, "only a body in a file is read back"
+        await asyncio.to_thread(file.seek, 0)
+        while True:
+            block = await asyncio.to_thread(file.read, _FILE_BLOCK)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+async def read_body(receive: Receive, *, limit: int, memory: int, idle: float) -> BufferedBody:
+    """Read the whole request body (see the module docstring for what can stop it)."""
+    parts: list[bytes] = []
+    size = 0
+    kept = 0  # bytes in ``parts``
+    file: IO[bytes] | None = None
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout("no request body data for limits.body_idle_timeout") from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(limit)
+                parts.append(chunk)
+                kept += len(chunk)
+                if size > memory and kept >= _FILE_BLOCK:
+                    if file is None:
+                        file = await _temporary_file()
+                    await _write(file, parts)
+                    parts, kept = [], 0
+            if not message.get("more_body", False):
+                break
+        if file is None:
+            return BufferedBody(parts[0] if len(parts) == 1 else b"".join(parts), size)
+        if parts:
+            await _write(file, parts)
+        return BufferedBody(b"", size, file)
+    except BaseException:
+        if file is not None:
+            file.close()
+        raise
+
+
+async def _temporary_file() -> IO[bytes]:
+    try:
+        return await asyncio.to_thread(tempfile.TemporaryFile, prefix="gateway-body-")
+    except OSError as exc:
+        logger.error("cannot buffer a request body in a temporary file: %s", exc)
+        raise InternalError(f"cannot buffer the request body: {exc}") from None
+
+
+async def _write(file: IO[bytes], parts: list[bytes]) -> None:
+    try:
+        await asyncio.to_thread(file.write, b"".join(parts))
+    except OSError as exc:
+        logger.error("cannot buffer a request body in a temporary file: %s", exc)
+        raise InternalError(f"cannot buffer the request body: {exc}") from None
