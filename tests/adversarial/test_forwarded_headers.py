@@ -4,7 +4,6 @@ upstream, and bytes beyond ASCII cross both ways exactly as sent."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,13 +22,6 @@ LOOKALIKES = [
     b"X_Forwarded_Proto",
     b"X_Request_Id",
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture(scope="module")

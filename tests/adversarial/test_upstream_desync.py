@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +16,6 @@ from tests.servers import GatewayProcess
 
 # A complete request for another user, hidden in a request body.
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nContent-Length: 0\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,13 +13,6 @@ from tests.adversarial.fake_upstream import FakeUpstream
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange
 from tests.servers import GatewayProcess
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture(scope="module")

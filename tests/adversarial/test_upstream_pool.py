@@ -20,13 +20,6 @@ from tests.servers import GatewayProcess
 PACE = 0.2  # seconds between the bytes of a deliberately slow upload
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
-
-
 def _another_users_key(gw: GatewayProcess, user_id: str) -> dict[str, str]:
     async def create(service: KeyService) -> str:
         await service.add_user(user_id)
