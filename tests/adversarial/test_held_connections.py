@@ -3,6 +3,7 @@ refused, and an idle connection after a complete answer."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -52,3 +53,35 @@ def test_an_idle_connection_is_closed_after_the_keepalive_timeout(gateway_factor
         assert not is_closed(sock, timeout=0.5), "closed at once: a kept-alive connection must stay open a while"
         assert is_closed(sock, timeout=3), "an idle connection outlived limits.keepalive_timeout by far"
         assert time.monotonic() - idle_since < 3
+
+
+def test_a_client_that_takes_none_of_its_answer_is_disconnected(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"limits": {"send_timeout": "1s"}})
+    with socket.socket() as sock:
+        # A small receive buffer, never read: the gateway's writes stall almost at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(
+            b"GET /__stub/bytes/67108864 HTTP/1.1\r\nHost: x\r\nX-Request-Id: never-reads\r\n" + gw.auth_line + b"\r\n"
+        )
+        # The answer is abandoned, and the upstream request with it, once no byte has left for 1 s.
+        entry = gw.access_entry("never-reads", timeout=20)
+        assert (entry["status"], entry["outcome"]) == (200, "client_closed")  # cut off midway
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    assert received < 67108864
+
+
+def test_a_refused_upload_can_read_its_answer_while_still_sending(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"limits": {"max_body_bytes": "1MiB"}})
+    with connect(gw.port) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n" + gw.auth_line + b"\r\n")
+        # Some of the body goes out after the head, as a client that does not wait for an answer
+        # sends it; the 413 must not be lost to a reset of a connection with unread bytes.
+        sock.sendall(bytes(256 * 1024))
+        status, headers, body = read_response(sock)
+    assert status == 413 and headers.get(b"connection") == b"close"
+    assert b"validation_failed" in body
