@@ -64,6 +64,7 @@ _X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarde
 # Other claims about the client that only a trusted proxy may make; the gateway does not write them.
 _PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip"})
 # The names the gateway sets or judges: a lookalike of one (``_`` or ``.`` for ``-``) never passes.
+_NEVER_NOMINATED = frozenset({b"host", b"content-length"})
 _MANAGED = HOP_BY_HOP | _X_FORWARDED | _PROXY_CLAIMS | {REQUEST_ID, b"content-length", b"expect", b"host"}
 
 
@@ -172,9 +173,11 @@ class RequestHeaderRules:
             headers.append((name, value))
         if client_host is None:
             headers.insert(0, (b"host", self._upstream_host))
-        nominated = _nominated(connection) if connection else None
+        # Host and Content-Length are never dropped for being named: the gateway sets the one and
+        # frames the body it sends with the other (a buffered body always goes with its length).
+        nominated = _nominated(connection) - _NEVER_NOMINATED if connection else None
         if nominated:
-            headers = [(name, value) for name, value in headers if name not in nominated or name == b"host"]
+            headers = [(name, value) for name, value in headers if name not in nominated]
 
         client_address = peer
         if not trusted:

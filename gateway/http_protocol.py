@@ -119,6 +119,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: GatewayError | None = None
         self._asgi_task: asyncio.Task[None] | None = None
+        # The cycle whose task runs (self.cycle is the last one parsed, maybe queued behind it).
+        self._running: RequestResponseCycle | None = None
+        # The request being parsed has reached the app (its cycle exists, running or queued).
+        self._has_cycle = False
         # The request being parsed declared a body (Content-Length above 0, or chunked).
         self._declared_body = False
         # Its body is chunked: the parser's body callbacks (about one per chunk) and their bytes.
@@ -148,7 +152,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         for timer in (self._linger_timer, self._send_timer):
             if timer is not None:
                 timer.cancel()
-        cycle, task = self.cycle, self._asgi_task
+        cycle, task = self._running, self._asgi_task
         if cycle is not None and not cycle.response_complete and task is not None and not task.done():
             # The client has gone before its answer was complete: stop working for nobody. The
             # cancellation reaches the upstream request, which closes its connection.
@@ -162,6 +166,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
         self._asgi_task = task
+        self._running = cycle
 
     def data_received(self, data: bytes) -> None:
         if self._linger_left is not None:
@@ -197,6 +202,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = self._partial_head = True
+        self._has_cycle = False
         self._head_bytes = self._received_bytes = self._header_count = self._trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -249,6 +255,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._chunked = bool(codings)
         self._body_calls = self._body_bytes = 0
         super().on_headers_complete()
+        self._has_cycle = True
         cycle = self.cycle
         if upgrade:
             cycle.keep_alive = False
@@ -357,22 +364,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         method = scope.get("method", "") if begun else ""
         url = logged_path(self.url) if begun else b""
         outcome = outcome_of(error)
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if self._in_head:
-                # The next pipelined request is bad, and the answer to the one before is on its
-                # way out: close after it rather than cut into it.
-                self.proxy.count_refusal(request_id, method, url, status, outcome)
-                cycle.keep_alive = False
-                self.flow.pause_reading()
-                return
-            # The body of the request the app is handling is bad. The app's receive() now says
-            # the client left (its upstream request is abandoned, never completed), and what it
-            # sends is dropped; the proxy logs the answer given here (see Proxy.__call__).
+        running = self._running
+        # The refused request is the one the app is handling (its body turned out bad).
+        handled = self._has_cycle and not self._in_head and self.cycle is running
+        if running is not None and not running.response_complete and not handled:
+            # A pipelined request is bad (its head, or the body of one queued behind), and the
+            # answer to an earlier one is on its way out: close after it rather than cut into it.
+            # A queued request that never runs is counted here.
+            self.proxy.count_refusal(request_id, method, url, status, outcome)
+            running.keep_alive = False
+            self.flow.pause_reading()
+            return
+        if handled and running is not None and not running.response_complete:
+            # The app's receive() now says the client left (its upstream request is abandoned,
+            # never sent), and what it sends is dropped; the proxy logs the answer given here
+            # (see Proxy.__call__).
             scope["state"][REFUSAL] = (status, outcome)
-            cycle.disconnected = True
-            cycle.message_event.set()
-            if cycle.response_started:
+            running.disconnected = True
+            running.message_event.set()
+            if running.response_started:
                 self.transport.close()  # mid-response: nothing honest left to send
                 return
         else:

@@ -31,6 +31,19 @@ class _VerbatimRequest(aiohttp.ClientRequest):
         super().update_body_from_data(body, _stacklevel=_stacklevel + 1)
 
 
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, but a pooled connection on which bytes arrived while it sat idle is
+    closed instead of reused: nothing asked for them, and aiohttp would read them as the response to
+    the next request (another client's). aiohttp itself only checks that the socket is open."""
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            connection = await super()._get(*args, **kwargs)
+            if connection is None or connection.protocol is None or not connection.protocol.should_close:
+                return connection
+            connection.close()
+
+
 class _SentBody:
     """A body read back from a file, noting whether every block of it was handed to aiohttp."""
 
@@ -87,7 +100,7 @@ class AiohttpUpstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self._base = config.url
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0, keepalive_timeout=60),
+            connector=_Connector(limit=config.max_connections, limit_per_host=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.read_timeout),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),

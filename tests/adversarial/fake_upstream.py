@@ -15,6 +15,9 @@ and answers by the path:
 - ``/status-999``, ``/status-600``: a response with that status code (no such status exists);
 - ``/control-byte``: 200 with a header value holding the control byte 0x01;
 - ``/utf8-header``: 200 with the header ``X-Utf8`` whose value is ``UTF8_VALUE``, UTF-8 bytes;
+- ``/slow``: 200 ``slow`` after 0.3 s, keeping the connection;
+- ``/late-extra``: 200 with a small body, then, 0.2 s later on the same connection, a second,
+  unasked-for response (``forged``), recorded as an event once sent;
 - ``/hang``: never answers; the connection's end is recorded as an event.
 
 Any other path gets no answer. A head whose first line is not a request line (a body read as a
@@ -26,6 +29,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass, field
 
 UTF8_VALUE = "café ☕".encode()
@@ -45,6 +49,7 @@ class Recording:
     bodies: list[bytes] = field(default_factory=list)
     received: threading.Condition = field(default_factory=threading.Condition)
     hang_closed: threading.Event = field(default_factory=threading.Event)
+    late_extra_sent: threading.Event = field(default_factory=threading.Event)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:
         with self.received:
@@ -136,6 +141,15 @@ class _Handler(socketserver.BaseRequestHandler):
                 if path == b"/body":
                     content = (header(head, b"x-request-id") or b"") + b"\n" + body
                     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(content) + content)
+            elif path == b"/slow":
+                time.sleep(0.3)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            elif path == b"/late-extra":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                # Long enough for the gateway to have put the connection back in its pool.
+                time.sleep(0.2)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+                recording.late_extra_sent.set()
             elif path in _CANNED:
                 sock.sendall(_CANNED[path])
             elif path == b"/close":

@@ -197,3 +197,59 @@ def test_pipelined_uploads_each_get_their_own_answer(gw: GatewayProcess, upstrea
         (200, request_id, request_id + b"\n" + body) for request_id, body in bodies.items()
     ]
     assert sorted(header(h, b"x-request-id") or b"" for h in _heads_since(upstream, before)) == sorted(bodies)
+
+
+def test_an_upstream_that_speaks_out_of_turn_loses_its_connection(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    # One upstream connection: the next request would reuse the one the extra bytes came on.
+    single = gateway_factory({"upstream": {"url": upstream.url, "max_connections": 1, "read_timeout": "2s"}})
+    upstream.recording.late_extra_sent.clear()
+    with connect(single.port) as sock:
+        sock.sendall(b"GET /late-extra HTTP/1.1\r\nHost: x\r\n" + single.auth_line + b"\r\n")
+        assert read_response(sock)[::2] == (200, b"ok")
+        assert upstream.recording.late_extra_sent.wait(10)
+        # What the upstream sent unasked belongs to no request: never the answer to this one.
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n" + single.auth_line + b"\r\n")
+        assert read_response(sock)[::2] == (200, b"ok")
+
+
+def test_a_connection_header_cannot_take_the_length_off_a_body(gw: GatewayProcess, upstream: FakeUpstream) -> None:
+    body = bytes(1024 * 1024 + 100)  # past limits.body_buffer_bytes: read back from a file
+    before = len(upstream.recording.heads)
+    status, _, answer = exchange(
+        gw.port,
+        b"POST /body HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nX-Request-Id: named-length\r\n"
+        + gw.auth_line
+        + b"Content-Length: %d\r\n\r\n" % len(body),
+        [body],
+    )
+    assert status == 200 and answer == b"named-length\n" + body
+    (head,) = _heads_since(upstream, before)
+    assert header(head, b"content-length") == str(len(body)).encode()
+    assert header(head, b"transfer-encoding") is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"GET /second HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="bad-head"),
+        pytest.param(
+            b"POST /second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nAUTH\r\n\r\nZZ\r\n", id="bad-chunk"
+        ),
+    ],
+)
+def test_a_bad_pipelined_request_waits_for_the_answer_before_it(
+    gw: GatewayProcess, upstream: FakeUpstream, bad: bytes
+) -> None:
+    before = len(upstream.recording.heads)
+    with connect(gw.port) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+        assert upstream.recording.wait_for(before + 1)  # its answer is on its way
+        sock.sendall(bad.replace(b"AUTH\r\n", gw.auth_line))
+        answers = read_responses(sock, 2)
+        closed = is_closed(sock)
+    # The earlier answer comes whole and first; the connection then closes, the bad request unanswered.
+    assert [(status, body) for status, _, body in answers] == [(200, b"slow")]
+    assert closed
+    assert [h.split(b"\r\n", 1)[0] for h in _heads_since(upstream, before)] == [b"GET /slow HTTP/1.1"]
