@@ -98,7 +98,7 @@ class AdminToken:
 async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
         raise BadRequest(400, "invalid_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_json", "the request body must be a JSON object")

@@ -151,8 +151,12 @@ class LimitsConfig:
     send_timeout: float = 60.0
     # Open client connections on the public listener; one more is answered 503 and closed.
     max_connections: int = 1000
-    # Requests of one key in flight to the upstream at once; one more is answered 429.
+    # The same, from one peer address (proxy.trusted_peers are exempt).
+    max_connections_per_address: int = 100
+    # Requests of one key, and of all the keys of one user, in flight to the upstream at once; one
+    # more is answered 429.
     max_concurrent_per_key: int = 32
+    max_concurrent_per_user: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +408,9 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "limits.keepalive_timeout": _positive_duration,
     "limits.send_timeout": _positive_duration,
     "limits.max_connections": _positive_int,
+    "limits.max_connections_per_address": _positive_int,
     "limits.max_concurrent_per_key": _positive_int,
+    "limits.max_concurrent_per_user": _positive_int,
     "keys.prefix": _key_prefix,
     "keys.legacy_prefixes": _legacy_prefixes,
     "cache.ttl_seconds": _positive_duration,

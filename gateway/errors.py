@@ -128,7 +128,8 @@ class AuthThrottled(RateLimited):
 
 
 class ConcurrencyLimited(GatewayError):
-    """The key already has ``limits.max_concurrent_per_key`` requests in flight to the upstream."""
+    """The key (or its user) already has ``limits.max_concurrent_per_key`` (``_per_user``) requests in
+    flight to the upstream."""
 
     situation = "concurrency_limited"
 

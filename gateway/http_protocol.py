@@ -14,7 +14,13 @@ what uvicorn leaves out:
   more than ``limits.max_headers`` headers, counted as the bytes arrive, so an endless head is cut
   off at the limit instead of buffered; 408 for a head not complete ``limits.head_timeout`` after
   its first byte. A connection that sends nothing for that long after opening is closed.
-- ``limits.max_connections``: a connection beyond it is answered 503 (``overloaded``) and closed.
+- ``limits.max_connections``: a connection beyond it is answered 503 (``overloaded``) and closed;
+  so is one beyond ``limits.max_connections_per_address`` from one peer address (peers in
+  ``proxy.trusted_peers``, a load balancer say, are not held to it), so that one address cannot
+  take every connection.
+- At most ``MAX_PIPELINE`` (16) requests wait behind the one being answered on a connection: a
+  request beyond them is refused, and the connection closed once those are answered (uvicorn
+  would parse every request already received, however many, each costing a request object).
 - A client that closes its connection before its answer is complete cancels the request's task,
   and with it the upstream request (uvicorn would let it run to the upstream's answer).
 - No protocol upgrade. llhttp takes a request with ``Connection: upgrade`` and ``Upgrade`` to be
@@ -22,7 +28,7 @@ what uvicorn leaves out:
   for the upstream to take as the start of the next request (a desync). Such a request with a
   body (Content-Length above 0, or Transfer-Encoding) gets 400; one without is answered as plain
   HTTP (Upgrade and Connection are hop-by-hop) and the connection is closed after it, unread.
-- A chunked body whose chunks average fewer than ``MIN_CHUNK_AVERAGE`` (8) bytes, past its first
+- A chunked body whose chunks average fewer than ``MIN_CHUNK_AVERAGE`` (4) bytes, past its first
   ``CHUNK_GRACE`` (1,024), gets 400: each chunk costs a parser callback, so a body of 1-byte
   chunks would cost the event loop (and every other client) a call per byte.
 - Trailers of a chunked body are dropped (counted against ``limits.max_header_bytes``): llhttp
@@ -53,12 +59,13 @@ from gateway.config import LimitsConfig
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, MethodNotAllowed, Overloaded, RequestTimeout
 from gateway.profiles import ErrorProfile
 from gateway.proxy import CLIENT_GONE, REFUSAL, Proxy, error_answer, outcome_of
-from gateway.request_id import HEADER as REQUEST_ID
+from gateway.request_id import HEADER as REQUEST_ID, acceptable
 
 __all__ = [
     "CHUNK_GRACE",
     "LINGER_BYTES",
     "LINGER_SECONDS",
+    "MAX_PIPELINE",
     "MIN_CHUNK_AVERAGE",
     "GatewayHttpProtocol",
     "logged_path",
@@ -70,8 +77,10 @@ __all__ = [
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 5.0
 # A chunked body's chunks may average no fewer bytes than this, once it has more than CHUNK_GRACE.
-MIN_CHUNK_AVERAGE = 8
+MIN_CHUNK_AVERAGE = 4
 CHUNK_GRACE = 1024
+# Requests parsed and waiting behind the one being answered, on one connection.
+MAX_PIPELINE = 16
 
 
 class _Refused(Exception):
@@ -103,6 +112,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     limits: ClassVar[LimitsConfig]
     profile: ClassVar[ErrorProfile]
     proxy: ClassVar[Proxy]
+    # Open connections by peer address (those not in proxy.trusted_peers), for this server.
+    addresses: ClassVar[dict[str, int]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -137,6 +148,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._linger_left: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        # The transport's write buffer when the send deadline was last armed (progress re-arms it).
+        self._send_mark = 0
+        # The peer address counted in ``addresses`` for this connection.
+        self._address: str | None = None
 
     # -------------------------------------------------------------------- connection
 
@@ -145,9 +160,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if len(self.connections) > self.limits.max_connections:
             self._refuse(Overloaded(), linger=False)  # shed at once: lingering would hold the slot
             return
+        peer = self.client[0] if self.client else None
+        if peer is not None and not self.proxy.trusted_peer(peer):
+            count = self.addresses.get(peer, 0) + 1
+            self.addresses[peer] = count
+            self._address = peer
+            if count > self.limits.max_connections_per_address:
+                self._refuse(Overloaded(), linger=False)
+                return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._address is not None:
+            left = self.addresses[self._address] - 1
+            if left:
+                self.addresses[self._address] = left
+            else:
+                del self.addresses[self._address]
+            self._address = None
         self._cancel_head_timer()
         for timer in (self._linger_timer, self._send_timer):
             if timer is not None:
@@ -247,6 +277,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if hosts > 1 or (codings and b",".join(codings).strip().lower() != b"chunked"):
             self._refusal = BadRequest("duplicate Host or a transfer coding other than chunked")
             raise _Refused()
+        if len(self.pipeline) >= MAX_PIPELINE:
+            self._refusal = BadRequest(f"more than {MAX_PIPELINE} requests waiting on one connection")
+            raise _Refused()
         upgrade = self.parser.should_upgrade()
         if upgrade and declared_body:
             self._refusal = BadRequest("a request that asks for a protocol upgrade cannot carry a body here")
@@ -312,6 +345,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
+            self._send_mark = self.transport.get_write_buffer_size()
             self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
@@ -321,6 +355,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().resume_writing()
 
     def _send_timed_out(self) -> None:
+        size = self.transport.get_write_buffer_size()
+        if size < self._send_mark:
+            # Some of the answer left meanwhile, however slowly: a deadline on the next part.
+            self._send_mark = size
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
+            return
         # The client has taken nothing of its answer for limits.send_timeout.
         self._send_timer = None
         self.transport.abort()
@@ -356,11 +396,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refuse(self, error: GatewayError, *, linger: bool = True) -> None:
         self._refusal = error
         self._cancel_head_timer()
-        request_id = self.proxy.new_request_id()
-        status, headers, body = error_answer(self.profile, error, [(REQUEST_ID, request_id)], close=True)
         scope = self.scope
         # What is known of the refused request: nothing if none of it had arrived.
         begun = self._partial_head or not self._in_head
+        # The client's own request id, as the proxy would have kept it, if its head is all in.
+        sent = acceptable([v for n, v in self.headers if n == REQUEST_ID]) if begun and not self._in_head else None
+        request_id = sent or self.proxy.new_request_id()
+        status, headers, body = error_answer(self.profile, error, [(REQUEST_ID, request_id)], close=True)
         method = scope.get("method", "") if begun else ""
         url = logged_path(self.url) if begun else b""
         outcome = outcome_of(error)
@@ -369,17 +411,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         handled = self._has_cycle and not self._in_head and self.cycle is running
         if running is not None and not running.response_complete and not handled:
             # A pipelined request is bad (its head, or the body of one queued behind), and the
-            # answer to an earlier one is on its way out: close after it rather than cut into it.
-            # A queued request that never runs is counted here.
+            # answer to an earlier one is on its way out: answer what was queued before it, then
+            # close, rather than cut into an answer. The bad request never runs; it is counted here.
+            if self._has_cycle and self.pipeline and self.pipeline[0][0] is self.cycle:
+                self.pipeline.popleft()
+            last = self.pipeline[0][0] if self.pipeline else running
+            last.keep_alive = False
             self.proxy.count_refusal(request_id, method, url, status, outcome)
-            running.keep_alive = False
             self.flow.pause_reading()
             return
         if handled and running is not None and not running.response_complete:
             # The app's receive() now says the client left (its upstream request is abandoned,
             # never sent), and what it sends is dropped; the proxy logs the answer given here
             # (see Proxy.__call__).
-            scope["state"][REFUSAL] = (status, outcome)
+            scope["state"][REFUSAL] = (status, outcome, request_id)
             running.disconnected = True
             running.message_event.set()
             if running.response_started:
@@ -415,5 +460,5 @@ def protocol_class(limits: LimitsConfig, profile: ErrorProfile, proxy: Proxy) ->
     return type(
         "GatewayHttpProtocol",
         (GatewayHttpProtocol,),
-        {"limits": limits, "profile": profile, "proxy": proxy},
+        {"limits": limits, "profile": profile, "proxy": proxy, "addresses": {}},
     )

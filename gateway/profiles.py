@@ -125,7 +125,7 @@ _MOCKLY = ErrorProfile(
             429, "rate_limited", "Rate limit of {limit} requests per {window} exceeded; retry in {retry_after}s"
         ),
         "concurrency_limited": Situation(
-            429, "rate_limited", "Too many concurrent requests for this key (at most {max_concurrent}); retry shortly"
+            429, "rate_limited", "Too many concurrent requests (at most {max_concurrent}); retry shortly"
         ),
         "payload_too_large": Situation(413, "validation_failed", "Request body is larger than {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "upstream_unavailable", "The service is unavailable"),

@@ -4,12 +4,13 @@ StreamingResponse cost about as much again as the forwarding itself; see bench/R
 For each HTTP request: rewrite the headers (``headers.py``), authenticate the caller
 (``verify.py``), charge the key's rate limits (``ratelimit.py``; 429 when full), refuse a body
 declared larger than ``limits.max_body_bytes``, hold the key to ``limits.max_concurrent_per_key``
-requests in flight (429), count the request (``usage.py``), read the whole request body
-(``request_body.py``: no upstream connection waits on a slow client), take one of
-``upstream.max_connections`` (503 after ``upstream.pool_timeout``), add the identity headers, send
-method, raw path and raw query byte for byte to the upstream with the body, and stream the
-response back. A response of known small length is read whole and sent as one message; anything
-else streams, with back-pressure from the client's socket through uvicorn's ``send``.
+requests in flight and its user to ``limits.max_concurrent_per_user`` (429), count the request
+(``usage.py``), read the whole request body (``request_body.py``: no upstream connection waits on
+a slow client), take one of ``upstream.max_connections`` (503 after ``upstream.pool_timeout``), add
+the identity headers, send method, raw path and raw query byte for byte to the upstream with the
+body, and stream the response back. A response of known small length is read whole and sent as
+one message; anything else streams, with back-pressure from the client's socket through
+uvicorn's ``send``.
 
 An answer the gateway gives before it has read a request's body says ``Connection: close``: the
 HTTP protocol then discards a bounded part of what the client still sends, and closes.
@@ -39,6 +40,7 @@ from gateway.errors import (
     RateLimited,
     UpstreamAborted,
     UpstreamBusy,
+    UpstreamError,
     UpstreamUnavailable,
 )
 from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
@@ -81,8 +83,8 @@ OUTCOME_OF = {
 # Refused before anything else: TRACE would reflect the request, Authorization included; CONNECT
 # would open a tunnel past the gateway. (uvicorn's parser hands CONNECT over as an upgrade.)
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
-# Where the HTTP protocol notes in scope["state"] the (status, outcome) it answered a request with
-# whose body turned out malformed after the request had reached the app.
+# Where the HTTP protocol notes in scope["state"] the (status, outcome, request id) it answered a
+# request with whose body turned out malformed after the request had reached the app.
 REFUSAL = "gateway.refusal"
 # Set in scope["state"] by the HTTP protocol when it cancels a request whose client has gone.
 CLIENT_GONE = "gateway.client_gone"
@@ -148,6 +150,37 @@ async def send_error(
     return status
 
 
+class _FailureLog:
+    """Upstream failures in the log: each one, but at most one line a second (an upstream that is
+    down fails every request), with a count of those left out."""
+
+    __slots__ = ("_left_out", "_next")
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._left_out = 0
+
+    def note(self, method: str, path: str, error: GatewayError) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        self._next = now + 1.0
+        more = f" ({self._left_out} more failures since the last line)" if self._left_out else ""
+        self._left_out = 0
+        # %r: a path is the client's, and its control characters must not forge log lines.
+        logger.warning("upstream request %s %r failed: %s%s", method, path, error.reason, more)
+
+
+def _leave(in_flight: dict[str, int], holder: str) -> None:
+    """One request of ``holder`` (a key or user id) is no longer in flight."""
+    left = in_flight[holder] - 1
+    if left:
+        in_flight[holder] = left
+    else:
+        del in_flight[holder]
+
+
 async def _watch_disconnect(receive: Receive) -> None:
     """Return once the client has gone (any request body left over is discarded)."""
     while (await receive())["type"] != "http.disconnect":
@@ -176,12 +209,15 @@ class Proxy:
         self._body_idle = limits.body_idle_timeout
         self._body_memory = limits.body_buffer_bytes
         self._max_per_key = limits.max_concurrent_per_key
-        # key id -> its requests in flight to the upstream (absent: none)
-        self._in_flight: dict[str, int] = {}
+        self._max_per_user = limits.max_concurrent_per_user
+        # key id, and user id -> requests in flight to the upstream (absent: none)
+        self._key_in_flight: dict[str, int] = {}
+        self._user_in_flight: dict[str, int] = {}
         # One per upstream connection, so that waiting for one is bounded (the client libraries'
         # own pool waits cannot be told from a connect timeout).
         self._slots = asyncio.Semaphore(config.upstream.max_connections)
         self._pool_timeout = config.upstream.pool_timeout
+        self._failures = _FailureLog()
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._credits = CreditRules(config.credits.rules)
@@ -194,6 +230,10 @@ class Proxy:
         self.usage: UsageRecorder | None = None
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
+
+    def trusted_peer(self, address: str) -> bool:
+        """Whether ``address`` is in proxy.trusted_peers (a proxy or load balancer of the operator's)."""
+        return self._rules.is_trusted(address)
 
     def new_request_id(self) -> bytes:
         return self._request_ids.new().encode()
@@ -248,9 +288,11 @@ class Proxy:
             extra = [(REQUEST_ID, exchange.request_id)]
             await send_error(send, self._profile, InternalError(), close=True, extra=extra)
         finally:
-            refusal = scope.get("state", {}).get(REFUSAL) if exchange.outcome == "client_closed" else None
+            # The protocol's answer is the one the client got, whatever the app made of the request
+            # meanwhile (its own answer was dropped).
+            refusal = scope.get("state", {}).get(REFUSAL)
             if refusal is not None:
-                exchange.status, exchange.outcome = refusal
+                exchange.status, exchange.outcome, exchange.request_id = refusal
             self._account(exchange, scope["method"], scope["raw_path"], time.perf_counter() - started)
 
     async def _handle(
@@ -313,27 +355,26 @@ class Proxy:
             exchange.status = await send_error(send, self._profile, too_large, close=True, extra=extra_headers)
             exchange.outcome = "too_large"
             return
-        key_id = identity.key_id
-        in_flight = self._in_flight.get(key_id, 0)
-        if in_flight >= self._max_per_key:
-            busy = ConcurrencyLimited(self._max_per_key)
+        key_id, user_id = identity.key_id, identity.user_id
+        key_busy, user_busy = self._key_in_flight.get(key_id, 0), self._user_in_flight.get(user_id, 0)
+        if key_busy >= self._max_per_key or user_busy >= self._max_per_user:
+            cap = self._max_per_key if key_busy >= self._max_per_key else self._max_per_user
+            busy = ConcurrencyLimited(cap)
             exchange.status = await send_error(send, self._profile, busy, close=unread, extra=extra_headers)
             exchange.outcome = "concurrency_limited"
             return
-        self._in_flight[key_id] = in_flight + 1
+        self._key_in_flight[key_id] = key_busy + 1
+        self._user_in_flight[user_id] = user_busy + 1
         try:
             usage.forwarded(key_id)
             headers = forwarded.headers
-            headers.append((self._user_header, identity.user_id.encode()))
+            headers.append((self._user_header, user_id.encode()))
             headers.append((self._key_header, key_id.encode()))
             headers.append(request_id)
-            await self._forward(scope, receive, send, headers, length, extra_headers, identity.key_id, exchange)
+            await self._forward(scope, receive, send, headers, length, extra_headers, key_id, exchange)
         finally:
-            left = self._in_flight[key_id] - 1
-            if left:
-                self._in_flight[key_id] = left
-            else:
-                del self._in_flight[key_id]
+            _leave(self._key_in_flight, key_id)
+            _leave(self._user_in_flight, user_id)
 
     async def _forward(
         self,
@@ -383,7 +424,9 @@ class Proxy:
                 try:
                     response = await client.request(scope["method"], target, headers, content)
                 except GatewayError as exc:
-                    exchange.upstream = time.perf_counter() - sent_at
+                    if isinstance(exc, UpstreamError):  # else it was refused before anything was sent
+                        exchange.upstream = time.perf_counter() - sent_at
+                        self._failures.note(scope["method"], scope["path"], exc)
                     exchange.status = await send_error(send, self._profile, exc, extra=extra_headers)
                     exchange.outcome = outcome_of(exc)
                     return

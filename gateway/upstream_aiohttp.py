@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -99,6 +100,7 @@ class _Response:
 class AiohttpUpstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self._base = config.url
+        self._head_timeout = config.read_timeout
         self._session = aiohttp.ClientSession(
             connector=_Connector(limit=config.max_connections, limit_per_host=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.read_timeout),
@@ -126,9 +128,12 @@ class AiohttpUpstream:
             raise BadRequest("a header value is not UTF-8 (upstream.client: httpx forwards any bytes)") from None
         sent = _SentBody(body) if body is not None and not isinstance(body, bytes) else None
         try:
-            response = await self._session.request(
-                method, url, headers=header_list, data=sent or body, allow_redirects=False, compress=None
-            )
+            # aiohttp's sock_read deadline lapses once an interim (1xx) answer is parsed: this one
+            # bounds the wait for the final answer's head, however many 1xx come first.
+            async with asyncio.timeout(self._head_timeout):
+                response = await self._session.request(
+                    method, url, headers=header_list, data=sent or body, allow_redirects=False, compress=None
+                )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamUnavailable(f"connecting to the upstream timed out: {exc!r}") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

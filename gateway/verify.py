@@ -120,6 +120,11 @@ class Verifier:
         )
         # The verdicts of good keys, kept past the TTL for when the store cannot be read.
         self._last_known: LRUCache[bytes, _Verdict] = LRUCache(maxsize=max_entries)
+        # Keys found good at some look-up, never emptied by a write: their look-ups are never
+        # throttled, so that a client behind the same address as a guesser keeps its key working
+        # when its verdict has left the cache (TTL, any store write). An attacker gains nothing
+        # from it without a good key.
+        self._found_good: LRUCache[bytes, bool] = LRUCache(maxsize=max_entries)
         self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
@@ -189,7 +194,7 @@ class Verifier:
         costs the store nothing and is not counted. Raises AuthThrottled when the address's count
         is used up."""
         throttle = self._throttle
-        if throttle is None or address is None or digest in self._inflight:
+        if throttle is None or address is None or digest in self._inflight or digest in self._found_good:
             return None
         retry_after = throttle.reserve(address)
         if retry_after is not None:
@@ -251,6 +256,8 @@ class Verifier:
             if verdict.identity is not None:
                 self._hits[digest] = verdict
                 self._last_known[digest] = verdict
+                if not verdict.revoked:
+                    self._found_good[digest] = True
             else:
                 self._misses[digest] = verdict
         return verdict

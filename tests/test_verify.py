@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.errors import InvalidCredentials, MissingCredentials, SubscriptionInactive
+from gateway.auth_throttle import LookupThrottle
+from gateway.errors import AuthThrottled, InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.keys import generate_key, hash_key
 from gateway.ratelimit import parse_limits
 from gateway.service import KeyService
@@ -241,3 +242,29 @@ async def test_legacy_keys_go_through_the_negative_cache(store: KeyStore, clock:
         finishes_without_waiting(verifier.verify(bearer(unknown)))  # remembered: no store this time
     with pytest.raises(InvalidCredentials):
         finishes_without_waiting(verifier.verify(bearer("mk_other_" + "x" * 40)))  # no prefix: never looked up
+
+
+async def test_a_key_once_found_good_is_never_throttled_with_the_guesses_of_its_address(
+    store: KeyStore, clock: Clock
+) -> None:
+    throttle = LookupThrottle(parse_limits("2/minute")[0], clock=clock)
+    verifier = Verifier(
+        store, prefix=PREFIX, default_limits=(), ttl=5, max_entries=100, clock=clock, timer=clock, throttle=throttle
+    )
+    service = KeyService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    assert (await verifier.verify(bearer(created.key), "203.0.113.7")).key_id == created.record.id
+    # A guesser at the same address (a NAT, say) uses up the address's look-ups...
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            await verifier.verify(bearer(generate_key(PREFIX)), "203.0.113.7")
+    with pytest.raises(AuthThrottled):
+        await verifier.verify(bearer(generate_key(PREFIX)), "203.0.113.7")
+    # ... and a write to the store empties the cache, and the key's verdict expires anyway:
+    await service.add_user("bob")
+    clock.tick(10)
+    # the good key, looked up again, is not taken for a guess.
+    assert (await verifier.verify(bearer(created.key), "203.0.113.7")).key_id == created.record.id
+    with pytest.raises(AuthThrottled):
+        await verifier.verify(bearer(generate_key(PREFIX)), "203.0.113.7")

@@ -18,7 +18,8 @@ and answers by the path:
 - ``/slow``: 200 ``slow`` after 0.3 s, keeping the connection;
 - ``/late-extra``: 200 with a small body, then, 0.2 s later on the same connection, a second,
   unasked-for response (``forged``), recorded as an event once sent;
-- ``/hang``: never answers; the connection's end is recorded as an event.
+- ``/hang``: never answers; the connection's end is recorded as an event;
+- ``/interim-hang``: an interim answer (``103 Early Hints``), then nothing, as ``/hang``.
 
 Any other path gets no answer. A head whose first line is not a request line (a body read as a
 head) is recorded, and the connection closed.
@@ -160,7 +161,9 @@ class _Handler(socketserver.BaseRequestHandler):
             elif path == b"/huge-head":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (1 << 20) + b"\r\nContent-Length: 0\r\n\r\n")
                 return
-            elif path == b"/hang":
+            elif path in (b"/hang", b"/interim-hang"):
+                if path == b"/interim-hang":
+                    sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
                 sock.settimeout(60)
                 try:
                     while sock.recv(65536):

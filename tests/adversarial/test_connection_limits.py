@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 
 import httpx
 import pytest
 
+from gateway.http_protocol import MAX_PIPELINE
 from tests.conftest import GatewayFactory
-from tests.rawhttp import connect, is_closed, read_responses
+from tests.rawhttp import connect, is_closed, read_response, read_responses
 from tests.servers import GatewayProcess
 
 
@@ -68,3 +70,28 @@ def test_connections_beyond_the_cap_get_503(gateway_factory: GatewayFactory) -> 
     deadline = time.monotonic() + 10
     while httpx.get(f"{capped.url}/x", headers=capped.auth).status_code != 200:
         assert time.monotonic() < deadline
+
+
+def test_one_address_cannot_take_every_connection(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"limits": {"max_connections_per_address": 3}})
+    with contextlib.ExitStack() as held:
+        idle = [held.enter_context(connect(gw.port)) for _ in range(3)]
+        assert not any(is_closed(sock, timeout=0.2) for sock in idle)
+        status, _, body = read_response(held.enter_context(connect(gw.port)))
+        assert status == 503 and json.loads(body)["error"]["code"] == "service_unavailable"
+        # Another address is served meanwhile.
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+            assert read_response(other)[0] == 200
+
+
+def test_a_deep_pipeline_is_cut_short(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n"
+    with connect(gw.port) as sock:
+        sock.sendall(request * 200)  # in one write: the gateway reads them together
+        answers = read_responses(sock, 200)
+        closed = is_closed(sock)
+    # The one being answered and MAX_PIPELINE waiting behind it are answered; then the connection closes.
+    assert [status for status, _, _ in answers] == [200] * (1 + MAX_PIPELINE)
+    assert closed

@@ -44,3 +44,24 @@ def test_a_refused_request_is_logged_without_its_query_or_credentials(
     line = json.dumps(entry)
     assert "SECRET" not in line and "PASSWORD" not in line, line
     assert entry["path"] == "/x"
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["no-key", "key"])
+def test_a_body_refused_before_the_request_was_handled_is_logged_as_answered(
+    gw: GatewayProcess, with_key: bool
+) -> None:
+    request_id = f"bad-chunk-{'key' if with_key else 'none'}"
+    # Head and bad chunk in one piece: the body is refused before the proxy has even looked at it.
+    data = (
+        b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"X-Request-Id: {request_id}\r\n".encode()
+        + (gw.auth_line if with_key else b"")
+        + b"\r\nzz\r\nabc\r\n0\r\n\r\n"
+    )
+    with connect(gw.port) as sock:
+        sock.sendall(data)
+        status, headers, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+    assert headers[b"x-request-id"] == request_id.encode()  # the client's own id, as on every answer
+    entry = gw.access_entry(request_id)
+    assert (entry["status"], entry["outcome"]) == (400, "bad_request")

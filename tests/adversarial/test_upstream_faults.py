@@ -50,9 +50,11 @@ def test_an_upstream_answer_that_cannot_be_passed_on_is_a_502(gw: GatewayProcess
     assert json.loads(body)["error"]["code"] == "upstream_unavailable"
 
 
-def test_a_hung_upstream_is_a_504_at_the_read_timeout(gw: GatewayProcess) -> None:
+@pytest.mark.parametrize("path", ["/hang", "/interim-hang"])
+def test_a_hung_upstream_is_a_504_at_the_read_timeout(gw: GatewayProcess, path: str) -> None:
+    # An interim 1xx answer does not restart the wait for the final one.
     started = time.monotonic()
-    answer = httpx.get(f"{gw.url}/hang", headers=gw.auth)
+    answer = httpx.get(f"{gw.url}{path}", headers=gw.auth)
     assert answer.status_code == 504
     assert 0.9 < time.monotonic() - started < 5
 

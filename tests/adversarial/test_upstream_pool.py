@@ -113,3 +113,26 @@ def test_a_request_that_finds_the_pool_full_gets_503_after_pool_timeout(
     assert answer.json()["error"]["code"] == "service_unavailable"
     assert answer.headers["retry-after"].isdigit()
     assert took < 3, f"answered after {took:.1f} s, past upstream.pool_timeout"
+
+
+def test_a_user_beyond_its_requests_in_flight_gets_429_whatever_key_it_uses(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    gw = gateway_factory(
+        {
+            "upstream": {"url": upstream.url, "read_timeout": "5s"},
+            "limits": {"max_concurrent_per_key": 10, "max_concurrent_per_user": 2},
+        }
+    )
+
+    async def second_key(service: KeyService) -> str:
+        return (await service.create_key(gw.user_id, name="second")).key
+
+    another_key_of_alice = {"Authorization": f"Bearer {gw.run_service(second_key)}"}
+    bob = _another_users_key(gw, "bob")
+    with _hanging(gw, upstream, 2):
+        refused = httpx.get(f"{gw.url}/ok", headers=another_key_of_alice, timeout=10)
+        others = httpx.get(f"{gw.url}/ok", headers=bob, timeout=10)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert gw.access_entry(refused.headers["x-request-id"])["outcome"] == "concurrency_limited"
+    assert others.status_code == 200  # another user's requests are not held back
