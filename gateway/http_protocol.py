@@ -49,6 +49,7 @@ it: the connection is then closed once that response is complete.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, ClassVar
 
 import httptools
@@ -152,11 +153,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._send_mark = 0
         # The peer address counted in ``addresses`` for this connection.
         self._address: str | None = None
+        # A pipelined request refused while an earlier answer was on its way: its answer, sent
+        # once the answers before it are (request id, method, path, status, outcome, bytes).
+        self._deferred: tuple[bytes, str, bytes, int, str, bytes] | None = None
 
     # -------------------------------------------------------------------- connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # The kernel drops the connection once bytes it sent stay unacknowledged (a zero
+            # window included) for limits.send_timeout: a client that stops reading is cut off
+            # even when what it left unread sits in the kernel's buffer, not the transport's, or
+            # after the transport was asked to close (which waits for that buffer to drain).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.limits.send_timeout * 1000))
         if len(self.connections) > self.limits.max_connections:
             self._refuse(Overloaded(), linger=False)  # shed at once: lingering would hold the slot
             return
@@ -171,6 +182,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deferred is not None:
+            # The connection ended before the refusal's turn came: it was never answered.
+            request_id, method, path, _, outcome, _ = self._deferred
+            self._deferred = None
+            self.proxy.count_refusal(request_id, method, path, 499, outcome)
         if self._address is not None:
             left = self.addresses[self._address] - 1
             if left:
@@ -332,7 +348,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._cancel_head_timer()
         self._linger_left = LINGER_BYTES
-        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.abort)
         self.flow.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
@@ -340,6 +356,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._linger_left is not None:
             return  # closing: no next request, no keep-alive
+        deferred = self._deferred
+        if deferred is not None and not self.pipeline and not self.transport.is_closing():
+            # Every answer before the refused request's is out: now its own, and close.
+            self._deferred = None
+            request_id, method, path, status, outcome, answer = deferred
+            self.proxy.count_refusal(request_id, method, path, status, outcome)
+            self._unset_keepalive_if_required()
+            self.transport.write(answer)
+            self.close_lingering()
+            return
         super().on_response_complete()
 
     def pause_writing(self) -> None:
@@ -404,6 +430,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         request_id = sent or self.proxy.new_request_id()
         status, headers, body = error_answer(self.profile, error, [(REQUEST_ID, request_id)], close=True)
         method = scope.get("method", "") if begun else ""
+        if not method and begun and not self._in_head:  # refused at the end of its head
+            method = self.parser.get_method().decode("latin-1")
         url = logged_path(self.url) if begun else b""
         outcome = outcome_of(error)
         running = self._running
@@ -411,13 +439,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         handled = self._has_cycle and not self._in_head and self.cycle is running
         if running is not None and not running.response_complete and not handled:
             # A pipelined request is bad (its head, or the body of one queued behind), and the
-            # answer to an earlier one is on its way out: answer what was queued before it, then
-            # close, rather than cut into an answer. The bad request never runs; it is counted here.
+            # answer to an earlier one is on its way out: its own answer waits for the answers
+            # queued before it (on_response_complete), then the connection closes. It never runs.
             if self._has_cycle and self.pipeline and self.pipeline[0][0] is self.cycle:
                 self.pipeline.popleft()
-            last = self.pipeline[0][0] if self.pipeline else running
-            last.keep_alive = False
-            self.proxy.count_refusal(request_id, method, url, status, outcome)
+            head = [STATUS_LINE[status]]
+            head.extend(name + b": " + value + b"\r\n" for name, value in headers)
+            self._deferred = (request_id, method, url, status, outcome, b"".join(head) + b"\r\n" + body)
             self.flow.pause_reading()
             return
         if handled and running is not None and not running.response_complete:

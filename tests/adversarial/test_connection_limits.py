@@ -92,6 +92,7 @@ def test_a_deep_pipeline_is_cut_short(gateway_factory: GatewayFactory) -> None:
         sock.sendall(request * 200)  # in one write: the gateway reads them together
         answers = read_responses(sock, 200)
         closed = is_closed(sock)
-    # The one being answered and MAX_PIPELINE waiting behind it are answered; then the connection closes.
-    assert [status for status, _, _ in answers] == [200] * (1 + MAX_PIPELINE)
+    # The one being answered and MAX_PIPELINE waiting behind it are answered, then the one refused;
+    # then the connection closes.
+    assert [status for status, _, _ in answers] == [200] * (1 + MAX_PIPELINE) + [400]
     assert closed

@@ -85,3 +85,29 @@ def test_a_refused_upload_can_read_its_answer_while_still_sending(gateway_factor
         status, headers, body = read_response(sock)
     assert status == 413 and headers.get(b"connection") == b"close"
     assert b"validation_failed" in body
+
+
+def test_an_answer_left_unread_in_the_kernel_still_meets_the_send_deadline(gateway_factory: GatewayFactory) -> None:
+    # One connection per address: a second one is served only once the gateway has let go of the first.
+    gw = gateway_factory({"limits": {"send_timeout": "1s", "max_connections_per_address": 1}})
+    with socket.socket() as sock:
+        # An answer a little larger than what the kernels' buffers hold, never read: the gateway's
+        # own write buffer drains below its mark, so only the kernel knows the client stopped.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(
+            b"GET /__stub/bytes/3020000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: unread-tail\r\n" + gw.auth_line + b"\r\n"
+        )
+        gw.access_entry("unread-tail", timeout=20)  # answered, as far as the gateway's transport knows
+        statuses = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with connect(gw.port) as other:
+                other.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+                statuses.append(read_response(other)[0])
+            if statuses[-1] != 503:
+                break
+            time.sleep(0.2)  # the pace of a client trying again
+    assert statuses[0] == 503  # the unread connection was held at first...
+    assert statuses[-1] == 200, "... and for ever: the gateway kept a connection nobody reads from"
