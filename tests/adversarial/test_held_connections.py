@@ -9,6 +9,7 @@ import time
 
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, is_closed, read_response
+from tests.servers import GatewayProcess
 
 PACE = 0.2  # seconds between the bytes of a deliberately slow upload
 
@@ -55,16 +56,24 @@ def test_an_idle_connection_is_closed_after_the_keepalive_timeout(gateway_factor
         assert time.monotonic() - idle_since < 3
 
 
+def _download_never_read(gw: GatewayProcess, size: int, request_id: str) -> socket.socket:
+    """A connection that asks for ``size`` bytes and never reads them (a small receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(
+        f"GET /__stub/bytes/{size} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {request_id}\r\n".encode()
+        + gw.auth_line
+        + b"\r\n"
+    )
+    return sock
+
+
 def test_a_client_that_takes_none_of_its_answer_is_disconnected(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory({"limits": {"send_timeout": "1s"}})
-    with socket.socket() as sock:
-        # A small receive buffer, never read: the gateway's writes stall almost at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", gw.port))
-        sock.sendall(
-            b"GET /__stub/bytes/67108864 HTTP/1.1\r\nHost: x\r\nX-Request-Id: never-reads\r\n" + gw.auth_line + b"\r\n"
-        )
+    # The gateway's writes stall almost at once.
+    with _download_never_read(gw, 67108864, "never-reads") as sock:
         # The answer is abandoned, and the upstream request with it, once no byte has left for 1 s.
         entry = gw.access_entry("never-reads", timeout=20)
         assert (entry["status"], entry["outcome"]) == (200, "client_closed")  # cut off midway
@@ -90,15 +99,9 @@ def test_a_refused_upload_can_read_its_answer_while_still_sending(gateway_factor
 def test_an_answer_left_unread_in_the_kernel_still_meets_the_send_deadline(gateway_factory: GatewayFactory) -> None:
     # One connection per address: a second one is served only once the gateway has let go of the first.
     gw = gateway_factory({"limits": {"send_timeout": "1s", "max_connections_per_address": 1}})
-    with socket.socket() as sock:
-        # An answer a little larger than what the kernels' buffers hold, never read: the gateway's
-        # own write buffer drains below its mark, so only the kernel knows the client stopped.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", gw.port))
-        sock.sendall(
-            b"GET /__stub/bytes/3020000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: unread-tail\r\n" + gw.auth_line + b"\r\n"
-        )
+    # An answer a little larger than what the kernels' buffers hold, never read: the gateway's own
+    # write buffer drains below its mark, so only the kernel knows the client stopped.
+    with _download_never_read(gw, 3020000, "unread-tail"):
         gw.access_entry("unread-tail", timeout=20)  # answered, as far as the gateway's transport knows
         statuses = []
         deadline = time.monotonic() + 15
