@@ -18,7 +18,8 @@ from gateway.proxy import Proxy
 from gateway.ratelimit import Limiter
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
-from gateway.upstream import UpstreamClient, open_upstream_client
+from gateway.upstream.auto import open_upstream_client
+from gateway.upstream.base import UpstreamClient
 from gateway.usage import UsageRecorder
 from gateway.verify import Verifier
 

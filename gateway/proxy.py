@@ -54,7 +54,7 @@ from gateway.ratelimit_headers import RateLimitHeaderWriter
 from gateway.request_body import ClientDisconnected, read_body
 from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
-from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.upstream.base import UpstreamClient, UpstreamResponse
 from gateway.usage import CreditRules, UsageRecorder
 from gateway.verify import Verifier
 

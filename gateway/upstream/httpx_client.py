@@ -1,4 +1,4 @@
-"""The upstream hop on httpx (see ``upstream.py``); kept so ``bench/`` can compare the clients."""
+"""The upstream hop on httpx (the contract is in ``base.py``); kept so ``bench/`` can compare the clients."""
 
 from __future__ import annotations
 

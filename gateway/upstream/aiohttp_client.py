@@ -1,4 +1,4 @@
-"""The upstream hop on aiohttp (see ``upstream.py``)."""
+"""The upstream hop on aiohttp (the contract is in ``base.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The upstream hop, behind a small interface of our own, so the HTTP client can be chosen by measurement.
+"""The upstream hop's contract, which each HTTP client implementation meets (``auto.py`` chooses).
 
 An ``UpstreamClient`` sends one request (the raw request target, headers already rewritten, the
 whole body as bytes, or as blocks read back from a file with its Content-Length among the headers)
@@ -11,9 +11,6 @@ closed, so that no byte of one exchange can ever be read as part of the next.
 Each implementation translates its library's exceptions exactly once, here at the boundary:
 before the response, to ``UpstreamUnavailable`` (502) or ``UpstreamTimeout`` (504); while the
 body is being read, to ``UpstreamAborted``.
-
-``upstream.client`` selects ``aiohttp`` (the default: several times faster in ``bench/``) or
-``httpx``.
 """
 
 from __future__ import annotations
@@ -21,9 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-from gateway.config import UpstreamConfig
-
-__all__ = ["UpstreamClient", "UpstreamResponse", "open_upstream_client"]
+__all__ = ["UpstreamClient", "UpstreamResponse"]
 
 
 class UpstreamResponse(Protocol):
@@ -50,14 +45,3 @@ class UpstreamClient(Protocol):
     ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
-
-
-async def open_upstream_client(config: UpstreamConfig) -> UpstreamClient:
-    """One pooled client for the app's lifetime; call inside the running event loop."""
-    if config.client == "httpx":
-        from gateway.upstream_httpx import HttpxUpstream
-
-        return HttpxUpstream(config)
-    from gateway.upstream_aiohttp import AiohttpUpstream
-
-    return AiohttpUpstream(config)
