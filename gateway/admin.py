@@ -35,7 +35,7 @@ from gateway.documents import created_document, iso, key_document, usage_documen
 from gateway.importer import decode_line
 from gateway.metrics import Metrics
 from gateway.service import AlreadyExists, ChangeNotAnnounced, Invalid, KeyService, NotFound, open_service
-from gateway.store import is_store_failure
+from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
 from gateway.units import parse_duration
 

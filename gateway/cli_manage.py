@@ -25,7 +25,8 @@ from gateway.documents import (
     user_document,
 )
 from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, open_service
-from gateway.store import ApiKey, StoreError, is_store_failure
+from gateway.store import ApiKey, StoreError
+from gateway.store.base import is_store_failure
 from gateway.units import parse_duration
 
 __all__ = ["db", "keys", "usage", "users"]

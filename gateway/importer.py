@@ -33,13 +33,14 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.keys import key_id_for_hash
 from gateway.service import Invalid, check_limits, check_name, check_subscription, check_user_id
-from gateway.store import ApiKey, KeyStore, User
+from gateway.store.base import ApiKey, KeyStore, User
+from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession
 
-__all__ = ["ImportReport", "ImportSession", "decode_line", "export_lines", "run_import", "staging_tables"]
+__all__ = ["ImportReport", "decode_line", "export_lines", "run_import"]
 
 BATCH = 5000
 MAX_ERRORS_SHOWN = 20
@@ -65,42 +66,6 @@ KEY_FIELDS = {
 }
 _HEX = frozenset("0123456789abcdef")
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-# The staging tables, column for column as the rows of parse_line, with their kinds of value.
-_STAGED: dict[str, tuple[tuple[str, str], ...]] = {
-    "import_users": (("line", "integer"), ("id", "text"), ("subscription", "text"), ("created_at", "real")),
-    "import_keys": (
-        ("line", "integer"),
-        ("id", "text"),
-        ("user_id", "text"),
-        ("key_hash", "text"),
-        ("prefix", "text"),
-        ("name", "text"),
-        ("created_at", "real"),
-        ("expires_at", "real"),
-        ("revoked_at", "real"),
-        ("last_used_at", "real"),
-        ("replaced_by", "text"),
-        ("rate_limits", "text"),
-        ("requests", "big_integer"),
-        ("rate_limited", "big_integer"),
-        ("credits", "big_integer"),
-        ("legacy", "boolean"),
-    ),
-}
-STAGED_USER_COLUMNS = tuple(column for column, _ in _STAGED["import_users"])
-STAGED_KEY_COLUMNS = tuple(column for column, _ in _STAGED["import_keys"])
-
-
-def staging_tables(*, real: str, big_integer: str, boolean: str, suffix: str = "") -> list[str]:
-    """The CREATE TEMP TABLE statements, with the store's names for the types (as for
-    ``schema.migrations``) and ``suffix`` after each (PostgreSQL: ON COMMIT DROP)."""
-    names = {"integer": "INTEGER", "text": "TEXT", "real": real, "big_integer": big_integer, "boolean": boolean}
-    return [
-        f"CREATE TEMP TABLE {table} ({', '.join(f'{column} {names[kind]}' for column, kind in columns)}){suffix}"
-        for table, columns in _STAGED.items()
-    ]
-
 
 # What a merge sets on a key that is already stored: (column, expression over {old} and {new}).
 _KEY_UPDATES = (
@@ -168,25 +133,6 @@ class ImportReport:
             "error_count": self.error_count,
             "warnings": self.warnings,
         }
-
-
-class ImportSession(Protocol):
-    """Temporary tables ``import_users`` and ``import_keys`` (the STAGED_*_COLUMNS) on one store
-    connection. ``begin_write`` starts the transaction that holds the store's write lock (SQLite:
-    staging does not hold it, so a long import does not stall a running gateway's writes);
-    anything not committed is rolled back. ``distinct`` is the dialect's null-safe inequality."""
-
-    distinct: str
-
-    async def stage(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None: ...
-
-    async def begin_write(self) -> None: ...
-
-    async def execute(self, sql: str) -> None: ...
-
-    async def fetch(self, sql: str) -> list[tuple[Any, ...]]: ...
-
-    async def commit(self) -> None: ...
 
 
 # ------------------------------------------------------------------------------ one line

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.keys import hash_key, is_well_formed
-from gateway.schema import SCHEMA_VERSION
+from gateway.store.schema import SCHEMA_VERSION
 
 Gateway = Callable[..., Result]
 

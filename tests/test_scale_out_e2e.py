@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.schema import SCHEMA_VERSION
+from gateway.store.schema import SCHEMA_VERSION
 from tests.adversarial.fault_proxy import FaultProxy
 from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, cli_json, free_port, gateway_cli, samples

@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.schema import SCHEMA_VERSION
 from gateway.store import ApiKey, KeyStore, NewerSchemaError, StoreError, UsageDelta, User, open_store
-from gateway.store_sqlite import sqlite_path
+from gateway.store.schema import SCHEMA_VERSION
+from gateway.store.sqlite import sqlite_path
 from tests.services import postgres_schema
 
 

@@ -16,7 +16,7 @@ from gateway.keys import generate_key, hash_key
 from gateway.ratelimit import parse_limits
 from gateway.service import KeyService
 from gateway.store import ApiKey, KeyStore, open_store
-from gateway.store_sqlite import sqlite_path
+from gateway.store.sqlite import sqlite_path
 from gateway.verify import Verifier, bearer_token
 
 PREFIX = "mk_live_"

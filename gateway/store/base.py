@@ -1,4 +1,5 @@
-"""The key store: users and API keys, behind one interface, chosen by ``store.url``.
+"""The key store's contract: users and API keys, behind one interface (``connect.py`` chooses the
+backend by ``store.url``).
 
 Records are small frozen dataclasses; times are Unix seconds (float, UTC). The store keeps only
 the SHA-256 of each key. Every write also advances the store's *change counter*, which every
@@ -15,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from gateway.importer import ImportSession
+    from gateway.store.staging import ImportSession
 
 __all__ = [
     "ApiKey",
@@ -27,7 +28,6 @@ __all__ = [
     "User",
     "UsageDelta",
     "UserUsage",
-    "open_store",
 ]
 
 Subscription = Literal["active", "inactive"]
@@ -245,16 +245,3 @@ def is_store_failure(exc: BaseException) -> bool:
         return True
     # asyncpg's errors (the server's, and the connection's), without importing it for SQLite.
     return type(exc).__module__.startswith("asyncpg")
-
-
-async def open_store(url: str) -> KeyStore:
-    """Open (and migrate) the store that ``url`` names."""
-    if url.startswith("sqlite:///"):
-        from gateway.store_sqlite import SQLiteStore
-
-        return await SQLiteStore.open(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from gateway.store_postgres import PostgresStore
-
-        return await PostgresStore.open(url)
-    raise StoreError(f"store.url {url.split(':', 1)[0]}:// is not supported: use sqlite:///path.db or postgresql://")

@@ -7,7 +7,7 @@ released one.
 
 from __future__ import annotations
 
-from gateway.store import NewerSchemaError
+from gateway.store.base import NewerSchemaError
 
 __all__ = ["SCHEMA_VERSION", "check_not_newer", "migrations"]
 

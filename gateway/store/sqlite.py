@@ -17,10 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from gateway.changes import ChangeCounter
-from gateway.importer import staging_tables
-from gateway.schema import SCHEMA_VERSION, check_not_newer, migrations
-from gateway.store import (
+from gateway.store.base import (
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     USAGE_BY_USER,
@@ -37,9 +34,12 @@ from gateway.store import (
     usage_from_row,
     user_from_row,
 )
+from gateway.store.changes import ChangeCounter
+from gateway.store.schema import SCHEMA_VERSION, check_not_newer, migrations
+from gateway.store.staging import staging_tables
 
 if TYPE_CHECKING:
-    from gateway.importer import ImportSession
+    from gateway.store.staging import ImportSession
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_path"]
 
