@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 from bench.keys_bench import percentiles, timed_verifications
 from gateway.keys import hash_key
+from gateway.manage.service import KeyService
 from gateway.ratelimit import parse_limits
-from gateway.service import KeyService
 from gateway.store import open_store
 from gateway.verify import Verifier
 

@@ -5,7 +5,7 @@ only when an admin token is configured; nothing of it is reachable through the p
 Every ``/admin/v1/`` request needs ``Authorization: Bearer <admin token>``, compared in constant
 time, and so does ``/metrics`` unless ``metrics.public``; ``/healthz``, ``/readyz`` and the
 OpenAPI document do not. Every refusal is counted in ``gateway_admin_auth_failures_total``.
-Every operation goes through the same service layer as the CLI (``service.py``), so a rule such
+Every operation goes through the same service layer as the CLI (``manage/service.py``), so a rule such
 as "revoking is immediate everywhere" lives in one place.
 
 Errors have one envelope, not the public error profile:
@@ -31,10 +31,11 @@ from starlette.routing import Route
 
 from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
-from gateway.documents import created_document, iso, key_document, usage_document, user_document
-from gateway.importer import decode_line
+from gateway.manage.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.manage.rules import Invalid
+from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, KeyService, NotFound, open_service
+from gateway.manage.transfer import decode_line
 from gateway.metrics import Metrics
-from gateway.service import AlreadyExists, ChangeNotAnnounced, Invalid, KeyService, NotFound, open_service
 from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
 from gateway.units import parse_duration

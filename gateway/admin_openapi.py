@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.documents import KEY_FIELDS, USAGE_FIELDS
+from gateway.manage.documents import KEY_FIELDS, USAGE_FIELDS
 
 __all__ = ["OPENAPI"]
 

@@ -1,7 +1,7 @@
 """``gateway users``, ``gateway keys`` and ``gateway db``: the operator's commands.
 
 Each opens the store named by the config, migrating it forward if needed, does one thing through
-the service layer (``service.py``), and closes it. A full key is printed once, by ``keys create``
+the service layer (``manage/service.py``), and closes it. A full key is printed once, by ``keys create``
 and ``keys rotate``, and never again.
 """
 
@@ -15,7 +15,7 @@ from typing import TypeVar
 import click
 
 from gateway.cli_common import config_option, emit, json_option, load, table
-from gateway.documents import (
+from gateway.manage.documents import (
     KEY_FIELDS,
     USAGE_FIELDS,
     created_document,
@@ -24,7 +24,8 @@ from gateway.documents import (
     usage_document,
     user_document,
 )
-from gateway.service import AlreadyExists, CreatedKey, KeyService, NotFound, ServiceError, open_service
+from gateway.manage.rules import ServiceError
+from gateway.manage.service import AlreadyExists, CreatedKey, KeyService, NotFound, open_service
 from gateway.store import ApiKey, StoreError
 from gateway.store.base import is_store_failure
 from gateway.units import parse_duration

@@ -1,5 +1,5 @@
 """``gateway import`` and ``gateway export``: moving users and key hashes in and out as JSON Lines
-(the format and the rules are in ``importer.py``)."""
+(the format and the rules are in ``manage/transfer.py``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import click
 
 from gateway.cli_common import config_option, emit, json_option, load
 from gateway.cli_manage import run
-from gateway.importer import ImportReport, decode_line, export_lines
-from gateway.service import KeyService
+from gateway.manage.service import KeyService
+from gateway.manage.transfer import ImportReport, decode_line, export_lines
 
 __all__ = ["export_command", "import_command", "report_text"]
 

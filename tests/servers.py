@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
-from gateway.service import CreatedKey, KeyService
+from gateway.manage.service import CreatedKey, KeyService
 from gateway.store import open_store
 
 T = TypeVar("T")

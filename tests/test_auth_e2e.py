@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.keys import generate_key
-from gateway.service import KeyService
+from gateway.manage.service import KeyService
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
 from tests.servers import GatewayProcess, ServerProcess, cli_json as cli, gateway_cli, received_ids

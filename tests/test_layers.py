@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,47 @@ def test_the_upstream_clients_load_nothing_above_them() -> None:
     allowed = {"gateway", "gateway.config", "gateway.errors", "gateway.keys", "gateway.profiles", "gateway.ratelimit"}
     allowed |= {"gateway.units", "gateway.upstream", "gateway.upstream.base", "gateway.upstream.aiohttp_client"}
     assert set(_loaded_by("gateway.upstream.aiohttp_client")) <= allowed
+
+
+def _imports_of_every_module() -> dict[str, set[str]]:
+    """Each gateway module and the gateway modules it imports, deferred and type-only imports included."""
+    package = Path(__file__).resolve().parent.parent / "gateway"
+    names = {
+        ".".join(("gateway", *path.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gateway"):
+                imported.add(node.module)
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("gateway")}
+        graph[name] = {module for module in imported if module in names and module != name}
+    return graph
+
+
+def test_no_import_circle() -> None:
+    graph = _imports_of_every_module()
+    circles: list[tuple[str, ...]] = []
+    for start in graph:
+        # Every path back to ``start``, depth first, each module entered once.
+        stack: list[tuple[str, tuple[str, ...]]] = [(start, (start,))]
+        seen = {start}
+        while stack:
+            module, path = stack.pop()
+            for imported in graph[module]:
+                if imported == start:
+                    circles.append(path + (start,))
+                elif imported not in seen:
+                    seen.add(imported)
+                    stack.append((imported, (*path, imported)))
+    # A package's __init__ re-exporting its own modules makes no circle between them.
+    assert [" -> ".join(circle) for circle in circles if not _within_one_package(circle)] == []
+
+
+def _within_one_package(circle: tuple[str, ...]) -> bool:
+    package = min(circle, key=len)
+    return all(module == package or module.startswith(package + ".") for module in circle)

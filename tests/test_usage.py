@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import CreditRule
-from gateway.service import KeyService
+from gateway.manage.service import KeyService
 from gateway.store import KeyStore
 from gateway.usage import CreditRules, UsageRecorder, normalized_path
 

@@ -13,8 +13,8 @@ import pytest
 from gateway.auth_throttle import LookupThrottle
 from gateway.errors import AuthThrottled, InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.keys import generate_key, hash_key
+from gateway.manage.service import KeyService
 from gateway.ratelimit import parse_limits
-from gateway.service import KeyService
 from gateway.store import ApiKey, KeyStore, open_store
 from gateway.store.sqlite import sqlite_path
 from gateway.verify import Verifier, bearer_token

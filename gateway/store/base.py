@@ -234,7 +234,7 @@ class KeyStore(Protocol):
         ...
 
     def import_session(self) -> contextlib.AbstractAsyncContextManager[ImportSession]:
-        """Staging tables and one transaction for gateway import (importer.py)."""
+        """Staging tables and one transaction for gateway import (``manage/transfer.py``)."""
         ...
 
 

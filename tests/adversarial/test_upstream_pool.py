@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.service import KeyService
+from gateway.manage.service import KeyService
 from tests.adversarial.fake_upstream import FakeUpstream
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.service import CreatedKey, split_limits
+from gateway.manage.rules import split_limits
+from gateway.manage.service import CreatedKey
 from gateway.store import ApiKey, User, UserUsage
 
 __all__ = ["KEY_FIELDS", "USAGE_FIELDS", "created_document", "iso", "key_document", "usage_document", "user_document"]

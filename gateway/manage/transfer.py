@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.keys import key_id_for_hash
-from gateway.service import Invalid, check_limits, check_name, check_subscription, check_user_id
+from gateway.manage.rules import Invalid, check_limits, check_name, check_subscription, check_user_id
 from gateway.store.base import ApiKey, KeyStore, User
 from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession
 

@@ -9,19 +9,24 @@ announced there (the change epoch, ``redis_state.py``) for every other host. A f
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
-from gateway.ratelimit import parse_limits
-from gateway.store import ApiKey, KeyStore, StoreError, Subscription, User, UserUsage, open_store
-
-if TYPE_CHECKING:
-    from gateway.importer import ImportReport
+from gateway.manage.rules import (
+    MAX_DURATION,
+    Invalid,
+    ServiceError,
+    check_limits,
+    check_name,
+    check_subscription,
+    check_user_id,
+)
+from gateway.manage.transfer import ImportReport, run_import
+from gateway.store import ApiKey, KeyStore, StoreError, User, UserUsage, open_store
 
 T = TypeVar("T")
 
@@ -29,22 +34,10 @@ __all__ = [
     "AlreadyExists",
     "ChangeNotAnnounced",
     "CreatedKey",
-    "Invalid",
     "KeyService",
     "NotFound",
-    "ServiceError",
     "open_service",
-    "split_limits",
 ]
-
-# Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
-USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
-NAME_MAX = 200
-MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be written
-
-
-class ServiceError(Exception):
-    """A request the service refuses; the message says what to do."""
 
 
 class ChangeNotAnnounced(StoreError):
@@ -59,14 +52,6 @@ class AlreadyExists(ServiceError):
     """A user with that id exists already."""
 
 
-class Invalid(ServiceError):
-    """A value is not acceptable; ``field`` names it."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     """A new key: the only object that ever holds the full key."""
@@ -76,42 +61,6 @@ class CreatedKey:
 
     def __repr__(self) -> str:
         return f"CreatedKey(record={self.record!r}, key='{self.record.prefix}...')"
-
-
-def check_user_id(user_id: str) -> str:
-    if not USER_ID_PATTERN.match(user_id):
-        raise Invalid("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
-    return user_id
-
-
-def check_subscription(subscription: str) -> Subscription:
-    if subscription == "active":
-        return "active"
-    if subscription == "inactive":
-        return "inactive"
-    raise Invalid("a subscription is active or inactive", "subscription")
-
-
-def check_name(name: str | None) -> str | None:
-    if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
-        raise Invalid(f"a key name is at most {NAME_MAX} printable characters", "name")
-    return name
-
-
-def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
-    """The limits as stored ("1000/minute;100000/day"), or None for the default ones."""
-    if rate_limits is None:
-        return None
-    joined = rate_limits if isinstance(rate_limits, str) else ";".join(rate_limits)
-    try:
-        parse_limits(joined)
-    except ValueError:
-        raise Invalid("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
-    return ";".join(part.strip() for part in joined.split(";") if part.strip())
-
-
-def split_limits(stored: str | None) -> list[str] | None:
-    return None if stored is None else stored.split(";")
 
 
 class KeyService:
@@ -248,8 +197,7 @@ class KeyService:
     # ---------------------------------------------------------------------------- import
 
     async def import_lines(self, lines: AsyncIterable[str], *, dry_run: bool, prefixes: Sequence[str]) -> ImportReport:
-        """gateway import (importer.py): all of ``lines`` or nothing; announced like any write."""
-        from gateway.importer import run_import
+        """gateway import (transfer.py): all of ``lines`` or nothing; announced like any write."""
 
         async def write() -> ImportReport:
             async with self.store.import_session() as session:

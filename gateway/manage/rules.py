@@ -1,0 +1,74 @@
+"""The rules every user and key field obeys, shared by the service (the CLI and the admin API) and
+by ``gateway import`` (``transfer.py``), so that both refuse the same values in the same words."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from gateway.ratelimit import parse_limits
+from gateway.store import Subscription
+
+__all__ = [
+    "MAX_DURATION",
+    "Invalid",
+    "ServiceError",
+    "check_limits",
+    "check_name",
+    "check_subscription",
+    "check_user_id",
+    "split_limits",
+]
+
+# Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
+USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
+NAME_MAX = 200
+MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be written
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message says what to do."""
+
+
+class Invalid(ServiceError):
+    """A value is not acceptable; ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_user_id(user_id: str) -> str:
+    if not USER_ID_PATTERN.match(user_id):
+        raise Invalid("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
+    return user_id
+
+
+def check_subscription(subscription: str) -> Subscription:
+    if subscription == "active":
+        return "active"
+    if subscription == "inactive":
+        return "inactive"
+    raise Invalid("a subscription is active or inactive", "subscription")
+
+
+def check_name(name: str | None) -> str | None:
+    if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
+        raise Invalid(f"a key name is at most {NAME_MAX} printable characters", "name")
+    return name
+
+
+def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
+    """The limits as stored ("1000/minute;100000/day"), or None for the default ones."""
+    if rate_limits is None:
+        return None
+    joined = rate_limits if isinstance(rate_limits, str) else ";".join(rate_limits)
+    try:
+        parse_limits(joined)
+    except ValueError:
+        raise Invalid("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
+    return ";".join(part.strip() for part in joined.split(";") if part.strip())
+
+
+def split_limits(stored: str | None) -> list[str] | None:
+    return None if stored is None else stored.split(";")
