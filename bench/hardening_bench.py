@@ -97,7 +97,7 @@ def malformed(port: int, auth: bytes) -> None:
 
 
 def unknown_keys(port: int, prefix: str) -> None:
-    from gateway.keys import generate_key
+    from gateway.auth.keys import generate_key
 
     with httpx.Client(base_url=f"http://{HOST}:{port}") as client:
         for _ in range(5000):

@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 from bench.keys_bench import percentiles, timed_verifications
-from gateway.keys import hash_key
+from gateway.auth.keys import hash_key
+from gateway.auth.verify import Verifier
 from gateway.manage.service import KeyService
-from gateway.ratelimit import parse_limits
+from gateway.ratelimit.limiter import parse_limits
 from gateway.store import open_store
-from gateway.verify import Verifier
 
 ALPHABET = string.ascii_letters + string.digits
 USERS = 1000

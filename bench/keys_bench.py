@@ -28,11 +28,11 @@ import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
+from gateway.auth.keys import display_prefix, generate_key, hash_key
+from gateway.auth.verify import Verifier
 from gateway.errors import InvalidCredentials
-from gateway.keys import display_prefix, generate_key, hash_key
-from gateway.ratelimit import Limiter, parse_limits
+from gateway.ratelimit.limiter import Limiter, parse_limits
 from gateway.store import open_store
-from gateway.verify import Verifier
 
 PREFIX = "mk_live_"
 

@@ -29,13 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.accounting.metrics import Metrics
 from gateway.admin_openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.manage.documents import created_document, iso, key_document, usage_document, user_document
 from gateway.manage.rules import Invalid
 from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, KeyService, NotFound, open_service
 from gateway.manage.transfer import decode_line
-from gateway.metrics import Metrics
 from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
 from gateway.units import parse_duration

@@ -10,18 +10,18 @@ import contextlib
 import gc
 import logging
 
-from gateway.access_log import AccessLog
-from gateway.auth_throttle import LookupThrottle
+from gateway.accounting.access_log import AccessLog
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.usage import UsageRecorder
+from gateway.auth.throttle import LookupThrottle
+from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
-from gateway.metrics import Metrics
 from gateway.proxy import Proxy
-from gateway.ratelimit import Limiter
+from gateway.ratelimit.limiter import Limiter
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.auto import open_upstream_client
 from gateway.upstream.base import UpstreamClient
-from gateway.usage import UsageRecorder
-from gateway.verify import Verifier
 
 __all__ = ["GatewayApp", "create_app"]
 
@@ -95,8 +95,8 @@ class GatewayApp:
         )
         self.proxy.limiter = Limiter()
         if config.redis.url is not None:
-            from gateway.redis_state import RedisState
-            from gateway.shared_limiter import SharedLimiter
+            from gateway.ratelimit.redis_state import RedisState
+            from gateway.ratelimit.shared import SharedLimiter
 
             shared = SharedLimiter(
                 RedisState(config.redis.url, timeout=config.redis.timeout),

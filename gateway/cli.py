@@ -23,11 +23,11 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway import __version__
+from gateway.accounting.metrics import Metrics
 from gateway.cli_common import ConfigProblem, OneLineErrors, config_option, load
 from gateway.cli_manage import db, keys, usage, users
 from gateway.cli_transfer import export_command, import_command
 from gateway.config import GatewayConfig
-from gateway.metrics import Metrics
 
 __all__ = ["main"]
 
@@ -81,7 +81,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
     if workers == 1:
         _serve_process(config, host, port, log_config, sockets=None, metrics=None)
         return
-    from gateway.metrics import WorkerSlots
+    from gateway.accounting.metrics import WorkerSlots
     from gateway.workers import run_workers
 
     # Bound once, here, and listening at once (connections wait in the backlog until a worker

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import yaml
 from limits import RateLimitItem
 
-from gateway.keys import PREFIX_PATTERN
+from gateway.auth.keys import PREFIX_PATTERN
 from gateway.profiles import BUILTIN_PROFILES, ErrorProfile, ProfileError, build_profile
-from gateway.ratelimit import parse_limits
+from gateway.ratelimit.limiter import parse_limits
 from gateway.units import parse_duration, parse_size
 
 __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]

@@ -122,7 +122,7 @@ class RateLimited(GatewayError):
 
 
 class AuthThrottled(RateLimited):
-    """The client address has used up its look-ups of unknown keys for the window (``auth_throttle.py``)."""
+    """The client address has used up its look-ups of unknown keys for the window (``auth/throttle.py``)."""
 
     outcome = "auth_throttled"
 

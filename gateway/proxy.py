@@ -2,10 +2,10 @@
 StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
 
 For each HTTP request: rewrite the headers (``headers.py``), authenticate the caller
-(``verify.py``), charge the key's rate limits (``ratelimit.py``; 429 when full), refuse a body
+(``auth/verify.py``), charge the key's rate limits (``ratelimit/limiter.py``; 429 when full), refuse a body
 declared larger than ``limits.max_body_bytes``, hold the key to ``limits.max_concurrent_per_key``
 requests in flight and its user to ``limits.max_concurrent_per_user`` (429), count the request
-(``usage.py``), read the whole request body (``request_body.py``: no upstream connection waits on
+(``accounting/usage.py``), read the whole request body (``request_body.py``: no upstream connection waits on
 a slow client), take one of ``upstream.max_connections`` (503 after ``upstream.pool_timeout``), add
 the identity headers, send method, raw path and raw query byte for byte to the upstream with the
 body, and stream the response back. A response of known small length is read whole and sent as
@@ -28,7 +28,8 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.access_log import AccessLog
+from gateway.accounting.access_log import AccessLog
+from gateway.accounting.metrics import Metrics
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
@@ -44,19 +45,18 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
-from gateway.metrics import Metrics
 from gateway.profiles import ErrorProfile
-from gateway.ratelimit import Limiter
+from gateway.ratelimit.limiter import Limiter
 
 if TYPE_CHECKING:  # redis is imported only when redis.url is set
-    from gateway.shared_limiter import SharedLimiter
-from gateway.ratelimit_headers import RateLimitHeaderWriter
+    from gateway.ratelimit.shared import SharedLimiter
+from gateway.accounting.usage import CreditRules, UsageRecorder
+from gateway.auth.verify import Verifier
+from gateway.ratelimit.headers import RateLimitHeaderWriter
 from gateway.request_body import ClientDisconnected, read_body
 from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
-from gateway.usage import CreditRules, UsageRecorder
-from gateway.verify import Verifier
 
 __all__ = ["Proxy", "error_answer", "send_error"]
 

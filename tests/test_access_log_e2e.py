@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from gateway.keys import hash_key
+from gateway.auth.keys import hash_key
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
 from tests.servers import GatewayProcess, ServerProcess, cli_json, received_ids

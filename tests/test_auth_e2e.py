@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from gateway.keys import generate_key
+from gateway.auth.keys import generate_key
 from gateway.manage.service import KeyService
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
@@ -244,7 +244,7 @@ def test_preflight_without_key_is_401(gateway: GatewayProcess) -> None:
 
 
 def test_no_key_or_hash_in_the_logs_or_the_store(gateway: GatewayProcess) -> None:
-    from gateway.keys import hash_key
+    from gateway.auth.keys import hash_key
 
     created = new_key(gateway)
     get(gateway, created["key"])

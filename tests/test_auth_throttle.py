@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from gateway.auth_throttle import LookupThrottle
-from gateway.ratelimit import parse_limits
+from gateway.auth.throttle import LookupThrottle
+from gateway.ratelimit.limiter import parse_limits
 
 
 class Clock:

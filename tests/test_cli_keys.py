@@ -13,8 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from gateway.auth.keys import hash_key, is_well_formed
 from gateway.cli import main
-from gateway.keys import hash_key, is_well_formed
 from gateway.store.schema import SCHEMA_VERSION
 
 Gateway = Callable[..., Result]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.keys import is_well_formed
+from gateway.auth.keys import is_well_formed
 from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, cli_json, gateway_cli
 from tests.services import postgres_schema

@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from gateway.keys import (
+from gateway.auth.keys import (
     BASE62,
     CHECKSUM_LENGTH,
     SECRET_LENGTH,

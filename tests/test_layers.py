@@ -25,10 +25,11 @@ def test_a_store_backend_loads_nothing_but_the_store(backend: str) -> None:
     assert [m for m in _loaded_by(backend) if m != "gateway" and not m.startswith("gateway.store")] == []
 
 
-def test_the_upstream_clients_load_nothing_above_them() -> None:
-    allowed = {"gateway", "gateway.config", "gateway.errors", "gateway.keys", "gateway.profiles", "gateway.ratelimit"}
-    allowed |= {"gateway.units", "gateway.upstream", "gateway.upstream.base", "gateway.upstream.aiohttp_client"}
-    assert set(_loaded_by("gateway.upstream.aiohttp_client")) <= allowed
+@pytest.mark.parametrize("client", ["gateway.upstream.aiohttp_client", "gateway.upstream.httpx_client"])
+def test_an_upstream_client_loads_nothing_of_the_request_path_or_the_store(client: str) -> None:
+    above = ("gateway.proxy", "gateway.app", "gateway.http_protocol", "gateway.admin", "gateway.cli")
+    beside = ("gateway.store", "gateway.manage", "gateway.accounting", "gateway.auth.verify")
+    assert [m for m in _loaded_by(client) if m.startswith(above + beside)] == []
 
 
 def _imports_of_every_module() -> dict[str, set[str]]:

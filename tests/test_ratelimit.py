@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gateway.config import RateLimitHeaders
-from gateway.ratelimit import Limiter, parse_limits
-from gateway.ratelimit_headers import RateLimitHeaderWriter
+from gateway.ratelimit.headers import RateLimitHeaderWriter
+from gateway.ratelimit.limiter import Limiter, parse_limits
 
 
 class Clock:

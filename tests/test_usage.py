@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.accounting.usage import CreditRules, UsageRecorder, normalized_path
 from gateway.config import CreditRule
 from gateway.manage.service import KeyService
 from gateway.store import KeyStore
-from gateway.usage import CreditRules, UsageRecorder, normalized_path
 
 
 @pytest.mark.parametrize(

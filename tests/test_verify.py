@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.auth_throttle import LookupThrottle
+from gateway.auth.keys import generate_key, hash_key
+from gateway.auth.throttle import LookupThrottle
+from gateway.auth.verify import Verifier, bearer_token
 from gateway.errors import AuthThrottled, InvalidCredentials, MissingCredentials, SubscriptionInactive
-from gateway.keys import generate_key, hash_key
 from gateway.manage.service import KeyService
-from gateway.ratelimit import parse_limits
+from gateway.ratelimit.limiter import parse_limits
 from gateway.store import ApiKey, KeyStore, open_store
 from gateway.store.sqlite import sqlite_path
-from gateway.verify import Verifier, bearer_token
 
 PREFIX = "mk_live_"
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from gateway.ratelimit import parse_limits
+from gateway.ratelimit.limiter import parse_limits
 from gateway.store import Subscription
 
 __all__ = [

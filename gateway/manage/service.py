@@ -1,9 +1,10 @@
 """Managing users and keys: the one place the rules live, for the CLI and the admin API alike.
 
 Every change goes through the store, whose change counter makes it count on the very next
-request in every gateway process on this host (``verify.py``); with Redis, each write is also
-announced there (the change epoch, ``redis_state.py``) for every other host. A full key exists only in the value that
-``create_key`` and ``rotate_key`` return; the store keeps its SHA-256.
+request in every gateway process on this host (``auth/verify.py``); with Redis, each write is
+also announced there (the change epoch, ``ratelimit/redis_state.py``) for every other host. A
+full key exists only in the value that ``create_key`` and ``rotate_key`` return; the store keeps
+its SHA-256.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gateway.auth.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.config import GatewayConfig
-from gateway.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.manage.rules import (
     MAX_DURATION,
     Invalid,
@@ -229,7 +230,7 @@ async def open_service(config: GatewayConfig, *, redis_timeout: float | None = N
         if config.redis.url is None:
             yield KeyService(store, key_prefix=config.keys.prefix)
             return
-        from gateway.redis_state import RedisState
+        from gateway.ratelimit.redis_state import RedisState
 
         state = RedisState(config.redis.url, timeout=redis_timeout or config.redis.timeout)
         try:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.keys import key_id_for_hash
+from gateway.auth.keys import key_id_for_hash
 from gateway.manage.rules import Invalid, check_limits, check_name, check_subscription, check_user_id
 from gateway.store.base import ApiKey, KeyStore, User
 from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession

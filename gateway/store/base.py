@@ -4,7 +4,7 @@ backend by ``store.url``).
 Records are small frozen dataclasses; times are Unix seconds (float, UTC). The store keeps only
 the SHA-256 of each key. Every write also advances the store's *change counter*, which every
 gateway process reads on every request (``changes()``, no I/O) to drop its cached verdicts the
-moment anything changed, whoever changed it: see ``verify.py``.
+moment anything changed, whoever changed it: see ``auth/verify.py``.
 """
 
 from __future__ import annotations

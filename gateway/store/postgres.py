@@ -9,7 +9,7 @@ commits. Each process listens on a connection of its own and counts what it hear
 (``changes()``), so its cached verdicts are dropped as soon as a change made anywhere arrives,
 without a query on the hot path. A notification can be missed only while that connection is
 down; reconnecting counts as a change. With ``redis.url`` set, the change epoch in Redis makes
-the guarantee exact as well (``redis_state.py``).
+the guarantee exact as well (``ratelimit/redis_state.py``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import contextlib
 
 import httpx
 
-from gateway.keys import generate_key
+from gateway.auth.keys import generate_key
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, read_response
 from tests.servers import cli_json, samples

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.keys import generate_key
+from gateway.auth.keys import generate_key
 from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, ServerProcess, cli_json, free_port, gateway_cli, received_ids
 

@@ -21,8 +21,8 @@ import posixpath
 import time
 from collections.abc import Callable
 
+from gateway.accounting.metrics import Metrics
 from gateway.config import CreditRule
-from gateway.metrics import Metrics
 from gateway.store import KeyStore, UsageDelta
 
 __all__ = ["CreditRules", "UsageRecorder", "normalized_path"]

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gateway.ratelimit import Decision, Limits, Window, choose_shown
+from gateway.ratelimit.limiter import Decision, Limits, Window, choose_shown
 
 __all__ = ["EPOCH_KEY", "RedisState", "is_redis_failure"]
 

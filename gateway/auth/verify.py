@@ -7,7 +7,7 @@ flood of one bad key cannot hammer the store. When the store cannot be read, a k
 look-up found it good stays good (``_last_known``, kept past the TTL, emptied with the cache).
 
 Immediate revocation: every write to the store advances its change counter (``store.changes()``,
-a memory-mapped integer for SQLite: see ``changes.py``). Each request compares it with the value
+a memory-mapped integer for SQLite: see ``store/changes.py``). Each request compares it with the value
 this process last saw, which costs well under a microsecond; when it differs, every cached
 verdict is dropped. So a revocation, a subscription change or a new key, made by the CLI in
 another process or by another worker, counts on the very next request, whatever the TTL. Time
@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from cachetools import LRUCache, TTLCache
 from limits import RateLimitItem
 
-from gateway.auth_throttle import LookupThrottle
+from gateway.accounting.metrics import Metrics
+from gateway.auth.keys import KeyFormat
+from gateway.auth.throttle import LookupThrottle
 from gateway.errors import (
     AuthThrottled,
     InvalidCredentials,
@@ -37,9 +39,7 @@ from gateway.errors import (
     StoreUnavailable,
     SubscriptionInactive,
 )
-from gateway.keys import KeyFormat
-from gateway.metrics import Metrics
-from gateway.ratelimit import parse_limits
+from gateway.ratelimit.limiter import parse_limits
 from gateway.store import KeyStore
 
 __all__ = ["Identity", "Verifier"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from gateway.config import RateLimitHeaders
-from gateway.ratelimit import Decision, window_name
+from gateway.ratelimit.limiter import Decision, window_name
 
 __all__ = ["RateLimitHeaderWriter"]
 

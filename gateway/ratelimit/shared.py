@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import logging
 
+from gateway.accounting.metrics import Metrics
+from gateway.auth.verify import Verifier
 from gateway.errors import StoreUnavailable
-from gateway.metrics import Metrics
-from gateway.ratelimit import Decision, Limiter, Limits
-from gateway.redis_state import RedisState, is_redis_failure
-from gateway.verify import Verifier
+from gateway.ratelimit.limiter import Decision, Limiter, Limits
+from gateway.ratelimit.redis_state import RedisState, is_redis_failure
 
 __all__ = ["SharedLimiter"]
 
