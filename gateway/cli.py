@@ -114,8 +114,8 @@ def _serve_process(
 ) -> None:
     """Serve the public listener, and the admin listener if there is a token, in this process:
     on ``sockets`` (public, then admin) if given, else on sockets of its own."""
-    from gateway.app import create_app
-    from gateway.http_protocol import protocol_class
+    from gateway.http.app import create_app
+    from gateway.http.protocol import protocol_class
 
     server_options: dict[str, Any] = {
         "loop": "uvloop",
@@ -145,7 +145,7 @@ def _serve_process(
     if config.admin_token is None:
         run_servers([public], sockets)
         return
-    from gateway.admin import create_admin_app
+    from gateway.admin.api import create_admin_app
 
     admin = uvicorn.Config(
         create_admin_app(config, metrics),

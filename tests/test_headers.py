@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway.headers import RequestHeaderRules, response_headers
+from gateway.http.headers import RequestHeaderRules, response_headers
 
 
 def rules(**kwargs) -> RequestHeaderRules:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.http_protocol import logged_path
+from gateway.http.protocol import logged_path
 
 
 @pytest.mark.parametrize(

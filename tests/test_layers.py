@@ -27,7 +27,7 @@ def test_a_store_backend_loads_nothing_but_the_store(backend: str) -> None:
 
 @pytest.mark.parametrize("client", ["gateway.upstream.aiohttp_client", "gateway.upstream.httpx_client"])
 def test_an_upstream_client_loads_nothing_of_the_request_path_or_the_store(client: str) -> None:
-    above = ("gateway.proxy", "gateway.app", "gateway.http_protocol", "gateway.admin", "gateway.cli")
+    above = ("gateway.http.proxy", "gateway.http.app", "gateway.http.protocol", "gateway.admin.api", "gateway.cli")
     beside = ("gateway.store", "gateway.manage", "gateway.accounting", "gateway.auth.verify")
     assert [m for m in _loaded_by(client) if m.startswith(above + beside)] == []
 

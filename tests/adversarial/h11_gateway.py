@@ -3,8 +3,8 @@ against uvicorn's other parser too, to show why the gateway ships httptools."""
 
 from __future__ import annotations
 
-from gateway.app import GatewayApp, create_app
 from gateway.config import load_config
+from gateway.http.app import GatewayApp, create_app
 
 
 def create() -> GatewayApp:

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from gateway.http_protocol import MAX_PIPELINE
+from gateway.http.protocol import MAX_PIPELINE
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, is_closed, read_response, read_responses
 from tests.servers import GatewayProcess

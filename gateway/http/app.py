@@ -16,7 +16,7 @@ from gateway.accounting.usage import UsageRecorder
 from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
-from gateway.proxy import Proxy
+from gateway.http.proxy import Proxy
 from gateway.ratelimit.limiter import Limiter
 from gateway.store import open_store
 from gateway.types import Receive, Scope, Send

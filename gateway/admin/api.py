@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.accounting.metrics import Metrics
-from gateway.admin_openapi import OPENAPI
+from gateway.admin.openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.manage.documents import created_document, iso, key_document, usage_document, user_document
 from gateway.manage.rules import Invalid

@@ -44,7 +44,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from gateway.headers import ForwardedRequest, RequestHeaderRules, response_headers
+from gateway.http.headers import ForwardedRequest, RequestHeaderRules, response_headers
 from gateway.profiles import ErrorProfile
 from gateway.ratelimit.limiter import Limiter
 
@@ -52,9 +52,9 @@ if TYPE_CHECKING:  # redis is imported only when redis.url is set
     from gateway.ratelimit.shared import SharedLimiter
 from gateway.accounting.usage import CreditRules, UsageRecorder
 from gateway.auth.verify import Verifier
+from gateway.http.request_body import ClientDisconnected, read_body
+from gateway.http.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.request_body import ClientDisconnected, read_body
-from gateway.request_id import HEADER as REQUEST_ID, RequestIds
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
 

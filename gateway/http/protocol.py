@@ -58,9 +58,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.config import LimitsConfig
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, MethodNotAllowed, Overloaded, RequestTimeout
+from gateway.http.proxy import CLIENT_GONE, REFUSAL, Proxy, error_answer, outcome_of
+from gateway.http.request_id import HEADER as REQUEST_ID, acceptable
 from gateway.profiles import ErrorProfile
-from gateway.proxy import CLIENT_GONE, REFUSAL, Proxy, error_answer, outcome_of
-from gateway.request_id import HEADER as REQUEST_ID, acceptable
 
 __all__ = [
     "CHUNK_GRACE",

@@ -1,6 +1,6 @@
 """The admin API's OpenAPI 3.1 document, served at ``/admin/v1/openapi.json`` without the token.
 
-Written out by hand, next to the routes in ``admin.py``; CI checks the two against each other with
+Written out by hand, next to the routes in ``api.py``; CI checks the two against each other with
 schemathesis (tests/test_admin_openapi.py), every operation and bad inputs too.
 """
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from gateway.config import IPNetwork
 from gateway.errors import UpstreamUnavailable
-from gateway.request_id import HEADER as REQUEST_ID, acceptable
+from gateway.http.request_id import HEADER as REQUEST_ID, acceptable
 
 __all__ = ["HOP_BY_HOP", "ForwardedRequest", "RequestHeaderRules", "response_headers"]
 

@@ -1,0 +1,1 @@
+"""The admin listener: the JSON API (``api``) and its OpenAPI description (``openapi``)."""
