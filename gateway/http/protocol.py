@@ -135,9 +135,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         # The request being parsed has reached the app (its cycle exists, running or queued).
         self._has_cycle = False
-        # The request being parsed declared a body (Content-Length above 0, or chunked).
-        self._declared_body = False
-        # Its body is chunked: the parser's body callbacks (about one per chunk) and their bytes.
+        # The body of the request being parsed is chunked: the parser's body callbacks (about one
+        # per chunk) and their bytes.
         self._chunked = False
         self._body_calls = 0
         self._body_bytes = 0
@@ -300,7 +299,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if upgrade and declared_body:
             self._refusal = BadRequest("a request that asks for a protocol upgrade cannot carry a body here")
             raise _Refused()
-        self._declared_body = declared_body
         self._chunked = bool(codings)
         self._body_calls = self._body_bytes = 0
         super().on_headers_complete()
@@ -331,7 +329,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
-        self._declared_body = False
         self._head_bytes = self._received_bytes = 0
 
     # -------------------------------------------------------------------- closing and writing

@@ -172,13 +172,27 @@ class _FailureLog:
         logger.warning("upstream request %s %r failed: %s%s", method, path, error.reason, more)
 
 
-def _leave(in_flight: dict[str, int], holder: str) -> None:
-    """One request of ``holder`` (a key or user id) is no longer in flight."""
-    left = in_flight[holder] - 1
-    if left:
-        in_flight[holder] = left
-    else:
-        del in_flight[holder]
+class _InFlight:
+    """Requests in flight to the upstream by holder (a key id, or a user id), up to ``cap`` each."""
+
+    __slots__ = ("_counts", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._counts: dict[str, int] = {}  # absent: none
+
+    def full(self, holder: str) -> bool:
+        return self._counts.get(holder, 0) >= self.cap
+
+    def enter(self, holder: str) -> None:
+        self._counts[holder] = self._counts.get(holder, 0) + 1
+
+    def leave(self, holder: str) -> None:
+        left = self._counts[holder] - 1
+        if left:
+            self._counts[holder] = left
+        else:
+            del self._counts[holder]
 
 
 async def _watch_disconnect(receive: Receive) -> None:
@@ -208,11 +222,8 @@ class Proxy:
         self._max_body = limits.max_body_bytes
         self._body_idle = limits.body_idle_timeout
         self._body_memory = limits.body_buffer_bytes
-        self._max_per_key = limits.max_concurrent_per_key
-        self._max_per_user = limits.max_concurrent_per_user
-        # key id, and user id -> requests in flight to the upstream (absent: none)
-        self._key_in_flight: dict[str, int] = {}
-        self._user_in_flight: dict[str, int] = {}
+        self._key_in_flight = _InFlight(limits.max_concurrent_per_key)
+        self._user_in_flight = _InFlight(limits.max_concurrent_per_user)
         # One per upstream connection, so that waiting for one is bounded (the client libraries'
         # own pool waits cannot be told from a connect timeout).
         self._slots = asyncio.Semaphore(config.upstream.max_connections)
@@ -299,10 +310,8 @@ class Proxy:
         self, scope: Scope, receive: Receive, send: Send, forwarded: ForwardedRequest, exchange: Exchange
     ) -> None:
         """Answer one request, noting in ``exchange`` what happened."""
-        client, verifier, limiter, usage = self.client, self.verifier, self.limiter, self.usage
-        assert client is not None and verifier is not None and limiter is not None and usage is not None, (
-            "opened in the lifespan"
-        )
+        verifier, limiter, usage = self.verifier, self.limiter, self.usage
+        assert verifier is not None and limiter is not None and usage is not None, "opened in the lifespan"
         request_id = (REQUEST_ID, exchange.request_id)
         refusal: GatewayError | None = None
         if scope["method"] in REFUSED_METHODS:
@@ -356,15 +365,14 @@ class Proxy:
             exchange.outcome = "too_large"
             return
         key_id, user_id = identity.key_id, identity.user_id
-        key_busy, user_busy = self._key_in_flight.get(key_id, 0), self._user_in_flight.get(user_id, 0)
-        if key_busy >= self._max_per_key or user_busy >= self._max_per_user:
-            cap = self._max_per_key if key_busy >= self._max_per_key else self._max_per_user
-            busy = ConcurrencyLimited(cap)
-            exchange.status = await send_error(send, self._profile, busy, close=unread, extra=extra_headers)
-            exchange.outcome = "concurrency_limited"
-            return
-        self._key_in_flight[key_id] = key_busy + 1
-        self._user_in_flight[user_id] = user_busy + 1
+        for in_flight, holder in ((self._key_in_flight, key_id), (self._user_in_flight, user_id)):
+            if in_flight.full(holder):
+                busy = ConcurrencyLimited(in_flight.cap)
+                exchange.status = await send_error(send, self._profile, busy, close=unread, extra=extra_headers)
+                exchange.outcome = "concurrency_limited"
+                return
+        self._key_in_flight.enter(key_id)
+        self._user_in_flight.enter(user_id)
         try:
             usage.forwarded(key_id)
             headers = forwarded.headers
@@ -373,8 +381,8 @@ class Proxy:
             headers.append(request_id)
             await self._forward(scope, receive, send, headers, length, extra_headers, key_id, exchange)
         finally:
-            _leave(self._key_in_flight, key_id)
-            _leave(self._user_in_flight, user_id)
+            self._key_in_flight.leave(key_id)
+            self._user_in_flight.leave(user_id)
 
     async def _forward(
         self,
@@ -388,8 +396,8 @@ class Proxy:
         exchange: Exchange,
     ) -> None:
         """Read the body, send the request upstream on a free connection, and answer."""
-        client, usage = self.client, self.usage
-        assert client is not None and usage is not None, "opened in the lifespan"
+        client = self.client
+        assert client is not None, "opened in the lifespan"
         body = None
         if length:
             try:
@@ -405,21 +413,14 @@ class Proxy:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        slots = self._slots
         try:
-            if slots.locked():
-                try:
-                    async with asyncio.timeout(self._pool_timeout):
-                        await slots.acquire()
-                except TimeoutError:
-                    busy = UpstreamBusy()
-                    exchange.status = await send_error(send, self._profile, busy, extra=extra_headers)
-                    exchange.outcome = outcome_of(busy)
-                    return
-            else:
-                await slots.acquire()
+            if not await self._take_slot():
+                busy = UpstreamBusy()
+                exchange.status = await send_error(send, self._profile, busy, extra=extra_headers)
+                exchange.outcome = outcome_of(busy)
+                return
             try:
-                content = None if body is None else body.content if body.in_memory else body.chunks()
+                content = None if body is None else body.payload()
                 sent_at = time.perf_counter()
                 try:
                     response = await client.request(scope["method"], target, headers, content)
@@ -436,10 +437,21 @@ class Proxy:
                 finally:
                     await response.aclose()
             finally:
-                slots.release()
+                self._slots.release()
         finally:
             if body is not None:
                 body.close()
+
+    async def _take_slot(self) -> bool:
+        """One of the upstream.max_connections, waiting at most upstream.pool_timeout (False then)."""
+        slots = self._slots
+        if not slots.locked():
+            return await slots.acquire()  # at once: no timer to arm
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                return await slots.acquire()
+        except TimeoutError:
+            return False
 
     async def _respond(
         self,
@@ -461,7 +473,7 @@ class Proxy:
                 raise UpstreamUnavailable(f"the upstream answered with status {response.status}")
             headers = response_headers(response.headers, strip_cors=strip_cors)
         except GatewayError as error:
-            logger.warning("unusable answer from the upstream to %s %r: %s", scope["method"], scope["path"], error)
+            self._failures.note(scope["method"], scope["path"], error)
             exchange.status = await send_error(send, self._profile, error, extra=extra_headers)
             exchange.outcome = outcome_of(error)
             return

@@ -46,14 +46,12 @@ class BufferedBody:
         self.length = length
         self._file = file
 
-    @property
-    def in_memory(self) -> bool:
-        return self._file is None
+    def payload(self) -> bytes | AsyncIterator[bytes]:
+        """What to send upstream: the bytes, or the blocks read back from the file."""
+        return self.content if self._file is None else self._read_back(self._file)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def _read_back(self, file: IO[bytes]) -> AsyncIterator[bytes]:
         """The body, read back from its file in blocks (each read in a worker thread)."""
-        file = self._file
-        assert file is not None, "only a body in a file is read back"
         await asyncio.to_thread(file.seek, 0)
         while True:
             block = await asyncio.to_thread(file.read, _FILE_BLOCK)
