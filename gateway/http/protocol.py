@@ -152,6 +152,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._send_mark = 0
         # The peer address counted in ``addresses`` for this connection.
         self._address: str | None = None
+        # Bytes received while requests wait in the pipeline, parsed once the one before is answered.
+        self._held = b""
         # A pipelined request refused while an earlier answer was on its way: its answer, sent
         # once the answers before it are (request id, method, path, status, outcome, bytes).
         self._deferred: tuple[bytes, str, bytes, int, str, bytes] | None = None
@@ -200,9 +202,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle, task = self._running, self._asgi_task
         if cycle is not None and not cycle.response_complete and task is not None and not task.done():
             # The client has gone before its answer was complete: stop working for nobody. The
-            # cancellation reaches the upstream request, which closes its connection.
+            # cancellation reaches the upstream request, which closes its connection. (uvicorn
+            # marks only the last request parsed as disconnected, maybe a queued one.)
             cycle.scope["state"][CLIENT_GONE] = True
+            cycle.disconnected = True
             task.cancel()
+        for queued, _ in self.pipeline:
+            # Requests waiting behind it leave unanswered with the client: each is logged.
+            scope = queued.scope
+            self.proxy.count_refusal(
+                self.proxy.new_request_id(), scope["method"], scope["raw_path"], 499, "client_closed"
+            )
+        self.pipeline.clear()
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -220,6 +231,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         if self._refusal is not None or self._upgraded:
+            return
+        if self.pipeline:
+            # Requests wait behind the one being answered: hold what comes next (bounded) rather
+            # than stop reading as uvicorn does, so that a client that leaves is seen to leave.
+            self._held += data
+            if len(self._held) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
             return
         self._unset_keepalive_if_required()
         if self._in_head:
@@ -303,6 +321,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_calls = self._body_bytes = 0
         super().on_headers_complete()
         self._has_cycle = True
+        if self.pipeline:
+            self.flow.resume_reading()  # uvicorn paused it to queue this one: see data_received
         cycle = self.cycle
         if upgrade:
             cycle.keep_alive = False
@@ -364,6 +384,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.close_lingering()
             return
         super().on_response_complete()
+        if self._held and not self.pipeline and not self.transport.is_closing():
+            held, self._held = self._held, b""
+            self.data_received(held)
 
     def pause_writing(self) -> None:
         super().pause_writing()

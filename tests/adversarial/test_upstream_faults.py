@@ -72,3 +72,23 @@ def test_a_client_that_leaves_cancels_the_upstream_request(
     assert upstream.recording.hang_closed.wait(10), "the upstream request outlived its client"
     entry = patient.access_entry("left-early")
     assert entry["outcome"] == "client_closed" and entry["status"] == 499
+
+
+def test_a_client_that_leaves_a_pipeline_cancels_the_upstream_request(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    patient = gateway_factory({"upstream": {"url": upstream.url, "read_timeout": "60s"}})
+    upstream.recording.hang_closed.clear()
+    before = len(upstream.recording.heads)
+    with connect(patient.port) as sock:
+        hang = b"GET /hang HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-pipeline\r\n" + patient.auth_line + b"\r\n"
+        waiting = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Request-Id: never-answered\r\n" + patient.auth_line + b"\r\n"
+        sock.sendall(hang + waiting)
+        assert upstream.recording.wait_for(before + 1)
+    # A request queued behind it must not keep the client's leaving unnoticed.
+    assert upstream.recording.hang_closed.wait(10), "the upstream request outlived its client"
+    entry = patient.access_entry("left-pipeline")
+    assert (entry["status"], entry["outcome"]) == (499, "client_closed")
+    assert patient.wait_for_stdout_lines(2)  # the queued request is logged too, never answered
+    assert [e["status"] for e in map(json.loads, patient.stdout.splitlines()) if e["path"] == "/ok"] == [499]
+    assert "ERROR" not in patient.log and "Traceback" not in patient.log
