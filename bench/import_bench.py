@@ -36,8 +36,8 @@ from bench.keys_bench import percentiles, timed_verifications
 from gateway.auth.keys import hash_key
 from gateway.auth.verify import Verifier
 from gateway.manage.service import KeyService
-from gateway.ratelimit.limiter import parse_limits
 from gateway.store import open_store
+from gateway.units import parse_limits
 
 ALPHABET = string.ascii_letters + string.digits
 USERS = 1000

@@ -31,8 +31,9 @@ from pathlib import Path
 from gateway.auth.keys import display_prefix, generate_key, hash_key
 from gateway.auth.verify import Verifier
 from gateway.errors import InvalidCredentials
-from gateway.ratelimit.limiter import Limiter, parse_limits
+from gateway.ratelimit.limiter import Limiter
 from gateway.store import open_store
+from gateway.units import parse_limits
 
 PREFIX = "mk_live_"
 

@@ -25,10 +25,8 @@ from urllib.parse import urlsplit
 import yaml
 from limits import RateLimitItem
 
-from gateway.auth.keys import PREFIX_PATTERN
 from gateway.profiles import BUILTIN_PROFILES, ErrorProfile, ProfileError, build_profile
-from gateway.ratelimit.limiter import parse_limits
-from gateway.units import parse_duration, parse_size
+from gateway.units import parse_duration, parse_limits, parse_size
 
 __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
 
@@ -314,8 +312,11 @@ def _header_name(value: object) -> str:
     return value
 
 
+_KEY_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+
+
 def _key_prefix(value: object) -> str:
-    if not isinstance(value, str) or not PREFIX_PATTERN.match(value):
+    if not isinstance(value, str) or not _KEY_PREFIX.match(value):
         raise ValueError("a key prefix of letters, digits and underscores starting with a letter, such as mk_live_")
     return value
 

@@ -2,14 +2,18 @@
 
 A duration is a number of seconds (``30``, ``0.5``) or a number with a unit: ``500ms``, ``30s``,
 ``15m``, ``12h``, ``90d``. A size is a number of bytes or a number with a unit: ``512KiB``,
-``10MiB``, ``1GiB`` (powers of 1024) or ``10KB``, ``10MB``, ``1GB`` (powers of 1000).
+``10MiB``, ``1GiB`` (powers of 1024) or ``10KB``, ``10MB``, ``1GB`` (powers of 1000). Rate
+limits are ``limits`` library items: ``100/minute``, ``10000/day``, ``5/2minutes``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-__all__ = ["format_duration", "parse_duration", "parse_size"]
+from limits import RateLimitItem, parse_many
+
+__all__ = ["Limits", "format_duration", "parse_duration", "parse_limits", "parse_size", "window_name"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -68,3 +72,26 @@ def format_duration(seconds: float) -> str:
         if seconds >= factor and seconds % factor == 0:
             return f"{int(seconds // factor)}{unit}"
     return f"{round(seconds * 1000)}ms"
+
+
+Limits = tuple[RateLimitItem, ...]
+
+
+def parse_limits(text: str | Sequence[str]) -> Limits:
+    """``"1000/minute;100000/day"`` or ``["100/minute", "10000/day"]``; ValueError if it is neither."""
+    joined = text if isinstance(text, str) else ";".join(text)
+    if not joined.strip():
+        raise ValueError("at least one limit such as 100/minute")
+    try:
+        items = tuple(parse_many(joined))
+    except ValueError:
+        raise ValueError("limits such as 100/minute;10000/day") from None
+    if not items or any(item.amount < 1 for item in items):
+        raise ValueError("limits such as 100/minute;10000/day")
+    return items
+
+
+def window_name(item: RateLimitItem) -> str:
+    """``minute`` for a limit per minute, ``5minutes`` for one per 5 minutes."""
+    name = item.GRANULARITY.name
+    return name if item.multiples == 1 else f"{item.multiples}{name}s"

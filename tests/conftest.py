@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,8 @@ import httpx
 import pytest
 
 from gateway.store import KeyStore, open_store
+from tests.fakes import Clock
+from tests.inprocess import AppGateway, FakeTimers, FakeUpstream
 from tests.servers import GatewayProcess, ServerProcess, start_stub
 
 
@@ -56,6 +59,12 @@ def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
+def clock() -> Clock:
+    """A clock that moves only when a test ticks it."""
+    return Clock()
+
+
+@pytest.fixture
 def store_url(tmp_path: Path) -> str:
     """A SQLite store in a folder of its own."""
     return f"sqlite:///{tmp_path}/gateway.db"
@@ -66,3 +75,35 @@ async def store(store_url: str) -> AsyncIterator[KeyStore]:
     opened = await open_store(store_url)
     yield opened
     await opened.close()
+
+
+AppGatewayFactory = Callable[..., Awaitable[AppGateway]]
+
+
+@pytest.fixture
+async def app_gateway_factory(tmp_path: Path) -> AsyncIterator[AppGatewayFactory]:
+    """Starts the gateway's app in the test's loop (the in-process tier); stopped after the test."""
+    started: list[AppGateway] = []
+
+    async def start(settings: dict[str, Any] | None = None, upstream: FakeUpstream | None = None) -> AppGateway:
+        folder = tmp_path / f"gateway{len(started)}"
+        folder.mkdir()
+        gateway = AppGateway(folder, settings, upstream)
+        started.append(gateway)
+        return await gateway.start()
+
+    yield start
+    for gateway in reversed(started):
+        await gateway.stop()
+
+
+@pytest.fixture
+async def app_gateway(app_gateway_factory: AppGatewayFactory) -> AppGateway:
+    """The gateway's app on the defaults, in front of a fake upstream that answers 200."""
+    return await app_gateway_factory()
+
+
+@pytest.fixture
+def timers() -> FakeTimers:
+    """The loop's timers as the HTTP protocol sees them: they fire when the test advances them."""
+    return FakeTimers(asyncio.get_event_loop())

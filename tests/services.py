@@ -26,7 +26,8 @@ from tests.servers import free_port
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # A database of its own, emptied by each test that uses it: the machine's Redis may serve others.
-REDIS_TEST_DB = 13
+# Each pytest-xdist worker (gw0, gw1...; at most 4, as scripts/test runs them) has its own.
+REDIS_TEST_DB = 13 - int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 def unavailable(service: str, why: str) -> None:

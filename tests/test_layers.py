@@ -74,3 +74,48 @@ def test_no_import_circle() -> None:
 def _within_one_package(circle: tuple[str, ...]) -> bool:
     package = min(circle, key=len)
     return all(module == package or module.startswith(package + ".") for module in circle)
+
+
+# The layers from the bottom up; a module may import its own layer and the layers below it.
+LAYERS: list[tuple[str, ...]] = [
+    (
+        "gateway",
+        "gateway.units",
+        "gateway.errors",
+        "gateway.types",
+        "gateway.profiles",
+        "gateway.logs",
+        "gateway.config",
+    ),
+    ("gateway.store",),
+    ("gateway.upstream",),
+    ("gateway.accounting",),
+    ("gateway.auth",),
+    ("gateway.ratelimit",),
+    ("gateway.manage",),
+    ("gateway.http",),
+    ("gateway.admin",),
+    ("gateway.server",),
+    ("gateway.cli", "gateway.__main__"),
+]
+
+
+def _layer_of(module: str) -> int:
+    matches = [
+        (len(prefix), index)
+        for index, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or (prefix != "gateway" and module.startswith(prefix + "."))
+    ]
+    assert matches, f"{module} belongs to no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def test_every_layer_imports_only_itself_and_the_layers_below() -> None:
+    upward = [
+        f"{module} -> {imported}"
+        for module, imports in _imports_of_every_module().items()
+        for imported in imports
+        if _layer_of(imported) > _layer_of(module)
+    ]
+    assert upward == []

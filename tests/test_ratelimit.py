@@ -8,20 +8,9 @@ import pytest
 
 from gateway.config import RateLimitHeaders
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.ratelimit.limiter import Limiter, parse_limits
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from gateway.ratelimit.limiter import Limiter
+from gateway.units import parse_limits
+from tests.fakes import Clock
 
 
 @pytest.fixture
@@ -48,7 +37,7 @@ async def test_a_denied_request_is_charged_to_no_window(limiter: Limiter, clock:
     results = [limiter.hit(*key) for _ in range(7)]
     assert [r.allowed for r in results] == [True] * 5 + [False] * 2
     assert [w.remaining for w in results[-1].windows] == [0, 3]  # the day was charged 5, not 7
-    clock.now += 60
+    clock.tick(60)
     results = [limiter.hit(*key) for _ in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
     denied = results[-1]
@@ -78,7 +67,7 @@ async def test_memory_follows_active_keys(limiter: Limiter, clock: Clock) -> Non
     for i in range(5000):
         limiter.hit(f"key_{i}", items)
     assert len(limiter) == 5000
-    clock.now += 2
+    clock.tick(2)
     for i in range(5000):  # new keys: the old ones, their windows closed, are swept out on the way
         limiter.hit(f"other_{i}", items)
     assert len(limiter) <= 5000 + Limiter.MIN_SWEEP_INTERVAL

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.ratelimit.limiter import parse_limits
 from gateway.ratelimit.redis_state import EPOCH_KEY, RedisState
+from gateway.units import parse_limits
 from tests.services import machine_redis_url
 
 

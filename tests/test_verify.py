@@ -15,23 +15,13 @@ from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier, bearer_token
 from gateway.errors import AuthThrottled, InvalidCredentials, MissingCredentials, SubscriptionInactive
 from gateway.manage.service import KeyService
-from gateway.ratelimit.limiter import parse_limits
 from gateway.store import ApiKey, KeyStore, open_store
 from gateway.store.sqlite import sqlite_path
+from gateway.units import parse_limits
+from tests.fakes import Clock
 
 PREFIX = "mk_live_"
 T = TypeVar("T")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -40,11 +30,6 @@ async def other_process(store_url: str) -> AsyncIterator[KeyService]:
     opened = await open_store(store_url)
     yield KeyService(opened, key_prefix=PREFIX)
     await opened.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ it has exactly the shape of one of ours, whose checksum then decides.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import zlib
 
@@ -41,7 +40,6 @@ CHECKSUM_LENGTH = 6
 DISPLAY_SECRET_CHARS = 4
 KEY_ID_PREFIX = "key_"
 KEY_ID_LENGTH = 16
-PREFIX_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _BASE62_BYTES = frozenset(BASE62.encode())
 
 

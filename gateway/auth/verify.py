@@ -39,8 +39,8 @@ from gateway.errors import (
     StoreUnavailable,
     SubscriptionInactive,
 )
-from gateway.ratelimit.limiter import parse_limits
 from gateway.store import KeyStore
+from gateway.units import parse_limits
 
 __all__ = ["Identity", "Verifier"]
 

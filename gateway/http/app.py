@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from urllib.parse import urlsplit
 
 from gateway.accounting.access_log import AccessLog
 from gateway.accounting.metrics import Metrics
@@ -16,6 +17,8 @@ from gateway.accounting.usage import UsageRecorder
 from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
+from gateway.http.headers import RequestHeaderRules
+from gateway.http.ledger import Ledger
 from gateway.http.proxy import Proxy
 from gateway.ratelimit.limiter import Limiter
 from gateway.store import open_store
@@ -29,18 +32,33 @@ logger = logging.getLogger("gateway.error")
 
 
 class GatewayApp:
+    """The public listener's app. What the HTTP protocol needs from the first connection on (the
+    header rules, the ledger) is made here; the proxy, which needs the store and the upstream
+    client, is made whole by the lifespan's start-up, before the first request."""
+
     def __init__(
         self, config: GatewayConfig, *, upstream_client: UpstreamClient | None = None, metrics: Metrics | None = None
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.proxy = Proxy(config)
-        self.proxy.metrics = self.metrics
+        identity = config.identity_headers
+        self.rules = RequestHeaderRules(
+            urlsplit(config.upstream.url).netloc.encode("latin-1"),
+            preserve_host=config.upstream.preserve_host,
+            trusted_peers=config.proxy.trusted_peers,
+            identity_headers=(identity.user_id, identity.key_id),
+            forward_authorization=config.upstream.forward_authorization,
+        )
+        self.ledger = Ledger(self.metrics, AccessLog() if config.logging.access else None)
         self._given_client = upstream_client
+        self._proxy: Proxy | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self.proxy(scope, receive, send)
+            proxy = self._proxy
+            if proxy is None:
+                raise RuntimeError("a request before the lifespan's start-up: the app is not started")
+            await proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         # Other scopes (websocket) never arrive: the server runs with ws="none", and Upgrade is
@@ -52,7 +70,7 @@ class GatewayApp:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     try:
-                        await self._start(resources)
+                        self._proxy = await self._start(resources)
                     except Exception as exc:
                         logger.error("cannot start: %s", exc)
                         await send({"type": "lifespan.startup.failed", "message": f"cannot start: {exc}"})
@@ -66,22 +84,21 @@ class GatewayApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _start(self, resources: contextlib.AsyncExitStack) -> None:
+    async def _start(self, resources: contextlib.AsyncExitStack) -> Proxy:
         """Open the access log, the store (migrating it), the limiter, the usage recorder and the
-        upstream client.
+        upstream client, and the proxy that uses them.
 
         On shutdown they close in reverse order: the last usage is written before the store closes,
         and the last access-log line after everything else.
         """
         config = self.config
-        if config.logging.access:
-            access_log = AccessLog()
+        access_log = self.ledger.access_log
+        if access_log is not None:
             access_log.start()
             resources.push_async_callback(asyncio.to_thread, access_log.close)
-            self.proxy.access_log = access_log
         store = await open_store(config.store.url)
         resources.push_async_callback(store.close)
-        self.proxy.verifier = Verifier(
+        verifier = Verifier(
             store,
             prefix=config.keys.prefix,
             default_limits=config.rate_limits.default,
@@ -93,22 +110,21 @@ class GatewayApp:
             legacy_prefixes=config.keys.legacy_prefixes,
             throttle=LookupThrottle(config.auth_failures.limit) if config.auth_failures.limit is not None else None,
         )
-        self.proxy.limiter = Limiter()
+        limiter = Limiter()
+        shared = None
         if config.redis.url is not None:
             from gateway.ratelimit.redis_state import RedisState
             from gateway.ratelimit.shared import SharedLimiter
 
             shared = SharedLimiter(
                 RedisState(config.redis.url, timeout=config.redis.timeout),
-                self.proxy.limiter,
-                self.proxy.verifier,
+                limiter,
+                verifier,
                 fail_open=config.redis.on_failure == "open",
                 metrics=self.metrics,
             )
             resources.push_async_callback(shared.aclose)
-            self.proxy.shared_limiter = shared
         usage = UsageRecorder(store, metrics=self.metrics)
-        self.proxy.usage = usage
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
         publisher = asyncio.create_task(self.metrics.publish_forever())
@@ -116,7 +132,16 @@ class GatewayApp:
         resources.callback(publisher.cancel)
         client = self._given_client or await open_upstream_client(config.upstream)
         resources.push_async_callback(client.aclose)
-        self.proxy.client = client
+        return Proxy(
+            config,
+            rules=self.rules,
+            ledger=self.ledger,
+            verifier=verifier,
+            limiter=limiter,
+            shared_limiter=shared,
+            usage=usage,
+            client=client,
+        )
 
 
 async def _stop_usage(usage: UsageRecorder, flusher: asyncio.Task[None]) -> None:

@@ -58,7 +58,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.config import LimitsConfig
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, MethodNotAllowed, Overloaded, RequestTimeout
-from gateway.http.proxy import CLIENT_GONE, REFUSAL, Proxy, error_answer, outcome_of
+from gateway.http.answers import CLIENT_GONE, REFUSAL, error_answer, outcome_of
+from gateway.http.headers import RequestHeaderRules
+from gateway.http.ledger import Ledger
 from gateway.http.request_id import HEADER as REQUEST_ID, acceptable
 from gateway.profiles import ErrorProfile
 
@@ -112,7 +114,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # Set on the subclass that ``protocol_class`` makes for one server.
     limits: ClassVar[LimitsConfig]
     profile: ClassVar[ErrorProfile]
-    proxy: ClassVar[Proxy]
+    rules: ClassVar[RequestHeaderRules]  # for proxy.trusted_peers
+    ledger: ClassVar[Ledger]
     # Open connections by peer address (those not in proxy.trusted_peers), for this server.
     addresses: ClassVar[dict[str, int]]
 
@@ -173,7 +176,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refuse(Overloaded(), linger=False)  # shed at once: lingering would hold the slot
             return
         peer = self.client[0] if self.client else None
-        if peer is not None and not self.proxy.trusted_peer(peer):
+        if peer is not None and not self.rules.is_trusted(peer):
             count = self.addresses.get(peer, 0) + 1
             self.addresses[peer] = count
             self._address = peer
@@ -187,7 +190,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # The connection ended before the refusal's turn came: it was never answered.
             request_id, method, path, _, outcome, _ = self._deferred
             self._deferred = None
-            self.proxy.count_refusal(request_id, method, path, 499, outcome)
+            self.ledger.refusal(request_id, method, path, 499, outcome)
         if self._address is not None:
             left = self.addresses[self._address] - 1
             if left:
@@ -210,9 +213,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         for queued, _ in self.pipeline:
             # Requests waiting behind it leave unanswered with the client: each is logged.
             scope = queued.scope
-            self.proxy.count_refusal(
-                self.proxy.new_request_id(), scope["method"], scope["raw_path"], 499, "client_closed"
-            )
+            self.ledger.refusal(self.ledger.new_request_id(), scope["method"], scope["raw_path"], 499, "client_closed")
         self.pipeline.clear()
         super().connection_lost(exc)
 
@@ -378,7 +379,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # Every answer before the refused request's is out: now its own, and close.
             self._deferred = None
             request_id, method, path, status, outcome, answer = deferred
-            self.proxy.count_refusal(request_id, method, path, status, outcome)
+            self.ledger.refusal(request_id, method, path, status, outcome)
             self._unset_keepalive_if_required()
             self.transport.write(answer)
             self.close_lingering()
@@ -447,7 +448,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         begun = self._partial_head or not self._in_head
         # The client's own request id, as the proxy would have kept it, if its head is all in.
         sent = acceptable([v for n, v in self.headers if n == REQUEST_ID]) if begun and not self._in_head else None
-        request_id = sent or self.proxy.new_request_id()
+        request_id = sent or self.ledger.new_request_id()
         status, headers, body = error_answer(self.profile, error, [(REQUEST_ID, request_id)], close=True)
         method = scope.get("method", "") if begun else ""
         if not method and begun and not self._in_head:  # refused at the end of its head
@@ -479,7 +480,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.transport.close()  # mid-response: nothing honest left to send
                 return
         else:
-            self.proxy.count_refusal(request_id, method, url, status, outcome)
+            self.ledger.refusal(request_id, method, url, status, outcome)
         head = [STATUS_LINE[status]]
         head.extend(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(b"".join(head) + b"\r\n" + body)
@@ -503,10 +504,12 @@ def logged_path(target: bytes) -> bytes:
     return path if path[:1] == b"/" or path == b"*" else b""
 
 
-def protocol_class(limits: LimitsConfig, profile: ErrorProfile, proxy: Proxy) -> type[GatewayHttpProtocol]:
+def protocol_class(
+    limits: LimitsConfig, profile: ErrorProfile, rules: RequestHeaderRules, ledger: Ledger
+) -> type[GatewayHttpProtocol]:
     """The protocol class for one server: uvicorn makes one instance per connection."""
     return type(
         "GatewayHttpProtocol",
         (GatewayHttpProtocol,),
-        {"limits": limits, "profile": profile, "proxy": proxy, "addresses": {}},
+        {"limits": limits, "profile": profile, "rules": rules, "ledger": ledger, "addresses": {}},
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from gateway.ratelimit.limiter import parse_limits
 from gateway.store import Subscription
+from gateway.units import parse_limits
 
 __all__ = [
     "MAX_DURATION",

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from gateway.config import RateLimitHeaders
-from gateway.ratelimit.limiter import Decision, window_name
+from gateway.ratelimit.limiter import Decision
+from gateway.units import window_name
 
 __all__ = ["RateLimitHeaderWriter"]
 

@@ -24,34 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 
-__all__ = ["Decision", "Limiter", "Limits", "Window", "choose_shown", "parse_limits", "window_name"]
+from gateway.units import Limits
 
-Limits = tuple[RateLimitItem, ...]
-
-
-def parse_limits(text: str | Sequence[str]) -> Limits:
-    """``"1000/minute;100000/day"`` or ``["100/minute", "10000/day"]``; ValueError if it is neither."""
-    joined = text if isinstance(text, str) else ";".join(text)
-    if not joined.strip():
-        raise ValueError("at least one limit such as 100/minute")
-    try:
-        items = tuple(parse_many(joined))
-    except ValueError:
-        raise ValueError("limits such as 100/minute;10000/day") from None
-    if not items or any(item.amount < 1 for item in items):
-        raise ValueError("limits such as 100/minute;10000/day")
-    return items
-
-
-def window_name(item: RateLimitItem) -> str:
-    """``minute`` for a limit per minute, ``5minutes`` for one per 5 minutes."""
-    name = item.GRANULARITY.name
-    return name if item.multiples == 1 else f"{item.multiples}{name}s"
+__all__ = ["Decision", "Limiter", "Window", "choose_shown"]
 
 
 class Window(NamedTuple):

@@ -27,7 +27,8 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gateway.ratelimit.limiter import Decision, Limits, Window, choose_shown
+from gateway.ratelimit.limiter import Decision, Window, choose_shown
+from gateway.units import Limits
 
 __all__ = ["EPOCH_KEY", "RedisState", "is_redis_failure"]
 

@@ -23,8 +23,9 @@ import logging
 from gateway.accounting.metrics import Metrics
 from gateway.auth.verify import Verifier
 from gateway.errors import StoreUnavailable
-from gateway.ratelimit.limiter import Decision, Limiter, Limits
+from gateway.ratelimit.limiter import Decision, Limiter
 from gateway.ratelimit.redis_state import RedisState, is_redis_failure
+from gateway.units import Limits
 
 __all__ = ["SharedLimiter"]
 

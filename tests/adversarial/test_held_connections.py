@@ -1,14 +1,15 @@
 """Connections a client would keep open for nothing: the rest of an upload the gateway has already
-refused, and an idle connection after a complete answer."""
+refused, and an answer nobody reads. (Idle connections and slow heads: test_protocol_deadlines.py.)"""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import time
+from pathlib import Path
 
 from tests.conftest import GatewayFactory
-from tests.rawhttp import connect, is_closed, read_response
+from tests.rawhttp import connect, read_response
 from tests.servers import GatewayProcess
 
 PACE = 0.2  # seconds between the bytes of a deliberately slow upload
@@ -43,17 +44,6 @@ def test_the_rest_of_a_refused_upload_is_not_waited_for(gateway_factory: Gateway
     assert status == 401
     assert held_for is not None, "the gateway kept the connection of a refused upload open for 10 s"
     assert headers.get(b"connection") == b"close"
-
-
-def test_an_idle_connection_is_closed_after_the_keepalive_timeout(gateway_factory: GatewayFactory) -> None:
-    gw = gateway_factory({"limits": {"keepalive_timeout": "1s"}})
-    with connect(gw.port) as sock:
-        sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
-        assert read_response(sock)[0] == 200
-        idle_since = time.monotonic()
-        assert not is_closed(sock, timeout=0.5), "closed at once: a kept-alive connection must stay open a while"
-        assert is_closed(sock, timeout=3), "an idle connection outlived limits.keepalive_timeout by far"
-        assert time.monotonic() - idle_since < 3
 
 
 def _download_never_read(gw: GatewayProcess, size: int, request_id: str) -> socket.socket:
@@ -98,11 +88,15 @@ def test_a_refused_upload_can_read_its_answer_while_still_sending(gateway_factor
 
 def test_an_answer_left_unread_in_the_kernel_still_meets_the_send_deadline(gateway_factory: GatewayFactory) -> None:
     # One connection per address: a second one is served only once the gateway has let go of the first.
-    gw = gateway_factory({"limits": {"send_timeout": "1s", "max_connections_per_address": 1}})
-    # An answer a little larger than what the kernels' buffers hold, never read: the gateway's own
-    # write buffer drains below its mark, so only the kernel knows the client stopped.
-    with _download_never_read(gw, 3020000, "unread-tail"):
-        gw.access_entry("unread-tail", timeout=20)  # answered, as far as the gateway's transport knows
+    # (2 s: long enough that the second connection comes before it, on a busy machine too.)
+    gw = gateway_factory({"limits": {"send_timeout": "2s", "max_connections_per_address": 1}})
+    # An answer that the kernel's send buffer can hold (loopback grows it up to the largest
+    # tcp_wmem), never read: the gateway's own write buffer drains, so only the kernel knows the
+    # client stopped.
+    largest_send_buffer = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    with _download_never_read(gw, largest_send_buffer // 2, "unread-tail"):
+        entry = gw.access_entry("unread-tail", timeout=20)
+        assert entry["outcome"] == "forwarded"  # answered, as far as the gateway's transport knows
         statuses = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

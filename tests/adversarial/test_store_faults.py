@@ -32,7 +32,8 @@ def store_locked(gateway: GatewayProcess) -> Iterator[None]:
     fd = os.open(database + "-shm", os.O_RDWR)
     try:
         start, length = WAL_LOCKS
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+        # Waits while the gateway holds them for a read or a write of its own (a usage flush).
+        fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import click
 
-from gateway.cli_common import config_option, emit, json_option, load, table
+from gateway.cli.common import config_option, emit, json_option, load, table
 from gateway.manage.documents import (
     KEY_FIELDS,
     USAGE_FIELDS,

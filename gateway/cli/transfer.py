@@ -9,8 +9,8 @@ from typing import IO
 
 import click
 
-from gateway.cli_common import config_option, emit, json_option, load
-from gateway.cli_manage import run
+from gateway.cli.common import config_option, emit, json_option, load
+from gateway.cli.manage import run
 from gateway.manage.service import KeyService
 from gateway.manage.transfer import ImportReport, decode_line, export_lines
 

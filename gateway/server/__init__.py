@@ -1,0 +1,1 @@
+"""Running the gateway: serving processes, the workers of ``serve --workers N``, stop signals."""

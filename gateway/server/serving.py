@@ -1,0 +1,121 @@
+"""One serving process: the public listener (the gateway's own protocol around the app) and,
+with an admin token, the admin listener, on uvicorn in one event loop."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import socket
+from typing import Any
+
+import uvicorn
+
+from gateway.accounting.metrics import Metrics, WorkerSlots
+from gateway.config import GatewayConfig
+from gateway.logs import logging_config
+from gateway.server.signals import run_servers
+from gateway.server.workers import run_workers
+
+__all__ = ["serve", "serve_process"]
+
+logger = logging.getLogger("gateway.error")
+
+
+def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
+    """Serve until told to stop, in this process or in ``workers`` forked ones; the exit status."""
+    log_config = logging_config(config.logging.level)
+    logging.config.dictConfig(log_config)
+    logger.info(
+        "forwarding http://%s:%d to %s (config: %s, error profile: %s, upstream client: %s)",
+        host,
+        port,
+        config.upstream.url,
+        config.source,
+        config.error_profile.name,
+        config.upstream.client,
+    )
+    if config.admin_token is None:
+        logger.info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
+    else:
+        logger.info(
+            "admin API on http://%s:%d (token from %s)",
+            config.admin.host,
+            config.admin.port,
+            "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
+        )
+    if workers == 1:
+        serve_process(config, host, port, log_config, sockets=None, metrics=None)
+        return 0
+
+    # Bound once, here, and listening at once (connections wait in the backlog until a worker
+    # accepts them, rather than being refused while the workers start); every worker accepts on them.
+    addresses = [(host, port)]
+    if config.admin_token is not None:
+        addresses.append((config.admin.host, config.admin.port))
+    sockets = []
+    for address in addresses:
+        listener = uvicorn.Config("gateway:app", host=address[0], port=address[1]).bind_socket()
+        listener.listen(2048)  # uvicorn's default backlog
+        sockets.append(listener)
+    slots = WorkerSlots(workers)  # shared with every worker: /metrics adds them up
+
+    def serve_worker(index: int) -> None:
+        metrics = Metrics(slots, index)
+        serve_process(config, host, port, log_config, sockets=sockets, metrics=metrics)
+
+    return run_workers(workers, serve_worker)
+
+
+def serve_process(
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    log_config: dict[str, Any],
+    *,
+    sockets: list[socket.socket] | None,
+    metrics: Metrics | None,
+) -> None:
+    """Serve the public listener, and the admin listener if there is a token, in this process:
+    on ``sockets`` (public, then admin) if given, else on sockets of its own."""
+    from gateway.http.app import create_app
+    from gateway.http.protocol import protocol_class
+
+    server_options: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "none",
+        "lifespan": "on",
+        # The gateway decides what X-Forwarded-* means (proxy.trusted_peers); uvicorn's own
+        # handling would trust loopback peers by default.
+        "proxy_headers": False,
+        # The upstream's own Server and Date headers are passed through; uvicorn's would double them.
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+        "timeout_graceful_shutdown": config.listen.shutdown_timeout,
+    }
+    metrics = metrics or Metrics()
+    app = create_app(config, metrics=metrics)
+    public = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=log_config,
+        # Typed int by uvicorn, used as call_later's float delay.
+        timeout_keep_alive=config.limits.keepalive_timeout,  # type: ignore[arg-type]
+        **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.rules, app.ledger)}),
+    )
+    if config.admin_token is None:
+        run_servers([public], sockets)
+        return
+    from gateway.admin.api import create_admin_app
+
+    admin = uvicorn.Config(
+        create_admin_app(config, metrics),
+        host=config.admin.host,
+        port=config.admin.port,
+        log_config=None,
+        **server_options,
+    )
+    run_servers([public, admin], sockets)
