@@ -1,7 +1,10 @@
 # The gateway on a slim Python base, as an unprivileged user.
 #   docker build -t api-key-gateway .
 #   docker run -p 8080:8080 -e GATEWAY_UPSTREAM_URL=http://api.internal:9000 -v gateway-data:/data api-key-gateway
+# EXTRAS adds optional backends: --build-arg EXTRAS="[postgres,redis]" (deploy/docker-compose.yml).
 FROM python:3.11-slim
+
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -12,10 +15,11 @@ RUN useradd --system --create-home --uid 10001 gateway \
     && mkdir /data && chown gateway /data
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 COPY upstream_stub ./upstream_stub
-RUN pip install . && rm -rf /src
+# The versions the tests passed with.
+RUN pip install -c constraints.txt ".${EXTRAS}" && rm -rf /src
 COPY config.yaml /etc/gateway/config.yaml
 
 USER gateway

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.keys_bench import percentiles, timed_verifications
 from gateway.auth.keys import hash_key
 from gateway.auth.verify import Verifier
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.store import open_store
 from gateway.units import parse_limits
 
@@ -97,7 +97,7 @@ async def migrated(url: str) -> None:
 async def verification(url: str, legacy: list[str], sample: int) -> None:
     store = await open_store(url)
     try:
-        service = KeyService(store, key_prefix="mk_live_")
+        service = ManagementService(store, key_prefix="mk_live_")
         native = [(await service.create_key("user_0")).key for _ in range(sample)]
         defaults = parse_limits(["100/minute", "10000/day"])
 

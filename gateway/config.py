@@ -1,18 +1,10 @@
 """Settings: loaded once from YAML and the environment into frozen dataclasses.
 
-Where the file comes from: ``--config PATH``, else ``$GATEWAY_CONFIG``, else ``./config.yaml`` if
-it exists, else no file (every key has a default; ``config.yaml`` in the repository documents
-them all). Then the environment overrides what differs between deployments:
-
-    GATEWAY_UPSTREAM_URL -> upstream.url     GATEWAY_STORE_URL -> store.url
-    GATEWAY_REDIS_URL    -> redis.url        GATEWAY_ADMIN_TOKEN -> the admin token
-
-Any unknown key, wrong type or invalid value raises ``ConfigError`` with one line naming the
-file (or variable), the key and what is expected; the CLI prints it and exits with status 2.
-"""
+The design notes: docs/internals.md, "gateway/config.py"."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -284,6 +276,18 @@ def _http_url(value: object) -> str:
     return value.rstrip("/")
 
 
+class _MissingExtra(ValueError):
+    """A value that needs an optional dependency (an extra) that is not installed."""
+
+
+def _require(module: str, extra: str, what: str) -> None:
+    # Found, not imported: the module is imported only where it is used.
+    if importlib.util.find_spec(module) is None:
+        raise _MissingExtra(
+            f"{what} needs the {extra} extra, which is not installed: pip install 'api-key-gateway[{extra}]'"
+        )
+
+
 def _store_url(value: object) -> str:
     expected = "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://..."
     if not isinstance(value, str):
@@ -291,6 +295,7 @@ def _store_url(value: object) -> str:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return value
     if value.startswith(("postgresql://", "postgres://")):
+        _require("asyncpg", "postgres", "a PostgreSQL store")
         return value
     raise ValueError(expected)
 
@@ -300,7 +305,15 @@ def _redis_url(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("a redis://host:port/db URL, or null for none")
+    _require("redis", "redis", "Redis")
     return value
+
+
+def _upstream_client(value: object) -> str:
+    client = str(_choice("aiohttp", "httpx")(value))
+    if client == "httpx":
+        _require("httpx", "httpx", "the httpx upstream client")
+    return client
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
@@ -392,7 +405,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "listen.port": _port,
     "listen.shutdown_timeout": _positive_duration,
     "upstream.url": _http_url,
-    "upstream.client": _choice("aiohttp", "httpx"),
+    "upstream.client": _upstream_client,
     "upstream.connect_timeout": _positive_duration,
     "upstream.read_timeout": _positive_duration,
     "upstream.max_connections": _positive_int,
@@ -580,5 +593,7 @@ def _flatten(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str, 
 def _parse(key: str, value: object, source: str) -> Any:
     try:
         return _SCALARS[key](value)
+    except _MissingExtra as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{source}: {key}: expected {exc}, got {value!r}") from None

@@ -1,15 +1,6 @@
 """Error profiles: the error dialect of the API the gateway fronts, as data.
 
-A profile maps each *situation* the gateway answers by itself (``errors.py``) to a status, a code
-and a message, and wraps them in an *envelope*: a JSON template whose string values ``"{code}"``,
-``"{message}"``, ``"{status}"`` and ``"{details}"`` are replaced when an error is rendered. The
-``"{details}"`` member carries the situation's listed details and is left out when it has none.
-Messages are ``str.format`` templates over the situation's parameters (``{max_bytes}``...).
-
-Two profiles are built in; an operator defines more in ``config.yaml`` (``errors.profiles``),
-starting from a built-in one and overriding what differs. Everything is checked at start-up, so
-rendering at request time cannot fail.
-"""
+The design notes: docs/internals.md, "gateway/profiles.py"."""
 
 from __future__ import annotations
 

@@ -17,5 +17,6 @@ ensure_venv() {
     fi
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+  # The versions the tests passed with (constraints.txt, written by scripts/lock).
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".${extras}"
 }

@@ -29,7 +29,7 @@ from uvicorn.server import ServerState
 from gateway.config import GatewayConfig, load_config
 from gateway.http.app import GatewayApp, create_app
 from gateway.http.protocol import GatewayHttpProtocol, protocol_class
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.store import open_store
 
 __all__ = ["AppGateway", "Answer", "Connection", "FakeTimers", "FakeUpstream", "SentRequest", "UpstreamAnswer"]
@@ -182,17 +182,17 @@ class AppGateway:
         assert (await self._from_app.get())["type"] == "lifespan.shutdown.complete"
         await self._lifespan
 
-    async def _user_with_key(self, service: KeyService) -> tuple[str, str]:
+    async def _user_with_key(self, service: ManagementService) -> tuple[str, str]:
         await service.add_user(self.user_id)
         created = await service.create_key(self.user_id, name="tests")
         return created.key, created.record.id
 
-    async def service(self, action: Callable[[KeyService], Awaitable[Any]]) -> Any:
+    async def service(self, action: Callable[[ManagementService], Awaitable[Any]]) -> Any:
         """Run ``action`` through the service layer on a connection of its own to the store, as
         the CLI in another process would."""
         store = await open_store(self.config.store.url)
         try:
-            return await action(KeyService(store, key_prefix=self.config.keys.prefix))
+            return await action(ManagementService(store, key_prefix=self.config.keys.prefix))
         finally:
             await store.close()
 

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
-from gateway.manage.service import CreatedKey, KeyService
+from gateway.manage.service import CreatedKey, ManagementService
 from gateway.store import open_store
 
 T = TypeVar("T")
@@ -213,21 +213,21 @@ class GatewayProcess(ServerProcess):
     def auth_line(self) -> bytes:
         return f"Authorization: Bearer {self.key}\r\n".encode()
 
-    def run_service(self, action: Callable[[KeyService], Awaitable[T]]) -> T:
+    def run_service(self, action: Callable[[ManagementService], Awaitable[T]]) -> T:
         """Run ``action`` on the gateway's store through the service layer, in this process."""
         return run_service(self.config.store.url, self.config.keys.prefix, action)
 
 
-async def _user_with_key(service: KeyService, user_id: str) -> CreatedKey:
+async def _user_with_key(service: ManagementService, user_id: str) -> CreatedKey:
     await service.add_user(user_id)
     return await service.create_key(user_id, name="tests")
 
 
-def run_service(store_url: str, prefix: str, action: Callable[[KeyService], Awaitable[T]]) -> T:
+def run_service(store_url: str, prefix: str, action: Callable[[ManagementService], Awaitable[T]]) -> T:
     async def main() -> T:
         store = await open_store(store_url)
         try:
-            return await action(KeyService(store, key_prefix=prefix))
+            return await action(ManagementService(store, key_prefix=prefix))
         finally:
             await store.close()
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
 from tests.servers import GatewayProcess, cli_json as cli, gateway_cli
@@ -62,7 +62,7 @@ def test_a_new_key_works_at_once(gw: GatewayProcess) -> None:
 
 
 def stops_at(gateway: GatewayProcess, key_id: str) -> float:
-    async def read(service: KeyService) -> float:
+    async def read(service: ManagementService) -> float:
         key = await service.get_key(key_id)
         assert key.expires_at is not None
         return key.expires_at

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,25 @@ def test_the_commented_profile_example_in_config_yaml_is_valid() -> None:
 
     profile = build_profile("acme", definitions["acme"])
     assert profile.situations["rate_limited"].code == "TOO_MANY"
+
+
+@pytest.mark.parametrize(
+    ("settings", "module", "key", "extra"),
+    [
+        ({"store": {"url": "postgresql://db/gateway"}}, "asyncpg", "store.url", "postgres"),
+        ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis", "redis.url", "redis"),
+        ({"upstream": {"client": "httpx"}}, "httpx", "upstream.client", "httpx"),
+    ],
+)
+def test_a_backend_whose_extra_is_not_installed_is_named_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict, module: str, key: str, extra: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {key}: ") and f"pip install 'api-key-gateway[{extra}]'" in message
+    monkeypatch.delitem(sys.modules, module)
+    load_config(path, environ={})  # installed: accepted

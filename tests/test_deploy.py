@@ -4,10 +4,12 @@ checked here: it parses, and its services, config, environment and load balancer
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import Requirement
 
 from gateway.config import ENV_OVERRIDES, load_config
 
@@ -50,3 +52,31 @@ def test_the_load_balancer_spreads_over_both_replicas() -> None:
     assert re.findall(r"server (gateway-[ab]):(\d+);", conf) == [("gateway-a", "8080"), ("gateway-b", "8080")]
     [mount] = compose()["services"]["lb"]["volumes"]
     assert mount.startswith("./nginx.conf:")
+
+
+def test_each_image_installs_the_extras_its_config_uses_at_the_locked_versions() -> None:
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
+    assert 'ARG EXTRAS=""' in dockerfile and 'pip install -c constraints.txt ".${EXTRAS}"' in dockerfile
+    extras = compose()["services"]["gateway-a"]["build"]["args"]["EXTRAS"]
+    # The replicas' config uses a PostgreSQL store and Redis (checked above).
+    assert set(extras.strip("[]").split(",")) == {"postgres", "redis"}
+
+
+def test_every_dependency_is_installed_at_its_locked_version() -> None:
+    # scripts/test installs from constraints.txt: a dependency added or moved without running
+    # scripts/lock shows here, before a fresh machine gets other versions than these tests did.
+    locked = {}
+    for line in (DEPLOY.parent / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            locked[canonical(name)] = pinned
+    wanted = [Requirement(text) for text in metadata.requires("api-key-gateway") or []]
+    for requirement in wanted:
+        if requirement.marker is None or requirement.marker.evaluate({"extra": "test"}):
+            assert canonical(requirement.name) in locked, f"{requirement.name} is not in constraints.txt"
+    installed = {name: metadata.version(name) for name in locked}
+    assert installed == locked
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()

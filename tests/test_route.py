@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.auth.keys import generate_key
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.store import Subscription
 from tests.conftest import AppGatewayFactory
 from tests.inprocess import Answer, AppGateway, FakeUpstream, UpstreamAnswer
@@ -142,7 +142,7 @@ async def test_subscription_lapse_and_reactivation(gw: AppGateway) -> None:
 
 
 async def test_a_key_created_for_an_inactive_user_is_refused(app_gateway: AppGateway) -> None:
-    async def inactive_user_key(service: KeyService) -> str:
+    async def inactive_user_key(service: ManagementService) -> str:
         await service.add_user("lapsed", subscription="inactive")
         return (await service.create_key("lapsed")).key
 

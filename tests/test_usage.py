@@ -4,7 +4,7 @@ import pytest
 
 from gateway.accounting.usage import CreditRules, UsageRecorder, normalized_path
 from gateway.config import CreditRule
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.store import KeyStore
 
 
@@ -40,7 +40,7 @@ def test_credit_rules() -> None:
 
 
 async def test_flush_adds_to_the_store_without_a_change(store: KeyStore) -> None:
-    service = KeyService(store, key_prefix="mk_live_")
+    service = ManagementService(store, key_prefix="mk_live_")
     await service.add_user("alice")
     created = await service.create_key("alice")
     clock_values = iter([100.0, 200.0, 300.0])

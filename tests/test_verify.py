@@ -14,7 +14,7 @@ from gateway.auth.keys import generate_key, hash_key
 from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier, bearer_token
 from gateway.errors import AuthThrottled, InvalidCredentials, MissingCredentials, SubscriptionInactive
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.store import ApiKey, KeyStore, open_store
 from gateway.store.sqlite import sqlite_path
 from gateway.units import parse_limits
@@ -25,10 +25,10 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def other_process(store_url: str) -> AsyncIterator[KeyService]:
+async def other_process(store_url: str) -> AsyncIterator[ManagementService]:
     """The same store opened again, as the CLI in another process would."""
     opened = await open_store(store_url)
-    yield KeyService(opened, key_prefix=PREFIX)
+    yield ManagementService(opened, key_prefix=PREFIX)
     await opened.close()
 
 
@@ -73,9 +73,9 @@ def test_bearer_scheme_is_case_insensitive(scheme: bytes) -> None:
 
 
 async def test_valid_key_then_revoked_by_another_process(
-    verifier: Verifier, store: KeyStore, other_process: KeyService
+    verifier: Verifier, store: KeyStore, other_process: ManagementService
 ) -> None:
-    service = KeyService(store, key_prefix=PREFIX)
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     identity = await verifier.verify(bearer(created.key))
@@ -98,7 +98,7 @@ def finishes_without_waiting(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 async def test_a_cache_hit_needs_no_store(verifier: Verifier, store: KeyStore) -> None:
-    service = KeyService(store, key_prefix=PREFIX)
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     with pytest.raises(AssertionError, match="waited"):
@@ -109,7 +109,7 @@ async def test_a_cache_hit_needs_no_store(verifier: Verifier, store: KeyStore) -
 
 
 async def test_expiry_and_grace_need_no_signal(verifier: Verifier, store: KeyStore, clock: Clock) -> None:
-    service = KeyService(store, key_prefix=PREFIX, clock=clock)
+    service = ManagementService(store, key_prefix=PREFIX, clock=clock)
     await service.add_user("alice")
     expiring = await service.create_key("alice", expires_in=60)
     await verifier.verify(bearer(expiring.key))
@@ -129,8 +129,10 @@ async def test_expiry_and_grace_need_no_signal(verifier: Verifier, store: KeySto
     await verifier.verify(bearer(new.key))
 
 
-async def test_subscription_lapse_and_return(verifier: Verifier, store: KeyStore, other_process: KeyService) -> None:
-    service = KeyService(store, key_prefix=PREFIX)
+async def test_subscription_lapse_and_return(
+    verifier: Verifier, store: KeyStore, other_process: ManagementService
+) -> None:
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     await verifier.verify(bearer(created.key))
@@ -142,7 +144,7 @@ async def test_subscription_lapse_and_return(verifier: Verifier, store: KeyStore
 
 
 async def test_unknown_key_is_remembered_until_a_key_is_added(
-    verifier: Verifier, store: KeyStore, other_process: KeyService
+    verifier: Verifier, store: KeyStore, other_process: ManagementService
 ) -> None:
     await other_process.add_user("alice")
     key = generate_key(PREFIX)
@@ -180,7 +182,7 @@ def revoke_unheard(store_url: str, key_id: str) -> None:
 
 
 async def test_a_new_shared_epoch_empties_the_cache(verifier: Verifier, store: KeyStore, store_url: str) -> None:
-    service = KeyService(store, key_prefix=PREFIX)
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     assert verifier.note_epoch(b"1795992434597421")  # the first epoch seen
@@ -196,7 +198,7 @@ async def test_a_new_shared_epoch_empties_the_cache(verifier: Verifier, store: K
 async def test_while_redis_is_down_verdicts_live_at_most_the_degraded_ttl(
     verifier: Verifier, store: KeyStore, store_url: str, clock: Clock
 ) -> None:
-    service = KeyService(store, key_prefix=PREFIX)
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     verifier.set_degraded(True)
@@ -236,7 +238,7 @@ async def test_a_key_once_found_good_is_never_throttled_with_the_guesses_of_its_
     verifier = Verifier(
         store, prefix=PREFIX, default_limits=(), ttl=5, max_entries=100, clock=clock, timer=clock, throttle=throttle
     )
-    service = KeyService(store, key_prefix=PREFIX)
+    service = ManagementService(store, key_prefix=PREFIX)
     await service.add_user("alice")
     created = await service.create_key("alice")
     assert (await verifier.verify(bearer(created.key), "203.0.113.7")).key_id == created.record.id

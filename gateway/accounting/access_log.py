@@ -1,20 +1,6 @@
 """The access log: one JSON line per request on the public listener, on stdout.
 
-Fields, in this order: ``ts`` (UTC, milliseconds), ``request_id``, ``method``, ``path`` (the raw
-path as received, without the query string, which may carry secrets), ``status`` (499 when the
-client left before an answer), ``outcome`` (as in ``gateway_requests_total``, or
-``client_closed``), ``duration_ms``, ``upstream_ms`` (null when the upstream was not asked),
-``key_id`` and ``user_id`` (null before a key is recognised). Never the key: the line is built
-from these fields only, never from headers. Strings are JSON-escaped, so a control character in
-a path cannot forge a line.
-
-Written without blocking the event loop: ``record`` formats the line and appends it to a list;
-the first line of a batch schedules a flush ``BATCH_SECONDS`` later, which joins the batch into
-one block and hands it to a writer thread through a queue. The thread does nothing but block on
-the queue and on ``os.write``, both without the GIL, so it barely competes with the loop. If
-stdout stops draining, at most ``MAX_PENDING`` lines wait; later ones are dropped, counted and
-reported on stderr.
-"""
+The design notes: docs/internals.md, "gateway/accounting/access_log.py"."""
 
 from __future__ import annotations
 

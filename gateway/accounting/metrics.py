@@ -1,19 +1,6 @@
 """Prometheus metrics of the gateway, exposed with prometheus-client.
 
-Served as ``GET /metrics`` on the admin listener. No key material and no per-key labels: the only
-label is a request's ``outcome``.
-
-Every value is a plain number bumped on the event loop's thread, and turned into metric families
-only when scraped (a prometheus-client custom collector): prometheus-client's own Counter and
-Histogram take a lock on every update, which measured at about 5 µs a request on the hot path.
-
-With ``serve --workers N`` a scrape reaches one worker, so each worker copies its values, once a
-second, into its slot of a memory block the parent shared before forking (``WorkerSlots``), and a
-scrape adds up every slot (its own values live). A worker that replaces a dead one starts from
-that one's slot, so no total ever goes down; a worker that stops publishes a last time, while one
-killed outright loses what it counted since its last publication (at most a second's worth).
-The ``process_*`` family is the answering process's.
-"""
+The design notes: docs/internals.md, "gateway/accounting/metrics.py"."""
 
 from __future__ import annotations
 

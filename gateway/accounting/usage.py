@@ -1,16 +1,6 @@
 """Usage per key, counted in memory on the hot path and written to the store in the background.
 
-A request adds to a small in-memory record (no I/O, no await). Every ``usage.flush_seconds`` a
-background task swaps the pending records out and adds them to the store in one transaction;
-if that fails they are merged back and written with the next batch. A graceful stop (the
-lifespan's shutdown, on SIGTERM or SIGINT) flushes before the store closes, so nothing is lost;
-a crash loses at most one interval.
-
-Credits are charged by rule (``credits.rules``) when the upstream answers 2xx. The path a rule
-is matched against is the request's path with dot segments resolved and repeated slashes
-collapsed, so ``/api/v1/mockups/./generate`` cannot dodge the charge for
-``/api/v1/mockups/generate``.
-"""
+The design notes: docs/internals.md, "gateway/accounting/usage.py"."""
 
 from __future__ import annotations
 

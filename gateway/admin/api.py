@@ -1,16 +1,6 @@
 """The admin listener: the JSON API the fronted service's dashboard calls, and health checks.
 
-It runs on its own address (``admin.host``, ``admin.port``), in the same ``gateway serve`` process,
-only when an admin token is configured; nothing of it is reachable through the public listener.
-Every ``/admin/v1/`` request needs ``Authorization: Bearer <admin token>``, compared in constant
-time, and so does ``/metrics`` unless ``metrics.public``; ``/healthz``, ``/readyz`` and the
-OpenAPI document do not. Every refusal is counted in ``gateway_admin_auth_failures_total``.
-Every operation goes through the same service layer as the CLI (``manage/service.py``), so a rule such
-as "revoking is immediate everywhere" lives in one place.
-
-Errors have one envelope, not the public error profile:
-``{"error": {"code": "...", "message": "...", "field": "..."}}`` (``field`` when one is to blame).
-"""
+The design notes: docs/internals.md, "gateway/admin/api.py"."""
 
 from __future__ import annotations
 
@@ -33,8 +23,8 @@ from gateway.accounting.metrics import Metrics
 from gateway.admin.openapi import OPENAPI
 from gateway.config import GatewayConfig
 from gateway.manage.documents import created_document, iso, key_document, usage_document, user_document
-from gateway.manage.rules import Invalid
-from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, KeyService, NotFound, open_service
+from gateway.manage.rules import InvalidField
+from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound, open_service
 from gateway.manage.transfer import decode_line
 from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
@@ -166,10 +156,10 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 class AdminApi:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.service: KeyService | None = None
+        self.service: ManagementService | None = None
 
     @property
-    def keys(self) -> KeyService:
+    def keys(self) -> ManagementService:
         assert self.service is not None, "opened in the lifespan"
         return self.service
 
@@ -214,7 +204,7 @@ class AdminApi:
         assert status is not None
         try:
             user = await self.keys.set_subscription(request.path_params["user_id"], status)
-        except Invalid as exc:
+        except InvalidField as exc:
             raise BadRequest(422, "validation_failed", str(exc), "status") from None
         return JSONResponse(user_document(user))
 
@@ -289,7 +279,7 @@ async def _service_errors(request: Request, exc: Exception) -> Response:
         return error(404, "not_found", str(exc))
     if isinstance(exc, AlreadyExists):
         return error(409, "conflict", str(exc))
-    if isinstance(exc, Invalid):
+    if isinstance(exc, InvalidField):
         return error(422, "validation_failed", str(exc), exc.field)
     raise exc
 
@@ -347,7 +337,7 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/usage", api.usage, methods=["GET"]),
         Route(f"{API}/import", api.import_, methods=["POST"]),
     ]
-    handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, Invalid)}
+    handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, InvalidField)}
     handlers[Exception] = _unexpected
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     return AdminToken(app, config.admin_token, metrics, public_metrics=config.metrics.public)

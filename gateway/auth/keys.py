@@ -1,20 +1,6 @@
 """API keys: their format, generation and hashing. Pure functions, no I/O.
 
-A key is ``<prefix><secret><checksum>``:
-
-- the prefix from ``keys.prefix`` (default ``mk_live_``), so people and secret scanners can tell
-  what a leaked string is;
-- a secret of 40 base62 characters from ``secrets`` (about 238 bits);
-- a checksum: CRC32 of prefix and secret, 6 base62 characters (as GitHub's tokens do), so a
-  mistyped or made-up key is rejected without touching the store.
-
-Only the SHA-256 of the full key is stored. The display prefix (prefix plus the first 4
-characters of the secret, e.g. ``mk_live_aB3x``) is what lists show to identify a key.
-
-Keys of an adopted deployment (``gateway import``) carry no checksum of ours: a key starting with
-one of ``keys.legacy_prefixes`` is looked up by its SHA-256 like any other (``KeyFormat``), unless
-it has exactly the shape of one of ours, whose checksum then decides.
-"""
+The design notes: docs/internals.md, "gateway/auth/keys.py"."""
 
 from __future__ import annotations
 

@@ -1,21 +1,6 @@
 """Throttling of key look-ups per client address (``auth_failures.limit``).
 
-A key that is not in the cache, but well formed (anyone can compute its checksum), costs a store
-look-up. Each address may start a number of such look-ups per fixed window, 20 a minute by default;
-a look-up that finds a good key is given back, so what is counted is, in effect, the failures
-(unknown, revoked and expired keys). Once the window's count is used up, the address's further
-look-ups get 429 until the window ends, without reaching the store.
-
-The count is taken *before* the look-up: however many guesses one address sends at once, at most
-the limit's worth reach the store in a window. What is never throttled: a key whose good verdict
-is cached, a request without a key (401), a malformed key (401, no look-up), and requests that
-join a look-up already under way for the same key. So one bad client behind a NAT does not lock
-out the good keys of everyone sharing its address.
-
-The address is the peer's, or, when the peer is in ``proxy.trusted_peers``, the last one its
-X-Forwarded-For names. At most ``MAX_ADDRESSES`` (100,000) are tracked; past that, closed windows are
-swept, and if none is closed, new addresses go untracked until one is.
-"""
+The design notes: docs/internals.md, "gateway/auth/throttle.py"."""
 
 from __future__ import annotations
 

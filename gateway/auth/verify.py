@@ -1,20 +1,6 @@
 """Who is calling: ``Authorization: Bearer <key>`` to an identity, through an in-memory cache.
 
-A cache hit costs a SHA-256 and two dictionary look-ups; no I/O. A miss checks the key's format
-and checksum (a made-up key never reaches the store), then makes one indexed look-up by hash,
-shared by every request waiting on the same key. Unknown hashes are remembered briefly too, so a
-flood of one bad key cannot hammer the store. When the store cannot be read, a key whose last
-look-up found it good stays good (``_last_known``, kept past the TTL, emptied with the cache).
-
-Immediate revocation: every write to the store advances its change counter (``store.changes()``,
-a memory-mapped integer for SQLite: see ``store/changes.py``). Each request compares it with the value
-this process last saw, which costs well under a microsecond; when it differs, every cached
-verdict is dropped. So a revocation, a subscription change or a new key, made by the CLI in
-another process or by another worker, counts on the very next request, whatever the TTL. Time
-limits (an expiry, the end of a rotation's grace period) need no signal: each cached verdict
-carries the moment it stops being valid, checked on every hit against this server's clock. A
-revocation does not depend on clocks at all.
-"""
+The design notes: docs/internals.md, "gateway/auth/verify.py"."""
 
 from __future__ import annotations
 

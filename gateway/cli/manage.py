@@ -25,7 +25,7 @@ from gateway.manage.documents import (
     user_document,
 )
 from gateway.manage.rules import ServiceError
-from gateway.manage.service import AlreadyExists, CreatedKey, KeyService, NotFound, open_service
+from gateway.manage.service import AlreadyExists, CreatedKey, ManagementService, NotFound, open_service
 from gateway.store import ApiKey, StoreError
 from gateway.store.base import is_store_failure
 from gateway.units import parse_duration
@@ -40,7 +40,7 @@ KEY_COLUMNS = KEY_FIELDS[:-1]
 USAGE_COLUMNS = USAGE_FIELDS
 
 
-def run(ctx: click.Context, action: Callable[[KeyService], Awaitable[T]], *, hint: str = "") -> T:
+def run(ctx: click.Context, action: Callable[[ManagementService], Awaitable[T]], *, hint: str = "") -> T:
     """Open the store, run ``action`` with a service on it, close; errors become one line."""
     config = load(ctx)
 

@@ -11,7 +11,7 @@ import click
 
 from gateway.cli.common import config_option, emit, json_option, load
 from gateway.cli.manage import run
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from gateway.manage.transfer import ImportReport, decode_line, export_lines
 
 __all__ = ["export_command", "import_command", "report_text"]
@@ -49,7 +49,7 @@ def import_command(ctx: click.Context, file: IO[bytes], dry_run: bool, as_json: 
     config = load(ctx)
     prefixes = (config.keys.prefix, *config.keys.legacy_prefixes)
 
-    async def action(service: KeyService) -> ImportReport:
+    async def action(service: ManagementService) -> ImportReport:
         return await service.import_lines(_lines(file), dry_run=dry_run, prefixes=prefixes)
 
     report = run(ctx, action)
@@ -74,7 +74,7 @@ def export_command(ctx: click.Context, as_json: bool) -> None:
     The output holds key hashes: keep it as secret as the store. --json changes nothing (the
     output is JSON either way); a count goes to stderr."""
 
-    async def action(service: KeyService) -> tuple[int, int]:
+    async def action(service: ManagementService) -> tuple[int, int]:
         users = keys = 0
         async for line in export_lines(service.store):
             if line.startswith('{"type":"user"'):

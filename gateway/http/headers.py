@@ -1,36 +1,6 @@
 """Which headers cross the gateway, in each direction.
 
-Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the message, so they are
-dropped both ways: Connection and every header it names, Keep-Alive, TE, Trailer,
-Transfer-Encoding, Upgrade, Proxy-Connection, Proxy-Authenticate and Proxy-Authorization. The
-gateway frames each hop itself.
-
-Towards the upstream, Host is the upstream's (or the client's with ``upstream.preserve_host``),
-and X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host describe the connection the gateway
-actually received. A client can claim anything in its own X-Forwarded-* headers, so they are
-replaced, unless the peer is a trusted proxy (``proxy.trusted_peers``, empty by default): then its
-X-Forwarded-For is kept and the peer appended, and its X-Forwarded-Proto and -Host are kept.
-``Forwarded`` and ``X-Real-IP`` are passed on from a trusted peer and dropped from anyone else.
-After authentication the upstream learns who is calling from the identity headers
-(``X-User-Id`` and ``X-Api-Key-Id`` by default). Any client-sent header that could be taken for
-one of them is removed first: any letter case, any number of copies. The same goes for every
-header the gateway manages (the identity headers, X-Forwarded-*, X-Real-IP, X-Request-Id, the
-hop-by-hop ones, Content-Length): a name spelt with ``_`` or ``.`` for ``-`` (``X_Forwarded_For``,
-``x.user.id``) is dropped, since some servers (CGI and WSGI environs, Puma before CVE-2024-45614)
-read it as the real one. ``Authorization`` is not forwarded unless
-``upstream.forward_authorization``. ``X-Request-Id`` is taken out for the proxy, which forwards one
-(``request_id.py``). ``Expect`` is not forwarded: the gateway reads the whole body before it
-contacts the upstream, so the expectation is met (``100 Continue``) on the client's hop. Everything
-else passes unchanged and in order, repeated headers included.
-
-Towards the client, ``Access-Control-*`` headers are removed on the paths under
-``cors.deny_prefixes``: the API offers no CORS, whatever the upstream says. The upstream's
-``X-Request-Id`` is dropped: the client gets the one the gateway logged and forwarded. A header
-value with a control byte (anything below 0x20 but HTAB, and DEL) cannot be written to the client
-as received, so it makes the whole answer a 502.
-
-Header names arrive lowercased in the ASGI scope; values are passed as the bytes received.
-"""
+The design notes: docs/internals.md, "gateway/http/headers.py"."""
 
 from __future__ import annotations
 

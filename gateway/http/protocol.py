@@ -1,50 +1,6 @@
 """The public listener's HTTP/1.1 protocol: uvicorn's httptools protocol, with the gateway's limits.
 
-uvicorn parses requests with httptools, that is llhttp in strict mode: it refuses a request with
-both Content-Length and Transfer-Encoding, a malformed or repeated Content-Length, an unknown or
-non-final transfer coding, bad chunk syntax, bare CR or LF line ends, and control bytes in header
-names or values. The gateway ships that parser, pinned in ``pyproject.toml``; the framing tests in
-``tests/adversarial`` run against it and against uvicorn's other parser, h11. This subclass adds
-what uvicorn leaves out:
-
-- Every answer given before a request reaches the app is in the error profile (JSON,
-  ``Cache-Control: no-store``, ``Connection: close``, an ``X-Request-Id``), not uvicorn's plain
-  text: 400 for a request the parser refuses; 405 for CONNECT (a tunnel past the gateway, which
-  the parser hands over as an upgrade); 431 for a head over ``limits.max_header_bytes`` or with
-  more than ``limits.max_headers`` headers, counted as the bytes arrive, so an endless head is cut
-  off at the limit instead of buffered; 408 for a head not complete ``limits.head_timeout`` after
-  its first byte. A connection that sends nothing for that long after opening is closed.
-- ``limits.max_connections``: a connection beyond it is answered 503 (``overloaded``) and closed;
-  so is one beyond ``limits.max_connections_per_address`` from one peer address (peers in
-  ``proxy.trusted_peers``, a load balancer say, are not held to it), so that one address cannot
-  take every connection.
-- At most ``MAX_PIPELINE`` (16) requests wait behind the one being answered on a connection: a
-  request beyond them is refused, and the connection closed once those are answered (uvicorn
-  would parse every request already received, however many, each costing a request object).
-- A client that closes its connection before its answer is complete cancels the request's task,
-  and with it the upstream request (uvicorn would let it run to the upstream's answer).
-- No protocol upgrade. llhttp takes a request with ``Connection: upgrade`` and ``Upgrade`` to be
-  complete at the end of its head and leaves its body unread, so a declared body would be left
-  for the upstream to take as the start of the next request (a desync). Such a request with a
-  body (Content-Length above 0, or Transfer-Encoding) gets 400; one without is answered as plain
-  HTTP (Upgrade and Connection are hop-by-hop) and the connection is closed after it, unread.
-- A chunked body whose chunks average fewer than ``MIN_CHUNK_AVERAGE`` (4) bytes, past its first
-  ``CHUNK_GRACE`` (1,024), gets 400: each chunk costs a parser callback, so a body of 1-byte
-  chunks would cost the event loop (and every other client) a call per byte.
-- Trailers of a chunked body are dropped (counted against ``limits.max_header_bytes``): llhttp
-  reports them like head fields, and uvicorn would add them to the request's headers.
-- Every state of a connection has a deadline: ``limits.head_timeout`` for a head (and for a new
-  connection's first byte), ``limits.body_idle_timeout`` for a body (in the proxy),
-  ``limits.keepalive_timeout`` between requests, ``limits.send_timeout`` for a client that takes
-  none of its answer. After an answer given before the request's body was read (401, 413,
-  429...), the connection closes once the answer is sent: the gateway shuts its sending side and
-  discards at most ``LINGER_BYTES`` more of the client's body for at most ``LINGER_SECONDS``, so
-  that the client can read the answer before the connection is gone (nginx's lingering close).
-
-Each refusal is counted in the metrics and written to the access log. If a response to an
-earlier pipelined request is still being sent, the refusal cannot be written without corrupting
-it: the connection is then closed once that response is complete.
-"""
+The design notes: docs/internals.md, "gateway/http/protocol.py"."""
 
 from __future__ import annotations
 

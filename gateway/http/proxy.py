@@ -1,19 +1,7 @@
 """The request's route: plain ASGI, because it is the hot path (Starlette's Request, router and
 StreamingResponse cost about as much again as the forwarding itself; see bench/README.md).
 
-Each request goes through the steps of ``Proxy.route`` in order; a step either passes or raises
-the ``GatewayError`` that answers the request, which ``route`` alone turns into the profile's
-answer. The README describes each step; in short: refuse what cannot be forwarded, authenticate
-the key (``auth/``), charge its rate limits (``ratelimit/``), hold the key and its user to their
-requests in flight, read the whole body (``request_body.py``: no upstream connection waits on a
-slow client), take an upstream connection, forward with the identity headers, and stream the
-answer back with back-pressure from the client's socket.
-
-An answer given before a request's body is read says ``Connection: close``: the HTTP protocol
-then discards a bounded part of what the client still sends, and closes. After the response has
-started, an error can only break the connection, so a truncated body is never passed off as
-complete.
-"""
+The design notes: docs/internals.md, "gateway/http/proxy.py"."""
 
 from __future__ import annotations
 

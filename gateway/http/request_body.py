@@ -1,17 +1,6 @@
 """A request body read whole before the upstream is contacted, as nginx's ``proxy_request_buffering``.
 
-A client that trickles its body would otherwise hold an upstream connection for as long as it
-likes, and a few such clients would hold them all. So the proxy takes an upstream connection only
-once the body is complete: up to ``limits.body_buffer_bytes`` (1 MiB) it is kept in memory, beyond
-that it goes to an anonymous temporary file (``$TMPDIR``, already unlinked, so nothing is left
-behind by a crash), written and read back in a worker thread so that the event loop never waits on
-the disk. The upstream then receives exactly the bytes declared, with a Content-Length, in as few
-writes as possible, however small the client's chunks were.
-
-Reading stops with PayloadTooLarge past ``limits.max_body_bytes``, RequestTimeout when no part
-arrives for ``limits.body_idle_timeout``, and ClientDisconnected when the client leaves: in none of
-these cases has anything been sent upstream.
-"""
+The design notes: docs/internals.md, "gateway/http/request_body.py"."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from gateway.units import parse_limits
 
 __all__ = [
     "MAX_DURATION",
-    "Invalid",
+    "InvalidField",
     "ServiceError",
     "check_limits",
     "check_name",
@@ -30,7 +30,7 @@ class ServiceError(Exception):
     """A request the service refuses; the message says what to do."""
 
 
-class Invalid(ServiceError):
+class InvalidField(ServiceError):
     """A value is not acceptable; ``field`` names it."""
 
     def __init__(self, message: str, field: str) -> None:
@@ -40,7 +40,7 @@ class Invalid(ServiceError):
 
 def check_user_id(user_id: str) -> str:
     if not USER_ID_PATTERN.match(user_id):
-        raise Invalid("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
+        raise InvalidField("a user id is 1 to 255 printable ASCII characters without spaces", "user_id")
     return user_id
 
 
@@ -49,12 +49,12 @@ def check_subscription(subscription: str) -> Subscription:
         return "active"
     if subscription == "inactive":
         return "inactive"
-    raise Invalid("a subscription is active or inactive", "subscription")
+    raise InvalidField("a subscription is active or inactive", "subscription")
 
 
 def check_name(name: str | None) -> str | None:
     if name is not None and (len(name) > NAME_MAX or not name.isprintable()):
-        raise Invalid(f"a key name is at most {NAME_MAX} printable characters", "name")
+        raise InvalidField(f"a key name is at most {NAME_MAX} printable characters", "name")
     return name
 
 
@@ -66,7 +66,7 @@ def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
     try:
         parse_limits(joined)
     except ValueError:
-        raise Invalid("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
+        raise InvalidField("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
     return ";".join(part.strip() for part in joined.split(";") if part.strip())
 
 

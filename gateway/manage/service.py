@@ -19,7 +19,7 @@ from gateway.auth.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.config import GatewayConfig
 from gateway.manage.rules import (
     MAX_DURATION,
-    Invalid,
+    InvalidField,
     ServiceError,
     check_limits,
     check_name,
@@ -35,7 +35,7 @@ __all__ = [
     "AlreadyExists",
     "ChangeNotAnnounced",
     "CreatedKey",
-    "KeyService",
+    "ManagementService",
     "NotFound",
     "open_service",
 ]
@@ -64,7 +64,10 @@ class CreatedKey:
         return f"CreatedKey(record={self.record!r}, key='{self.record.prefix}...')"
 
 
-class KeyService:
+class ManagementService:
+    """What operators do to users and keys, the same for the CLI and the admin API: each change
+    checked by the field rules, written to the store, and announced to every gateway."""
+
     def __init__(
         self,
         store: KeyStore,
@@ -149,7 +152,7 @@ class KeyService:
     ) -> CreatedKey:
         await self.get_user(user_id)
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
-            raise Invalid("a key's lifetime must be above zero and at most 100 years", "expires_in")
+            raise InvalidField("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, check_name(name), expires_at, check_limits(rate_limits))
         await self._write(lambda: self.store.add_key(created.record))
@@ -186,9 +189,9 @@ class KeyService:
         now = self._clock()
         old = await self.get_key(key_id)
         if old.status(now) != "active":
-            raise Invalid(f"key {key_id} is {old.status(now)}: create a new key instead", "key_id")
+            raise InvalidField(f"key {key_id} is {old.status(now)}: create a new key instead", "key_id")
         if grace is not None and not 0 <= grace <= MAX_DURATION:
-            raise Invalid("a grace period is from zero to 100 years", "grace")
+            raise InvalidField("a grace period is from zero to 100 years", "grace")
         # The new key expires when the old one would have: a rotation never extends a key's life.
         created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None
@@ -223,18 +226,20 @@ class KeyService:
 
 
 @contextlib.asynccontextmanager
-async def open_service(config: GatewayConfig, *, redis_timeout: float | None = None) -> AsyncIterator[KeyService]:
-    """A KeyService on the configured store, announcing its writes through Redis if redis.url is set."""
+async def open_service(
+    config: GatewayConfig, *, redis_timeout: float | None = None
+) -> AsyncIterator[ManagementService]:
+    """A ManagementService on the configured store, announcing its writes through Redis if redis.url is set."""
     store = await open_store(config.store.url)
     try:
         if config.redis.url is None:
-            yield KeyService(store, key_prefix=config.keys.prefix)
+            yield ManagementService(store, key_prefix=config.keys.prefix)
             return
         from gateway.ratelimit.redis_state import RedisState
 
         state = RedisState(config.redis.url, timeout=redis_timeout or config.redis.timeout)
         try:
-            yield KeyService(store, key_prefix=config.keys.prefix, announce=state.announce_change)
+            yield ManagementService(store, key_prefix=config.keys.prefix, announce=state.announce_change)
         finally:
             await state.aclose()
     finally:

@@ -1,29 +1,6 @@
 """``gateway import`` and ``gateway export``: users and key hashes as JSON Lines, all or nothing.
 
-One object a line, a user or a key::
-
-    {"type": "user", "id": "acme", "subscription": "active", "created_at": "2025-01-31T10:00:00Z"}
-    {"type": "key", "user_id": "acme", "sha256": "<64 hex>", "prefix": "mk_live_aB3x", "name": "ci"}
-
-A key's optional fields are ``id``, ``name``, ``created_at``, ``expires_at``, ``revoked_at``,
-``last_used_at``, ``requests`` and ``credits``, and, as ``gateway export`` writes them,
-``rate_limited``, ``rate_limits``, ``replaced_by`` and ``legacy``. Dates are ISO 8601 or Unix
-seconds; export writes Unix seconds, exactly as stored, so a round trip changes nothing. A key
-without ``legacy`` is an earlier system's (no checksum of ours).
-
-The file is streamed, never held whole: each line is checked on its own and staged, in batches, in
-temporary tables inside one store transaction; then SQL checks what needs the whole file
-(duplicates, keys whose user is in neither the file nor the store, ids that belong to another
-key). Any error: the transaction is rolled back, and the report names each bad line. Else the
-staged rows are merged in the same transaction, and the report counts what was created, updated
-and left unchanged. A key is matched by its hash, a user by its id. Merging never loses what the
-store knows better: counters and last use only go up, a revocation is never undone, a key's id,
-creation date and own limits stay (unless the file gives limits), an expiry can come closer but
-never go back, and a key never changes owner (a line that says otherwise is an error). The file
-is the truth for a user's subscription, both ways, as a sync from the service's own database
-needs. So importing a file twice changes nothing the second time, and a subscription lapsed or a
-key revoked since is updated.
-"""
+The design notes: docs/internals.md, "gateway/manage/transfer.py"."""
 
 from __future__ import annotations
 
@@ -36,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.auth.keys import key_id_for_hash
-from gateway.manage.rules import Invalid, check_limits, check_name, check_subscription, check_user_id
+from gateway.manage.rules import InvalidField, check_limits, check_name, check_subscription, check_user_id
 from gateway.store.base import ApiKey, KeyStore, User
 from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession
 
@@ -249,7 +226,7 @@ def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
             _count(record, "credits"),
             legacy,
         )
-    except Invalid as exc:
+    except InvalidField as exc:
         raise LineError(str(exc)) from None
     except TypeError:
         raise LineError("a field has the wrong type") from None

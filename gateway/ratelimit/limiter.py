@@ -1,24 +1,6 @@
 """Per-key rate limits: ``limits``' fixed-window algorithm, counted in this process's memory.
 
-The limits are ``limits`` library items (``100/minute``, parsed by ``limits.parse_many``), and the
-algorithm is ``limits``' fixed window (``FixedWindowRateLimiter``): a key's window opens at its
-first request and lasts the window's length; up to the limit pass, then none until it closes.
-That is the Mockupanda behaviour: 100 requests in the first 30 s of a minute, then none until
-the minute has passed.
-
-Every window of a key is enforced, and a request denied by one window is charged to none: all
-are tested, then all are charged. ``Limiter.hit`` does that in one synchronous call, so nothing
-can interleave and the count is exact under any concurrency within one process.
-
-Why not ``limits``' own ``MemoryStorage`` and strategy objects: measured in this repository
-(bench/README.md), its storage rescans every key after each request once there are many (0.6 ms
-a request at 100,000 keys), and even over a lean storage the strategy API's string keys, awaits
-and error-wrapping cost about 15 µs a request inside the server, more than the rest of the
-gateway's own work. Here each API key has one small record of counts and window ends, found by
-the key's id; records whose windows have all closed are swept out once as many new records
-have been made as there are records, so each request pays O(1) on average and memory follows the
-number of keys active within their windows.
-"""
+The design notes: docs/internals.md, "gateway/ratelimit/limiter.py"."""
 
 from __future__ import annotations
 

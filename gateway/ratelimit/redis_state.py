@@ -1,22 +1,7 @@
 """Redis as the state every worker and replica shares: each key's rate-limit windows, and the
 change epoch that tells every process to drop its cached key verdicts.
 
-One request costs one round trip: a Lua script (atomic in Redis) tests every window of the key,
-charges all of them or none, and reads the epoch in the same call. The windows are ``limits``'
-fixed windows (one opens at a key's first request and lasts its length), stored under
-``limits``' own key names (``RateLimitItem.key_for``). ``limits``' Redis strategy is not used as
-it is because it charges a key's windows one call at a time: two round trips for the default
-limits, plus a third for the epoch, and a request denied by the day window would still be
-charged to the minute window.
-
-The epoch is a counter that every store write advances (``announce_change``, before and after
-the write). Redis keeps nothing on disk here, so the counter may vanish with a restart: it is
-then started again at Redis's clock in microseconds, above any value it had before, so a process
-can never mistake a restarted counter for the one it last saw.
-
-Keys live in one Redis (or a primary with replicas): a Redis Cluster would need every key of a
-script in one slot, and the epoch is shared by all.
-"""
+The design notes: docs/internals.md, "gateway/ratelimit/redis_state.py"."""
 
 from __future__ import annotations
 

@@ -1,18 +1,6 @@
 """Rate limits shared by every worker and replica through Redis, and what happens when Redis fails.
 
-While Redis answers, each request's windows are charged there and its answer carries the change
-epoch (``redis_state.py``); a new epoch makes the verifier drop its cached verdicts. When a call
-fails (refused, reset, or no answer within ``redis.timeout``), the process turns degraded at once
-and stops asking Redis on the hot path; a probe pings it every second until it answers. Then:
-
-- ``redis.on_failure: open`` (the default): limits are counted in this process's memory (each
-  replica and worker allows the full limit on its own), and cached verdicts live at most
-  ``cache.degraded_ttl_seconds``, since no epoch can say when to drop them;
-- ``redis.on_failure: closed``: every request that would be charged gets 503.
-
-Counts made in memory are not carried over to Redis when it is back (nothing is counted twice),
-and the verdict cache is emptied then, since writes made meanwhile could not be announced.
-"""
+The design notes: docs/internals.md, "gateway/ratelimit/shared.py"."""
 
 from __future__ import annotations
 

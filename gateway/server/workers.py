@@ -1,16 +1,6 @@
 """``gateway serve --workers N``: N processes serving the same listening sockets.
 
-The parent binds the sockets, forks the workers before any event loop or thread exists, and
-then only supervises: SIGTERM or SIGINT is passed on to every worker, which finishes its requests
-in flight and writes its usage as a single process does; a worker that dies is replaced, unless
-its start-up failed (exit status 3, uvicorn's STARTUP_FAILURE), which a new worker would only
-repeat: then every worker is stopped and the parent exits 1. uvicorn's own supervisor is not used
-because it starts workers from an import string, while the gateway's workers serve two
-listeners built around one app object (the public listener's protocol holds the proxy).
-
-The kernel shares connections among the workers accepting on the same socket. Limits and the
-change epoch live in Redis, so N workers behave as one (``serve`` refuses N > 1 without it).
-"""
+The design notes: docs/internals.md, "gateway/server/workers.py"."""
 
 from __future__ import annotations
 

@@ -1,16 +1,7 @@
 """The PostgreSQL key store, through an asyncpg connection pool: the same schema, versions and
 behaviour as the SQLite store, for deployments with several replicas.
 
-The schema version lives in the table ``gateway_schema``; migrations run in one transaction under
-a transaction-scoped advisory lock, so replicas starting together migrate once.
-
-Changes: every write sends ``NOTIFY gateway_changes`` in its own transaction, delivered when it
-commits. Each process listens on a connection of its own and counts what it hears
-(``changes()``), so its cached verdicts are dropped as soon as a change made anywhere arrives,
-without a query on the hot path. A notification can be missed only while that connection is
-down; reconnecting counts as a change. With ``redis.url`` set, the change epoch in Redis makes
-the guarantee exact as well (``ratelimit/redis_state.py``).
-"""
+The design notes: docs/internals.md, "gateway/store/postgres.py"."""
 
 from __future__ import annotations
 

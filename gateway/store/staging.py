@@ -1,6 +1,6 @@
 """The staging contract of ``gateway import``: the temporary tables an import fills on a store
-connection, and the session each store opens for it. The importer parses and checks the file;
-each store implements the session in its own SQL dialect."""
+connection, and the session each store opens for it. ``manage/transfer.py`` parses and checks
+the file; each store implements the session in its own SQL dialect."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
 """The upstream hop's contract, which each HTTP client implementation meets (``auto.py`` chooses).
 
-An ``UpstreamClient`` sends one request (the raw request target, headers already rewritten, the
-whole body as bytes, or as blocks read back from a file with its Content-Length among the headers)
-and returns an ``UpstreamResponse`` as soon as the status and headers have arrived.
-
-A connection goes back to the pool only when the request was sent whole and its response read
-to the end; in every other case (the client left, a timeout, a response abandoned midway) it is
-closed, so that no byte of one exchange can ever be read as part of the next.
-
-Each implementation translates its library's exceptions exactly once, here at the boundary:
-before the response, to ``UpstreamUnavailable`` (502) or ``UpstreamTimeout`` (504); while the
-body is being read, to ``UpstreamAborted``.
-"""
+The design notes: docs/internals.md, "gateway/upstream/base.py"."""
 
 from __future__ import annotations
 

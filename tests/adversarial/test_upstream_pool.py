@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.manage.service import KeyService
+from gateway.manage.service import ManagementService
 from tests.adversarial.fake_upstream import FakeUpstream
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect
@@ -21,7 +21,7 @@ PACE = 0.2  # seconds between the bytes of a deliberately slow upload
 
 
 def _another_users_key(gw: GatewayProcess, user_id: str) -> dict[str, str]:
-    async def create(service: KeyService) -> str:
+    async def create(service: ManagementService) -> str:
         await service.add_user(user_id)
         return (await service.create_key(user_id, name="tests")).key
 
@@ -125,7 +125,7 @@ def test_a_user_beyond_its_requests_in_flight_gets_429_whatever_key_it_uses(
         }
     )
 
-    async def second_key(service: KeyService) -> str:
+    async def second_key(service: ManagementService) -> str:
         return (await service.create_key(gw.user_id, name="second")).key
 
     another_key_of_alice = {"Authorization": f"Bearer {gw.run_service(second_key)}"}
