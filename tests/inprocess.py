@@ -212,7 +212,7 @@ class AppGateway:
         """One request as uvicorn would hand it to the app (headers as given: add ``auth``)."""
         path, _, query = target.partition("?")
         raw_headers = [(b"host", b"gateway.test"), *(headers or [])]
-        if body and not any(name == b"content-length" for name, _ in raw_headers):
+        if body and not any(name in (b"content-length", b"transfer-encoding") for name, _ in raw_headers):
             raw_headers.append((b"content-length", str(len(body)).encode()))
         scope = {
             "type": "http",

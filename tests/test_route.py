@@ -64,6 +64,19 @@ async def test_a_key_holder_is_forwarded_with_its_identity(gw: AppGateway) -> No
     assert sent.header(b"authorization") == []
 
 
+async def test_a_chunked_upload_gets_its_length_after_the_identity_headers(app_gateway: AppGateway) -> None:
+    chunked = [app_gateway.auth, (b"x-request-id", b"chunked-1"), (b"transfer-encoding", b"chunked")]
+    assert (await app_gateway.request("POST", headers=chunked, body=b"abc")).status == 200
+    (sent,) = app_gateway.upstream.sent
+    assert sent.body == b"abc" and sent.header(b"transfer-encoding") == []
+    assert sent.headers[-4:] == [
+        (b"x-user-id", b"alice"),
+        (b"x-api-key-id", app_gateway.key_id.encode()),
+        (b"x-request-id", b"chunked-1"),
+        (b"content-length", b"3"),
+    ]
+
+
 async def test_missing_key(gw: AppGateway) -> None:
     refused(await gw.request(), 401, answers(gw)[0])
     assert gw.upstream.sent == []

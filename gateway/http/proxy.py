@@ -273,8 +273,6 @@ class Proxy:
             return None
         body = await read_body(receive, limit=self._max_body, memory=self._body_memory, idle=self._body_idle)
         exchange.unread = False
-        if forwarded.content_length < 0:  # chunked from the client: the upstream gets the length, now known
-            forwarded.headers.append((b"content-length", str(body.length).encode()))
         return body
 
     async def _forward(
@@ -296,6 +294,9 @@ class Proxy:
         headers.append((self._user_header, identity.user_id.encode()))
         headers.append((self._key_header, identity.key_id.encode()))
         headers.append((REQUEST_ID, exchange.request_id))
+        if body is not None and forwarded.content_length is not None and forwarded.content_length < 0:
+            # Chunked from the client: the upstream gets the length, now known.
+            headers.append((b"content-length", str(body.length).encode()))
         if not await self._take_slot():
             raise UpstreamBusy()
         try:
