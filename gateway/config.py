@@ -276,16 +276,26 @@ def _http_url(value: object) -> str:
     return value.rstrip("/")
 
 
-class _MissingExtra(ValueError):
-    """A value that needs an optional dependency (an extra) that is not installed."""
+def _installed(module: str) -> bool:
+    # Found, not imported: the module is imported only where it is used. A bare folder of that
+    # name on the path (a namespace package) is not the library.
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
-def _require(module: str, extra: str, what: str) -> None:
-    # Found, not imported: the module is imported only where it is used.
-    if importlib.util.find_spec(module) is None:
-        raise _MissingExtra(
-            f"{what} needs the {extra} extra, which is not installed: pip install 'api-key-gateway[{extra}]'"
-        )
+def _missing_extra(key: str, value: Any) -> str | None:
+    """The error for ``key``'s value if it chooses a backend whose extra is not installed."""
+    needs = None
+    if key == "store.url" and str(value).startswith(("postgresql://", "postgres://")):
+        needs = ("asyncpg", "postgres", "a PostgreSQL store")
+    elif key == "redis.url" and value is not None:
+        needs = ("redis", "redis", "Redis")
+    elif key == "upstream.client" and value == "httpx":
+        needs = ("httpx", "httpx", "the httpx upstream client")
+    if needs is None or _installed(needs[0]):
+        return None
+    module, extra, what = needs
+    return f"{what} needs the {extra} extra, which is not installed: pip install 'api-key-gateway[{extra}]'"
 
 
 def _store_url(value: object) -> str:
@@ -295,7 +305,6 @@ def _store_url(value: object) -> str:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return value
     if value.startswith(("postgresql://", "postgres://")):
-        _require("asyncpg", "postgres", "a PostgreSQL store")
         return value
     raise ValueError(expected)
 
@@ -305,15 +314,7 @@ def _redis_url(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("a redis://host:port/db URL, or null for none")
-    _require("redis", "redis", "Redis")
     return value
-
-
-def _upstream_client(value: object) -> str:
-    client = str(_choice("aiohttp", "httpx")(value))
-    if client == "httpx":
-        _require("httpx", "httpx", "the httpx upstream client")
-    return client
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
@@ -405,7 +406,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "listen.port": _port,
     "listen.shutdown_timeout": _positive_duration,
     "upstream.url": _http_url,
-    "upstream.client": _upstream_client,
+    "upstream.client": _choice("aiohttp", "httpx"),
     "upstream.connect_timeout": _positive_duration,
     "upstream.read_timeout": _positive_duration,
     "upstream.max_connections": _positive_int,
@@ -497,9 +498,15 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         source = str(file)
         raw = _read_yaml(file)
     values, profile_name, custom_profiles = _flatten(raw, source)
+    origins = dict.fromkeys(values, source)
     for variable, key in ENV_OVERRIDES.items():
         if variable in environ:
-            values[key] = _parse(key, environ[variable], f"environment variable {variable}")
+            origins[key] = f"environment variable {variable}"
+            values[key] = _parse(key, environ[variable], origins[key])
+    # Once the environment has had its say: it may choose another backend than the file did.
+    for key, value in values.items():
+        if (missing := _missing_extra(key, value)) is not None:
+            raise ConfigError(f"{origins[key]}: {key}: {missing}")
     admin_token = environ.get("GATEWAY_ADMIN_TOKEN") or None
     token_file = values.get("admin.token_file")
     if admin_token is None and token_file is not None:
@@ -593,7 +600,5 @@ def _flatten(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str, 
 def _parse(key: str, value: object, source: str) -> Any:
     try:
         return _SCALARS[key](value)
-    except _MissingExtra as exc:
-        raise ConfigError(f"{source}: {key}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{source}: {key}: expected {exc}, got {value!r}") from None

@@ -193,12 +193,12 @@ class StoreUnavailable(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """More connections are open than ``limits.max_connections``."""
+    """More connections are open than ``limits.max_connections``, or the gateway is stopping."""
 
     situation = "overloaded"
 
-    def __init__(self) -> None:
-        super().__init__("too many connections", headers={"Retry-After": "1"})
+    def __init__(self, reason: str = "too many connections") -> None:
+        super().__init__(reason, headers={"Retry-After": "1"})
 
 
 class UpstreamBusy(GatewayError):

@@ -58,6 +58,8 @@ class UpstreamAnswer:
     body: bytes = b'{"ok":true}'
     # Sent as this many chunks of unknown total length (0: with Content-Length, in one piece).
     chunks: int = 0
+    # Set when the body may arrive (None: at once, with the head).
+    body_arrives: asyncio.Event | None = None
 
 
 class _FakeResponse:
@@ -65,6 +67,7 @@ class _FakeResponse:
         self.status = answer.status
         self._body = answer.body
         self._chunks = answer.chunks
+        self._body_arrives = answer.body_arrives
         self.headers = list(answer.headers)
         self.content_length: int | None = None
         if not answer.chunks:
@@ -73,6 +76,8 @@ class _FakeResponse:
         self.closed = False
 
     async def read(self) -> bytes:
+        if self._body_arrives is not None:
+            await self._body_arrives.wait()
         return self._body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
@@ -178,9 +183,10 @@ class AppGateway:
     async def stop(self) -> None:
         if self._lifespan is None:
             return
+        lifespan, self._lifespan = self._lifespan, None
         await self._to_app.put({"type": "lifespan.shutdown"})
         assert (await self._from_app.get())["type"] == "lifespan.shutdown.complete"
-        await self._lifespan
+        await lifespan
 
     async def _user_with_key(self, service: ManagementService) -> tuple[str, str]:
         await service.add_user(self.user_id)
@@ -370,12 +376,13 @@ class Connection:
     def send(self, data: bytes) -> None:
         self.protocol.data_received(data)
 
-    async def settle(self) -> None:
-        """Let the app's tasks run until nothing more happens on the loop."""
+    async def settle(self, *, finish: bool = True) -> None:
+        """Let the app's tasks run until nothing more happens on the loop (and, with ``finish``,
+        until the requests' tasks have ended)."""
         for _ in range(50):
             await asyncio.sleep(0)
         tasks = [task for task in self.protocol.tasks if not task.done()]
-        if tasks:
+        if tasks and finish:
             await asyncio.wait(tasks, timeout=5)
         for _ in range(50):
             await asyncio.sleep(0)

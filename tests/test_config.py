@@ -232,15 +232,21 @@ def test_the_commented_profile_example_in_config_yaml_is_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "module", "key", "extra"),
+    ("settings", "module", "key", "extra", "variable"),
     [
-        ({"store": {"url": "postgresql://db/gateway"}}, "asyncpg", "store.url", "postgres"),
-        ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis", "redis.url", "redis"),
-        ({"upstream": {"client": "httpx"}}, "httpx", "upstream.client", "httpx"),
+        ({"store": {"url": "postgresql://db/gateway"}}, "asyncpg", "store.url", "postgres", "GATEWAY_STORE_URL"),
+        ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis", "redis.url", "redis", "GATEWAY_REDIS_URL"),
+        ({"upstream": {"client": "httpx"}}, "httpx", "upstream.client", "httpx", None),
     ],
 )
 def test_a_backend_whose_extra_is_not_installed_is_named_with_the_install_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict, module: str, key: str, extra: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict,
+    module: str,
+    key: str,
+    extra: str,
+    variable: str | None,
 ) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(settings))
@@ -249,5 +255,12 @@ def test_a_backend_whose_extra_is_not_installed_is_named_with_the_install_comman
         load_config(path, environ={})
     message = str(raised.value)
     assert message.startswith(f"{path}: {key}: ") and f"pip install 'api-key-gateway[{extra}]'" in message
+    if variable is not None:
+        empty = tmp_path / "empty.yaml"
+        empty.write_text("")
+        with pytest.raises(ConfigError, match=f"^environment variable {variable}: {key}: "):
+            load_config(empty, environ={variable: settings[key.split(".")[0]]["url"]})
+        # The environment may choose another backend than the file did: what counts is the result.
+        load_config(path, environ={variable: f"sqlite:///{tmp_path}/x.db" if key == "store.url" else ""})
     monkeypatch.delitem(sys.modules, module)
     load_config(path, environ={})  # installed: accepted

@@ -1,13 +1,16 @@
-"""The listener's deadlines and connection caps, in process: bytes fed to the gateway's HTTP
-protocol on a fake transport, its timers fired by the test (no waiting for any deadline)."""
+"""The listener's deadlines, connection caps and pipelines, in process: bytes fed to the gateway's
+HTTP protocol on a fake transport, its timers fired by the test (no waiting for any deadline)."""
 
 from __future__ import annotations
+
+import asyncio
+import json
 
 import pytest
 
 from gateway.http.protocol import LINGER_SECONDS, MAX_PIPELINE
 from tests.conftest import AppGatewayFactory
-from tests.inprocess import AppGateway, Connection, FakeTimers, connect
+from tests.inprocess import AppGateway, Connection, FakeTimers, FakeUpstream, SentRequest, UpstreamAnswer, connect
 
 
 @pytest.fixture
@@ -17,6 +20,18 @@ async def gw(app_gateway_factory: AppGatewayFactory) -> AppGateway:
 
 def request(gw: AppGateway, path: str = "/x") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.key}\r\n\r\n".encode()
+
+
+def never_answering() -> tuple[FakeUpstream, asyncio.Event]:
+    """An upstream that answers only if nobody cancels the request, and the event set once it has one."""
+    waits = asyncio.Event()
+
+    async def never(sent: SentRequest) -> UpstreamAnswer:
+        waits.set()
+        await asyncio.Event().wait()
+        return UpstreamAnswer()
+
+    return FakeUpstream(never), waits
 
 
 async def answered(conn: Connection) -> list[int]:
@@ -141,3 +156,58 @@ async def test_a_deep_pipeline_is_cut_short(gw: AppGateway, timers: FakeTimers) 
     # refused; then the connection closes.
     assert [answer.status for answer in conn.responses()] == [200] * (1 + MAX_PIPELINE) + [400]
     assert conn.transport.closed or conn.transport.eof_written
+
+
+async def test_a_client_that_leaves_behind_a_bad_pipelined_request_is_seen_to_leave(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+) -> None:
+    upstream, upstream_waits = never_answering()
+    gw = await app_gateway_factory(upstream=upstream)
+    conn = connect(gw, timers)
+    conn.send(request(gw, "/slow") + b"garbage\r\n\r\n")
+    await asyncio.wait_for(upstream_waits.wait(), 5)
+    await conn.settle(finish=False)
+    # The refusal waits for the answer before it; meanwhile the gateway still reads, to see the client go.
+    assert conn.responses() == [] and conn.transport.reading
+    conn.transport.close()  # the client leaves
+    await conn.settle()
+    outcomes = {name: count for name, count in gw.app.metrics.outcomes.items() if count}
+    assert outcomes == {"client_closed": 2}  # the slow request, cancelled; the refused one, never answered
+
+
+async def test_a_client_that_leaves_before_its_answer_is_logged_499(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers, capfd: pytest.CaptureFixture[str]
+) -> None:
+    head_sent = asyncio.Event()
+
+    def head_now_body_never(sent: SentRequest) -> UpstreamAnswer:
+        head_sent.set()
+        return UpstreamAnswer(body_arrives=asyncio.Event())
+
+    gw = await app_gateway_factory({"logging": {"access": True}}, FakeUpstream(head_now_body_never))
+    conn = connect(gw, timers)
+    conn.send(request(gw, "/small"))
+    await asyncio.wait_for(head_sent.wait(), 5)
+    await conn.settle(finish=False)
+    conn.transport.close()  # the client leaves before any of its answer was sent
+    await conn.settle()
+    await gw.stop()  # writes the access log
+    (line,) = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert (line["status"], line["outcome"]) == (499, "client_closed")
+
+
+async def test_a_request_cut_short_by_the_shutdown_gets_a_503_in_the_profile(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+) -> None:
+    upstream, upstream_waits = never_answering()
+    gw = await app_gateway_factory(upstream=upstream)
+    conn = connect(gw, timers)
+    conn.send(request(gw, "/slow"))
+    await asyncio.wait_for(upstream_waits.wait(), 5)
+    for task in conn.protocol.tasks:
+        task.cancel()  # as uvicorn does once listen.shutdown_timeout has passed
+    await conn.settle()
+    (answer,) = conn.responses()
+    assert answer.status == 503 and answer.header("content-type") == "application/json"
+    assert answer.json()["error"]["code"] == "service_unavailable" and answer.header("connection") == "close"
+    assert gw.app.metrics.outcomes["overloaded"] == 1

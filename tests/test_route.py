@@ -186,3 +186,16 @@ async def test_no_cors_on_the_api(app_gateway_factory: AppGatewayFactory) -> Non
     # Outside cors.deny_prefixes the upstream's answer is passed as it is.
     elsewhere = await gw.request(target="/cookies", headers=origin)
     assert elsewhere.header("access-control-allow-origin") == "*"
+
+
+# ------------------------------------------------------------------------- usage
+
+
+async def test_only_requests_sent_upstream_count_in_a_keys_usage(app_gateway_factory: AppGatewayFactory) -> None:
+    gw = await app_gateway_factory({"limits": {"max_body_bytes": 10}})
+    chunked = [(b"transfer-encoding", b"chunked"), *bearer(gw.key)]
+    assert (await gw.request("POST", headers=chunked, body=b"x" * 11)).status == 413  # found too large while read
+    assert (await gw.request(headers=bearer(gw.key))).status == 200
+    await gw.stop()  # writes the usage
+    key = await gw.service(lambda service: service.get_key(gw.key_id))
+    assert key.requests == 1

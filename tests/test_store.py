@@ -164,3 +164,23 @@ async def test_usage_from_several_processes_adds_up(store_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_look_up_abandoned_midway_hides_no_later_write(store: KeyStore, store_url: str) -> None:
+    # A look-up cancelled while the store runs it (a look-up timeout, a client gone) must not leave
+    # the connection reading an old snapshot: the next look-up sees a revocation made meanwhile.
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    other = await open_store(store_url)  # another process's connection, the CLI's say
+    try:
+        for attempt in range(10):  # the cancel lands at different points of the look-up
+            key_hash = f"{attempt:064d}"
+            await store.add_key(key(f"key_{attempt}", key_hash=key_hash))
+            abandoned = asyncio.ensure_future(store.find_key(key_hash))
+            for _ in range(attempt):
+                await asyncio.sleep(0)
+            abandoned.cancel()
+            await other.revoke_key(f"key_{attempt}", 10.0)
+            found = await store.find_key(key_hash)
+            assert found is not None and found[0].revoked_at == 10.0, f"attempt {attempt}: the revocation is hidden"
+    finally:
+        await other.close()

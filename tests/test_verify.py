@@ -87,6 +87,26 @@ async def test_valid_key_then_revoked_by_another_process(
         await verifier.verify(bearer(created.key))
 
 
+async def test_a_look_up_whose_client_left_is_finished_for_the_others(verifier: Verifier, store: KeyStore) -> None:
+    # Two requests with the same uncached key share one look-up; the first one's client leaves
+    # (its task is cancelled) while the store answers: the second still gets its answer.
+    service = ManagementService(store, key_prefix=PREFIX)
+    await service.add_user("alice")
+    landed = 0
+    for _ in range(20):
+        created = await service.create_key("alice")
+        first = asyncio.ensure_future(verifier.verify(bearer(created.key)))
+        await asyncio.sleep(0)  # the first starts the look-up
+        second = asyncio.ensure_future(verifier.verify(bearer(created.key)))
+        await asyncio.sleep(0)  # the second waits for it
+        if not first.done():
+            landed += 1
+        first.cancel()
+        identity = await second
+        assert identity.key_id == created.record.id
+    assert landed  # the client left while the look-up was under way, at least once
+
+
 def finishes_without_waiting(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` one step: it must finish without ever waiting (no I/O, no thread hop)."""
     try:

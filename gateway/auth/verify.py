@@ -222,13 +222,22 @@ class Verifier:
     async def _look_up(self, digest: bytes) -> _Verdict:
         pending = self._inflight.get(digest)
         if pending is not None:
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the look-up
+                # The request that was looking it up left (its client gone): look again for this one.
+                return await self._look_up(digest)
         inflight = self._inflight
         future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
         inflight[digest] = future
         changes_before, generation = self._store.changes(), self._generation
         try:
             verdict = await self._fetch(digest.hex())
+        except asyncio.CancelledError:
+            future.cancel()  # its waiters look again (above)
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody else needs to

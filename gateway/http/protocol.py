@@ -144,9 +144,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deferred is not None:
             # The connection ended before the refusal's turn came: it was never answered.
-            request_id, method, path, _, outcome, _ = self._deferred
+            request_id, method, path, _, _, _ = self._deferred
             self._deferred = None
-            self.ledger.refusal(request_id, method, path, 499, outcome)
+            self.ledger.refusal(request_id, method, path, 499, "client_closed")
         if self._address is not None:
             left = self.addresses[self._address] - 1
             if left:
@@ -423,7 +423,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             head = [STATUS_LINE[status]]
             head.extend(name + b": " + value + b"\r\n" for name, value in headers)
             self._deferred = (request_id, method, url, status, outcome, b"".join(head) + b"\r\n" + body)
-            self.flow.pause_reading()
+            # Reading goes on (what arrives is discarded, see data_received), so that a client that
+            # leaves meanwhile is seen to leave and its running request is cancelled.
+            self.flow.resume_reading()
             return
         if handled and running is not None and not running.response_complete:
             # The app's receive() now says the client left (its upstream request is abandoned,

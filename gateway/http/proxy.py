@@ -19,6 +19,7 @@ from gateway.errors import (
     GatewayError,
     InternalError,
     MethodNotAllowed,
+    Overloaded,
     PayloadTooLarge,
     RateLimited,
     UpstreamAborted,
@@ -158,10 +159,17 @@ class Proxy:
             exchange.outcome = "upstream_unavailable"
             raise
         except asyncio.CancelledError:
-            if not scope.get("state", {}).get(CLIENT_GONE):
-                raise  # a shutdown past its grace period
-            # The protocol cancelled us because the client left: an outcome, not an error.
-            exchange.outcome = "client_closed"
+            if scope.get("state", {}).get(CLIENT_GONE):
+                # The protocol cancelled us because the client left: an outcome, not an error.
+                exchange.outcome = "client_closed"
+            elif exchange.outcome == "client_closed":
+                # A shutdown past listen.shutdown_timeout, before any answer was sent: say so in
+                # the profile's words (uvicorn would answer a plain-text 500), and end here.
+                stopping = Overloaded("the gateway is shutting down")
+                extra = [(REQUEST_ID, exchange.request_id or self._ledger.new_request_id())]
+                exchange.status = await send_error(send, self._profile, stopping, close=True, extra=extra)
+                exchange.outcome = outcome_of(stopping)
+            # Else the answer had begun: the connection closes under it, as it must.
         except Exception:
             # %r: a path is the client's, and its control characters must not forge log lines.
             logger.exception("unexpected error while handling %s %r", scope["method"], scope["path"])
@@ -195,7 +203,6 @@ class Proxy:
             self._enforce_limits(identity, decision, forwarded.content_length)
             self._hold(identity)
             try:
-                self._usage.forwarded(identity.key_id)
                 body = await self._read_body(receive, forwarded, exchange)
                 try:
                     await self._forward(scope, receive, send, forwarded, identity, body, answer_headers, exchange)
@@ -300,6 +307,7 @@ class Proxy:
         if not await self._take_slot():
             raise UpstreamBusy()
         try:
+            self._usage.forwarded(identity.key_id)  # sent upstream, whatever it answers
             content = None if body is None else body.payload()
             sent_at = time.perf_counter()
             try:
@@ -350,20 +358,21 @@ class Proxy:
         except GatewayError as error:
             self._failures.note(scope["method"], scope["path"], error)
             raise
+        headers += answer_headers
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        length = response.content_length
+        content = None
+        if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
+            content = b""
+        elif length is not None and length <= SMALL_BODY:
+            content = await response.read()  # its errors are answered in the route: nothing is sent yet
+        # From here on the answer is the upstream's (a client that leaves still paid for it).
+        exchange.outcome, exchange.status = "forwarded", response.status
         if 200 <= response.status < 300:
             cost = self._credits.cost(scope["method"], scope["path"])
             if cost:
                 self._usage.charge(key_id, cost)
-        headers += answer_headers
-        start = {"type": "http.response.start", "status": response.status, "headers": headers}
-        length = response.content_length
-        exchange.outcome, exchange.status = "forwarded", response.status
-        if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
-            await send(start)
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if length is not None and length <= SMALL_BODY:
-            content = await response.read()  # its errors are answered in the route: nothing is sent yet
+        if content is not None:
             await send(start)
             await send({"type": "http.response.body", "body": content})
             return

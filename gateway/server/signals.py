@@ -26,17 +26,18 @@ class _SharedSignals(uvicorn.Server):
 def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | None = None) -> None:
     """Serve several listeners in one process and event loop (on ``sockets``, one for each, if
     given: a worker of ``serve --workers``); SIGTERM or SIGINT stops them all gracefully (each runs
-    its lifespan shutdown), and a second one forces the exit, except in a worker, whose parent
-    decides that (a service manager may signal a worker and its parent both)."""
+    its lifespan shutdown, which writes the last usage), and a second SIGINT (Ctrl-C twice) forces
+    the exit, except in a worker, whose parent decides that. A SIGTERM after a SIGINT does not: a
+    terminal's Ctrl-C and then a script's or a service manager's SIGTERM is one request to stop."""
     servers = [_SharedSignals(config) for config in configs]
     listening = [None] * len(servers) if sockets is None else [[sock] for sock in sockets]
 
     async def serve_all() -> None:
         loop = asyncio.get_running_loop()
 
-        def stop() -> None:
+        def stop(signum: int | None = None) -> None:
             for server in servers:
-                if server.should_exit and sockets is None:
+                if server.should_exit and signum == signal.SIGINT and sockets is None:
                     server.force_exit = True
                 server.should_exit = True
 
@@ -46,7 +47,7 @@ def run_servers(configs: list[uvicorn.Config], sockets: list[socket.socket] | No
                 stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, stop, sig)
         await asyncio.gather(*(serve_one(server, given) for server, given in zip(servers, listening, strict=True)))
 
     with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:

@@ -132,8 +132,7 @@ class SQLiteStore:
         return self._counter.value()
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+        row = await self._one("PRAGMA user_version")
         return int(row[0]) if row else 0
 
     async def check(self) -> None:
@@ -192,9 +191,18 @@ class SQLiteStore:
             return False
         return True
 
+    # Each read runs whole in one call on aiosqlite's thread, its statement stepped to the end: a
+    # caller cancelled midway (a look-up timeout, a client gone) cannot leave a statement open
+    # that would hold this connection's read snapshot, and so hide later writes (a revocation).
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
     async def get_user(self, user_id: str) -> User | None:
-        async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
         return user_from_row(row) if row else None
 
     async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None:
@@ -204,8 +212,9 @@ class SQLiteStore:
         return await self.get_user(user_id) if changed else None
 
     async def list_users(self) -> Sequence[User]:
-        async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
-            return [user_from_row(row) for row in await cursor.fetchall()]
+        return [
+            user_from_row(row) for row in await self._all(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+        ]
 
     # ------------------------------------------------------------------------------- keys
 
@@ -213,13 +222,11 @@ class SQLiteStore:
         await self._write(_INSERT_KEY, key_row(key))
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        async with self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
         return key_from_row(row) if row else None
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, User] | None:
-        async with self._db.execute(_FIND_KEY, (key_hash,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._one(_FIND_KEY, (key_hash,))
         if row is None:
             return None
         return found_from_row(row)
@@ -230,8 +237,7 @@ class SQLiteStore:
         if user_id is not None:
             sql += " WHERE user_id = ?"
             params = (user_id,)
-        async with self._db.execute(sql + " ORDER BY created_at, id", params) as cursor:
-            return [key_from_row(row) for row in await cursor.fetchall()]
+        return [key_from_row(row) for row in await self._all(sql + " ORDER BY created_at, id", params)]
 
     async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", (now, key_id))
@@ -328,8 +334,7 @@ class SQLiteStore:
         params: tuple[str, ...] = ()
         if user_id is not None:
             sql, params = sql + " WHERE user_id = ?", (user_id,)
-        async with self._db.execute(sql + " GROUP BY user_id ORDER BY user_id", params) as cursor:
-            return [usage_from_row(row) for row in await cursor.fetchall()]
+        return [usage_from_row(row) for row in await self._all(sql + " GROUP BY user_id ORDER BY user_id", params)]
 
 
 _ADD_USAGE = (
@@ -371,8 +376,7 @@ class _SQLiteImport:
         await self._db.execute(sql)
 
     async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
-        async with self._db.execute(sql) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        return [tuple(row) for row in await self._db.execute_fetchall(sql)]
 
     async def commit(self) -> None:
         await self._db.execute("COMMIT")

@@ -12,6 +12,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.base import describe_failure
 
 __all__ = ["AiohttpUpstream"]
 
@@ -109,7 +110,7 @@ class _Response:
         try:
             content = await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamUnavailable(f"upstream broke off the response: {exc!r}") from exc
+            raise UpstreamUnavailable(f"upstream broke off the response: {describe_failure(exc)}") from exc
         self._read = True
         return content
 
@@ -118,7 +119,7 @@ class _Response:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamAborted(repr(exc)) from exc
+            raise UpstreamAborted(describe_failure(exc)) from exc
         self._read = True
 
     async def aclose(self) -> None:
@@ -175,11 +176,11 @@ class AiohttpUpstream:
             task.uncancel()
             raise UpstreamTimeout("no final answer from the upstream within upstream.read_timeout") from None
         except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamUnavailable(f"connecting to the upstream timed out: {exc!r}") from exc
+            raise UpstreamUnavailable(f"connecting to the upstream timed out: {describe_failure(exc)}") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"the upstream did not answer in time: {exc!r}") from exc
+            raise UpstreamTimeout(f"the upstream did not answer in time: {describe_failure(exc)}") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream request failed: {exc!r}") from exc
+            raise UpstreamUnavailable(f"upstream request failed: {describe_failure(exc)}") from exc
         finally:
             if deadlines.waiting.pop(task, None) is None:
                 deadlines.expired.discard(task)

@@ -4,10 +4,11 @@ The design notes: docs/internals.md, "gateway/upstream/base.py"."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-__all__ = ["UpstreamClient", "UpstreamResponse"]
+__all__ = ["UpstreamClient", "UpstreamResponse", "describe_failure"]
 
 
 class UpstreamResponse(Protocol):
@@ -34,3 +35,18 @@ class UpstreamClient(Protocol):
     ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An HTTP client library's exception as the log may show it: its type and message, never the
+    request it was about. (aiohttp's repr of a response error carries the URL, query string
+    included, and every request header, the key among them with upstream.forward_authorization.)"""
+    # An aiohttp response error's str() is its repr's content; its own message is what went wrong.
+    message = getattr(exc, "message", None) if hasattr(exc, "request_info") else None
+    text = str(exc if message is None else message)
+    # A query string may carry secrets (?api_key=...), and a URL in a message may hold one.
+    text = _QUERY.sub("?...", text)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -8,6 +8,7 @@ import httpx
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.base import describe_failure
 
 __all__ = ["HttpxUpstream"]
 
@@ -26,14 +27,14 @@ class _Response:
         try:
             return b"".join([chunk async for chunk in self._response.aiter_raw()])
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"upstream broke off the response: {exc!r}") from exc
+            raise UpstreamUnavailable(f"upstream broke off the response: {describe_failure(exc)}") from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
-            raise UpstreamAborted(repr(exc)) from exc
+            raise UpstreamAborted(describe_failure(exc)) from exc
 
     async def aclose(self) -> None:
         # httpcore keeps a connection only when both the request and the response went through
@@ -73,11 +74,11 @@ class HttpxUpstream:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.ConnectTimeout as exc:
-            raise UpstreamUnavailable(f"connecting to the upstream timed out: {exc!r}") from exc
+            raise UpstreamUnavailable(f"connecting to the upstream timed out: {describe_failure(exc)}") from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"the upstream did not answer in time: {exc!r}") from exc
+            raise UpstreamTimeout(f"the upstream did not answer in time: {describe_failure(exc)}") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"upstream request failed: {exc!r}") from exc
+            raise UpstreamUnavailable(f"upstream request failed: {describe_failure(exc)}") from exc
         return _Response(response)
 
     async def aclose(self) -> None:

@@ -21,8 +21,8 @@ and answers by the path:
 - ``/hang``: never answers; the connection's end is recorded as an event;
 - ``/interim-hang``: an interim answer (``103 Early Hints``), then nothing, as ``/hang``.
 
-Any other path gets no answer. A head whose first line is not a request line (a body read as a
-head) is recorded, and the connection closed.
+Any other path gets no answer; a query string is not matched. A head whose first line is not a
+request line (a body read as a head) is recorded, and the connection closed.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class _Handler(socketserver.BaseRequestHandler):
             request_line = head.split(b"\r\n", 1)[0].split(b" ")
             if len(request_line) != 3:
                 return  # not a request: nothing more on this connection can be trusted
-            path = request_line[1]
+            path = request_line[1].split(b"?", 1)[0]  # the query is not matched
             if path == b"/ok":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
             elif path in (b"/body", b"/early"):

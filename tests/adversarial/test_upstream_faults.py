@@ -39,6 +39,21 @@ def test_a_malformed_upstream_response_is_a_502(gw: GatewayProcess, path: str) -
     assert json.loads(answer.content)["error"]["code"] == "upstream_unavailable"
 
 
+@pytest.mark.parametrize("path", ["/garbage", "/huge-head", "/close"])
+def test_an_upstream_failure_is_logged_without_the_request(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream, path: str
+) -> None:
+    # With the key forwarded, a failure's log line must still hold none of the request's headers
+    # or query string (an HTTP client library's own description of a failure may hold both).
+    gw = gateway_factory({"upstream": {"url": upstream.url, "forward_authorization": True}})
+    headers = gw.auth | {"Cookie": "session=cookie-secret", "X-Request-Id": f"logged{path[1:]}"}
+    answer = httpx.get(f"{gw.url}{path}?api_key=query-secret", headers=headers)
+    assert answer.status_code == 502
+    assert gw.wait_for_log("upstream request GET")
+    for secret in (gw.key, "cookie-secret", "query-secret"):
+        assert secret not in gw.log
+
+
 @pytest.mark.parametrize("path", ["/status-999", "/status-600", "/control-byte"])
 def test_an_upstream_answer_that_cannot_be_passed_on_is_a_502(gw: GatewayProcess, path: str) -> None:
     status, headers, body = exchange(
