@@ -9,6 +9,7 @@ every selected target on its own port, and runs wrk against each in turn:
   asgiproxy         the published asgiproxy (PyPI) as its CLI sets it up, uvicorn (uvloop, httptools)
   gateway-aiohttp   `gateway serve` with upstream.client: aiohttp
   gateway-httpx     `gateway serve` with upstream.client: httpx
+  gateway-builtin   `gateway serve` with upstream.client: builtin
   gateway-aiohttp-no-access-log   gateway-aiohttp with logging.access: false (the access log's cost)
 
 Per round and target: 2 s warm-up, `wrk -t1 -c32 -d{duration}s` GET (throughput, p50/p99),
@@ -65,6 +66,7 @@ TARGETS: dict[str, str] = {
     "asgiproxy": "published asgiproxy 0.2 (aiohttp), set up as its CLI does, uvicorn uvloop+httptools, no access log",
     "gateway-aiohttp": "the product: gateway serve, upstream.client = aiohttp",
     "gateway-httpx": "the product: gateway serve, upstream.client = httpx",
+    "gateway-builtin": "the product: gateway serve, upstream.client = builtin (its own client)",
     "gateway-aiohttp-no-access-log": "gateway-aiohttp with logging.access: false",
 }
 # Ratios are taken against these, when they ran in the same round.

@@ -23,7 +23,7 @@ from gateway.units import parse_duration, parse_limits, parse_size
 __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-UpstreamClientName = Literal["aiohttp", "httpx"]
+UpstreamClientName = Literal["aiohttp", "httpx", "builtin"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 RedisFailure = Literal["open", "closed"]
 
@@ -49,7 +49,7 @@ class ListenConfig:
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     url: str = "http://127.0.0.1:9000"
-    client: UpstreamClientName = "aiohttp"
+    client: UpstreamClientName = "builtin"
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_connections: int = 100
@@ -406,7 +406,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "listen.port": _port,
     "listen.shutdown_timeout": _positive_duration,
     "upstream.url": _http_url,
-    "upstream.client": _choice("aiohttp", "httpx"),
+    "upstream.client": _choice("aiohttp", "httpx", "builtin"),
     "upstream.connect_timeout": _positive_duration,
     "upstream.read_timeout": _positive_duration,
     "upstream.max_connections": _positive_int,

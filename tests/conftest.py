@@ -24,14 +24,32 @@ def stub() -> Iterator[ServerProcess]:
 GatewayFactory = Callable[..., GatewayProcess]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module about the upstream hop names the clients it runs with (UPSTREAM_CLIENTS): all of
+    # its tests run once with each.
+    clients = getattr(metafunc.module, "UPSTREAM_CLIENTS", None)
+    if clients and "upstream_client" in metafunc.fixturenames:
+        metafunc.parametrize("upstream_client", clients, scope="module")
+
+
 @pytest.fixture(scope="module")
-def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
+def upstream_client() -> str | None:
+    """The upstream.client of the module's gateways (None: the default)."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(
+    stub: ServerProcess, tmp_path_factory: pytest.TempPathFactory, upstream_client: str | None
+) -> Iterator[GatewayFactory]:
     """Starts gateways in front of the stub; ``upstream.url`` defaults to it. Stopped after the module."""
     started: list[GatewayProcess] = []
 
     def start(settings: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
         settings = dict(settings or {})
         settings.setdefault("upstream", {}).setdefault("url", stub.url)
+        if upstream_client is not None:
+            settings["upstream"].setdefault("client", upstream_client)
         settings.setdefault("logging", {"level": "info"})
         # Tests that are not about rate limits must never meet one.
         settings.setdefault("rate_limits", {"default": ["1000000/minute"]})
@@ -45,7 +63,7 @@ def gateway_factory(stub: ServerProcess, tmp_path_factory: pytest.TempPathFactor
         server.stop()
 
 
-@pytest.fixture(scope="module", params=["aiohttp", "httpx"])
+@pytest.fixture(scope="module", params=["aiohttp", "httpx", "builtin"])
 def gateway(gateway_factory: GatewayFactory, request: pytest.FixtureRequest) -> GatewayProcess:
     """A gateway on the defaults in front of the stub, once with each upstream client."""
     return gateway_factory({"upstream": {"client": request.param}})

@@ -25,7 +25,9 @@ def test_a_store_backend_loads_nothing_but_the_store(backend: str) -> None:
     assert [m for m in _loaded_by(backend) if m != "gateway" and not m.startswith("gateway.store")] == []
 
 
-@pytest.mark.parametrize("client", ["gateway.upstream.aiohttp_client", "gateway.upstream.httpx_client"])
+@pytest.mark.parametrize(
+    "client", ["gateway.upstream.aiohttp_client", "gateway.upstream.httpx_client", "gateway.upstream.builtin_client"]
+)
 def test_an_upstream_client_loads_nothing_of_the_request_path_or_the_store(client: str) -> None:
     above = ("gateway.http.proxy", "gateway.http.app", "gateway.http.protocol", "gateway.admin.api", "gateway.cli")
     beside = ("gateway.store", "gateway.manage", "gateway.accounting", "gateway.auth.verify")

@@ -1,5 +1,5 @@
-"""Chooses the upstream hop's HTTP client: ``upstream.client`` selects ``aiohttp`` (the default:
-several times faster in ``bench/``) or ``httpx``. Each is imported only when chosen."""
+"""Chooses the upstream hop's HTTP client: ``upstream.client`` selects ``aiohttp`` (the default),
+``httpx`` or ``builtin`` (the gateway's own, on httptools). Each is imported only when chosen."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ async def open_upstream_client(config: UpstreamConfig) -> UpstreamClient:
         from gateway.upstream.httpx_client import HttpxUpstream
 
         return HttpxUpstream(config)
+    if config.client == "builtin":
+        from gateway.upstream.builtin_client import BuiltinUpstream
+
+        return BuiltinUpstream(config)
     from gateway.upstream.aiohttp_client import AiohttpUpstream
 
     return AiohttpUpstream(config)

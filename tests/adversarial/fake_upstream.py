@@ -19,7 +19,15 @@ and answers by the path:
 - ``/late-extra``: 200 with a small body, then, 0.2 s later on the same connection, a second,
   unasked-for response (``forged``), recorded as an event once sent;
 - ``/hang``: never answers; the connection's end is recorded as an event;
-- ``/interim-hang``: an interim answer (``103 Early Hints``), then nothing, as ``/hang``.
+- ``/interim-hang``: an interim answer (``103 Early Hints``), then nothing, as ``/hang``;
+- ``/interim-drip``: a ``103 Early Hints`` every 0.2 s (at most 100), never a final answer;
+- ``/stalled-body``: a head declaring 100 bytes of body, 3 of them, then nothing;
+- ``/endless-header``: a header value that goes on (16 MiB at most);
+- ``/trailers``: a chunked answer whose trailers (``Set-Cookie``, ``Location``) come in the same write;
+- ``/early-refusal``: 413 right after the head, without reading the body, the connection kept
+  open until the gateway closes it;
+- ``/upgrade``: ``101 Switching Protocols``;
+- ``/gzip-until-close``: ``Transfer-Encoding: gzip`` (no chunked), the body ending with the connection.
 
 Any other path gets no answer; a query string is not matched. A head whose first line is not a
 request line (a body read as a head) is recorded, and the connection closed.
@@ -161,6 +169,36 @@ class _Handler(socketserver.BaseRequestHandler):
             elif path == b"/huge-head":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (1 << 20) + b"\r\nContent-Length: 0\r\n\r\n")
                 return
+            elif path == b"/interim-drip":
+                for _ in range(100):
+                    sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                    time.sleep(0.2)
+                return
+            elif path == b"/stalled-body":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                _wait_for_close(sock)
+                return
+            elif path == b"/endless-header":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nX-Big: ")
+                for _ in range(256):
+                    sock.sendall(b"a" * 65536)
+                return
+            elif path == b"/trailers":
+                sock.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie\r\n\r\n"
+                    b"2\r\nok\r\n0\r\nSet-Cookie: session=attacker\r\nLocation: https://evil.example/\r\n\r\n"
+                )
+            elif path == b"/early-refusal":
+                sock.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big")
+                _wait_for_close(sock, read=False)
+                return
+            elif path == b"/upgrade":
+                sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+                _wait_for_close(sock)
+                return
+            elif path == b"/gzip-until-close":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip")
+                return
             elif path in (b"/hang", b"/interim-hang"):
                 if path == b"/interim-hang":
                     sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
@@ -172,6 +210,21 @@ class _Handler(socketserver.BaseRequestHandler):
                     pass
                 recording.hang_closed.set()
                 return
+
+
+def _wait_for_close(sock: socket.socket, *, read: bool = True) -> None:
+    """Keep the connection open until the other side closes it (60 s at most); without ``read``,
+    take none of what it sends meanwhile (and hold the connection 10 s: its end cannot be seen
+    behind unread bytes)."""
+    if not read:
+        time.sleep(10)
+        return
+    sock.settimeout(60)
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 class _Server(socketserver.ThreadingTCPServer):

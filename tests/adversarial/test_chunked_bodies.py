@@ -13,6 +13,9 @@ from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange, read_response
 from tests.servers import GatewayProcess, ServerProcess, received_ids
 
+# Every test here runs with each upstream client: the default and aiohttp.
+UPSTREAM_CLIENTS = ("builtin", "aiohttp")
+
 
 @pytest.fixture(scope="module")
 def gw(gateway_factory: GatewayFactory) -> GatewayProcess:

@@ -15,6 +15,9 @@ from tests.conftest import GatewayFactory
 from tests.rawhttp import connect
 from tests.servers import GatewayProcess, ServerProcess, samples
 
+# Every test here runs with each upstream client: the default and aiohttp.
+UPSTREAM_CLIENTS = ("builtin", "aiohttp")
+
 
 @pytest.fixture(scope="module")
 def faults(stub: ServerProcess) -> Iterator[FaultProxy]:

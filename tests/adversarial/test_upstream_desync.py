@@ -14,6 +14,9 @@ from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange, is_closed, read_response, read_responses
 from tests.servers import GatewayProcess
 
+# Every test here runs with each upstream client: the default and aiohttp.
+UPSTREAM_CLIENTS = ("builtin", "aiohttp")
+
 # A complete request for another user, hidden in a request body.
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nContent-Length: 0\r\n\r\n"
 

@@ -14,6 +14,9 @@ from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange
 from tests.servers import GatewayProcess
 
+# Every test here runs with each upstream client: the default and aiohttp.
+UPSTREAM_CLIENTS = ("builtin", "aiohttp")
+
 
 @pytest.fixture(scope="module")
 def gw(gateway_factory: GatewayFactory, upstream: FakeUpstream) -> GatewayProcess:
@@ -107,3 +110,55 @@ def test_a_client_that_leaves_a_pipeline_cancels_the_upstream_request(
     assert patient.wait_for_stdout_lines(2)  # the queued request is logged too, never answered
     assert [e["status"] for e in map(json.loads, patient.stdout.splitlines()) if e["path"] == "/ok"] == [499]
     assert "ERROR" not in patient.log and "Traceback" not in patient.log
+
+
+def test_an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout(gw: GatewayProcess) -> None:
+    started = time.monotonic()
+    answer = httpx.get(f"{gw.url}/stalled-body", headers=gw.auth, timeout=30)
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unavailable"
+    assert time.monotonic() - started < 5
+
+
+def test_interim_answers_do_not_stretch_the_wait_for_the_final_one(gw: GatewayProcess) -> None:
+    started = time.monotonic()
+    answer = httpx.get(f"{gw.url}/interim-drip", headers=gw.auth, timeout=30)
+    assert answer.status_code == 504
+    assert time.monotonic() - started < 5
+
+
+def test_a_header_that_never_ends_is_a_502_at_once(gw: GatewayProcess) -> None:
+    started = time.monotonic()
+    answer = httpx.get(f"{gw.url}/endless-header", headers=gw.auth, timeout=30)
+    assert answer.status_code == 502
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{gw.url}/ok", headers=gw.auth).status_code == 200
+
+
+def test_trailers_never_become_headers(gw: GatewayProcess) -> None:
+    answer = httpx.get(f"{gw.url}/trailers", headers=gw.auth)
+    assert answer.status_code == 200 and answer.content == b"ok"
+    assert "set-cookie" not in answer.headers and "location" not in answer.headers
+
+
+def test_an_early_refusal_of_a_large_upload_reaches_the_client(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    # The upstream answers 413 without reading a body larger than the kernels' buffers hold.
+    gw = gateway_factory(
+        {"upstream": {"url": upstream.url, "read_timeout": "2s"}, "limits": {"max_body_bytes": "64MiB"}}
+    )
+    started = time.monotonic()
+    answer = httpx.post(f"{gw.url}/early-refusal", headers=gw.auth, content=bytes(40 << 20), timeout=30)
+    assert answer.status_code == 413 and answer.content == b"too big"
+    assert time.monotonic() - started < 10
+
+
+def test_an_upgrade_answer_is_a_502_without_a_traceback(gw: GatewayProcess) -> None:
+    answer = httpx.get(f"{gw.url}/upgrade", headers=gw.auth)
+    assert answer.status_code == 502
+    assert "Traceback" not in gw.log
+
+
+def test_a_body_that_ends_with_the_connection_is_passed_whole(gw: GatewayProcess) -> None:
+    status, headers, body = exchange(gw.port, b"GET /gzip-until-close HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+    assert status == 200 and body == b"not really gzip"

@@ -17,6 +17,9 @@ from tests.conftest import GatewayFactory
 from tests.rawhttp import connect
 from tests.servers import GatewayProcess
 
+# Every test here runs with each upstream client: the default and aiohttp.
+UPSTREAM_CLIENTS = ("builtin", "aiohttp")
+
 PACE = 0.2  # seconds between the bytes of a deliberately slow upload
 
 
