@@ -211,3 +211,16 @@ async def test_a_request_cut_short_by_the_shutdown_gets_a_503_in_the_profile(
     assert answer.status == 503 and answer.header("content-type") == "application/json"
     assert answer.json()["error"]["code"] == "service_unavailable" and answer.header("connection") == "close"
     assert gw.app.metrics.outcomes["overloaded"] == 1
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_an_answer_without_a_body_is_passed_whatever_its_content_length(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers, status: int
+) -> None:
+    stated = [(b"content-length", b"8"), (b"etag", b'"v1"')]
+    upstream = FakeUpstream(lambda sent: UpstreamAnswer(status=status, headers=stated, body=b"", chunks=1))
+    gw = await app_gateway_factory(upstream=upstream)
+    conn = connect(gw, timers)
+    conn.send(request(gw) + request(gw))  # the connection carries the next request too
+    assert await answered(conn) == [status, status]
+    assert conn.responses() == [] and not conn.transport.closed

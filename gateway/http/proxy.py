@@ -362,7 +362,12 @@ class Proxy:
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
         content = None
-        if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
+        if response.status in _NO_BODY_STATUSES:
+            # 204 and 304 have no body whatever a Content-Length says (a 304's may give the size of
+            # the representation); uvicorn would wait for that many bytes and fail the answer.
+            start["headers"] = [(name, value) for name, value in headers if name.lower() != b"content-length"]
+            content = b""
+        elif scope["method"] == "HEAD":
             content = b""
         elif length is not None and length <= SMALL_BODY:
             content = await response.read()  # its errors are answered in the route: nothing is sent yet
