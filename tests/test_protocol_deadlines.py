@@ -224,3 +224,24 @@ async def test_an_answer_without_a_body_is_passed_whatever_its_content_length(
     conn.send(request(gw) + request(gw))  # the connection carries the next request too
     assert await answered(conn) == [status, status]
     assert conn.responses() == [] and not conn.transport.closed
+
+
+async def test_a_client_that_leaves_after_a_large_upload_is_seen_to_leave(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+) -> None:
+    upstream, upstream_waits = never_answering()
+    gw = await app_gateway_factory(upstream=upstream)
+    conn = connect(gw, timers)
+    head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (8 << 20)
+    conn.send(head + b"Authorization: Bearer " + gw.key.encode() + b"\r\n\r\n")
+    # In parts larger than the protocol holds before it stops reading; none while it does not read.
+    for _ in range(32):
+        while not conn.transport.reading:
+            await asyncio.sleep(0)
+        conn.send(bytes(256 << 10))
+    await asyncio.wait_for(upstream_waits.wait(), 5)
+    await conn.settle(finish=False)
+    assert conn.transport.reading  # the request is all in: reading goes on, to see the client go
+    conn.transport.close()  # the client leaves while the upstream works
+    await conn.settle()
+    assert {name: count for name, count in gw.app.metrics.outcomes.items() if count} == {"client_closed": 1}

@@ -307,6 +307,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = self._received_bytes = 0
+        # The request is all in: read on (uvicorn may have stopped reading under its last part,
+        # and resumes only when the app asks for more), so that a client that leaves while the
+        # upstream works is seen to leave; what comes next is held or queued as a pipeline is.
+        self.flow.resume_reading()
 
     # -------------------------------------------------------------------- closing and writing
 
