@@ -22,8 +22,12 @@ def request(gw: AppGateway, path: str = "/x") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.key}\r\n\r\n".encode()
 
 
-def never_answering() -> tuple[FakeUpstream, asyncio.Event]:
-    """An upstream that answers only if nobody cancels the request, and the event set once it has one."""
+@pytest.fixture
+async def stuck(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+) -> tuple[AppGateway, Connection, asyncio.Event]:
+    """A gateway whose upstream answers only if nobody cancels the request, a connection to it,
+    and the event set once the upstream has a request."""
     waits = asyncio.Event()
 
     async def never(sent: SentRequest) -> UpstreamAnswer:
@@ -31,7 +35,13 @@ def never_answering() -> tuple[FakeUpstream, asyncio.Event]:
         await asyncio.Event().wait()
         return UpstreamAnswer()
 
-    return FakeUpstream(never), waits
+    gw = await app_gateway_factory(upstream=FakeUpstream(never))
+    return gw, connect(gw, timers), waits
+
+
+def outcomes(gw: AppGateway) -> dict[str, int]:
+    """The outcomes counted so far, those above zero."""
+    return {name: count for name, count in gw.app.metrics.outcomes.items() if count}
 
 
 async def answered(conn: Connection) -> list[int]:
@@ -159,11 +169,9 @@ async def test_a_deep_pipeline_is_cut_short(gw: AppGateway, timers: FakeTimers) 
 
 
 async def test_a_client_that_leaves_behind_a_bad_pipelined_request_is_seen_to_leave(
-    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+    stuck: tuple[AppGateway, Connection, asyncio.Event],
 ) -> None:
-    upstream, upstream_waits = never_answering()
-    gw = await app_gateway_factory(upstream=upstream)
-    conn = connect(gw, timers)
+    gw, conn, upstream_waits = stuck
     conn.send(request(gw, "/slow") + b"garbage\r\n\r\n")
     await asyncio.wait_for(upstream_waits.wait(), 5)
     await conn.settle(finish=False)
@@ -171,8 +179,7 @@ async def test_a_client_that_leaves_behind_a_bad_pipelined_request_is_seen_to_le
     assert conn.responses() == [] and conn.transport.reading
     conn.transport.close()  # the client leaves
     await conn.settle()
-    outcomes = {name: count for name, count in gw.app.metrics.outcomes.items() if count}
-    assert outcomes == {"client_closed": 2}  # the slow request, cancelled; the refused one, never answered
+    assert outcomes(gw) == {"client_closed": 2}  # the slow request, cancelled; the refused one, never answered
 
 
 async def test_a_client_that_leaves_before_its_answer_is_logged_499(
@@ -197,11 +204,9 @@ async def test_a_client_that_leaves_before_its_answer_is_logged_499(
 
 
 async def test_a_request_cut_short_by_the_shutdown_gets_a_503_in_the_profile(
-    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+    stuck: tuple[AppGateway, Connection, asyncio.Event],
 ) -> None:
-    upstream, upstream_waits = never_answering()
-    gw = await app_gateway_factory(upstream=upstream)
-    conn = connect(gw, timers)
+    gw, conn, upstream_waits = stuck
     conn.send(request(gw, "/slow"))
     await asyncio.wait_for(upstream_waits.wait(), 5)
     for task in conn.protocol.tasks:
@@ -227,11 +232,9 @@ async def test_an_answer_without_a_body_is_passed_whatever_its_content_length(
 
 
 async def test_a_client_that_leaves_after_a_large_upload_is_seen_to_leave(
-    app_gateway_factory: AppGatewayFactory, timers: FakeTimers
+    stuck: tuple[AppGateway, Connection, asyncio.Event],
 ) -> None:
-    upstream, upstream_waits = never_answering()
-    gw = await app_gateway_factory(upstream=upstream)
-    conn = connect(gw, timers)
+    gw, conn, upstream_waits = stuck
     head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (8 << 20)
     conn.send(head + b"Authorization: Bearer " + gw.key.encode() + b"\r\n\r\n")
     # In parts larger than the protocol holds before it stops reading; none while it does not read.
@@ -244,4 +247,4 @@ async def test_a_client_that_leaves_after_a_large_upload_is_seen_to_leave(
     assert conn.transport.reading  # the request is all in: reading goes on, to see the client go
     conn.transport.close()  # the client leaves while the upstream works
     await conn.settle()
-    assert {name: count for name, count in gw.app.metrics.outcomes.items() if count} == {"client_closed": 1}
+    assert outcomes(gw) == {"client_closed": 1}
