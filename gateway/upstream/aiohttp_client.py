@@ -12,7 +12,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import describe_failure
+from gateway.upstream.base import describe_failure, frames_a_body_it_cannot_have
 
 __all__ = ["AiohttpUpstream"]
 
@@ -32,6 +32,19 @@ class _VerbatimRequest(aiohttp.ClientRequest):
             self._body = None
             return
         super().update_body_from_data(body, _stacklevel=_stacklevel + 1)
+
+
+class _GuardedResponse(aiohttp.ClientResponse):
+    """aiohttp's response, but one whose status forbids the body its head announces (a 204 with a
+    Content-Length) marks its connection to be closed: aiohttp would pool it at the end of the
+    head, and the body, coming late, would be read as the next request's answer."""
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        response = await super().start(connection)
+        if protocol is not None and frames_a_body_it_cannot_have(self.status, list(self.raw_headers)):
+            protocol.force_close()  # _Connector._get closes it rather than hand it out again
+        return response
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -143,6 +156,7 @@ class AiohttpUpstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             request_class=_VerbatimRequest,
+            response_class=_GuardedResponse,
         )
 
     async def request(

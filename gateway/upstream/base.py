@@ -8,7 +8,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-__all__ = ["UpstreamClient", "UpstreamResponse", "describe_failure"]
+__all__ = ["UpstreamClient", "UpstreamResponse", "describe_failure", "frames_a_body_it_cannot_have"]
 
 
 class UpstreamResponse(Protocol):
@@ -50,3 +50,17 @@ def describe_failure(exc: BaseException) -> str:
     # A query string may carry secrets (?api_key=...), and a URL in a message may hold one.
     text = _QUERY.sub("?...", text)
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def frames_a_body_it_cannot_have(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer announces a body that its status forbids: a 204 with a Content-Length above
+    zero, or a 204 or 304 with a Transfer-Encoding (a 304's Content-Length is the representation's).
+    Such a body may still come later, and would be read as the next exchange's answer: the
+    connection must not carry another one."""
+    if status not in (204, 304):
+        return False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (status == 204 and lowered == b"content-length" and value.strip(b" 0")):
+            return True
+    return False

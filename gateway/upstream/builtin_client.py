@@ -13,6 +13,7 @@ import httptools
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.base import frames_a_body_it_cannot_have
 
 __all__ = ["BuiltinUpstream"]
 
@@ -169,7 +170,7 @@ class _Exchange(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._final or self.complete:
             return
-        self.reusable = self._parser.should_keep_alive()
+        self.reusable = self._parser.should_keep_alive() and not frames_a_body_it_cannot_have(self.status, self.headers)
         self._finish()
 
     # ------------------------------------------------------------------ the exchange

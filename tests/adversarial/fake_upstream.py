@@ -27,6 +27,8 @@ and answers by the path:
 - ``/early-refusal``: 413 right after the head, without reading the body, the connection kept
   open until the gateway closes it;
 - ``/upgrade``: ``101 Switching Protocols``;
+- ``/no-content-late``: ``204`` with ``Content-Length: 54``, and 0.3 s later, on the same
+  connection, the 54 bytes: an answer (``forged``), recorded as an event once sent;
 - ``/gzip-until-close``: ``Transfer-Encoding: gzip`` (no chunked), the body ending with the connection.
 
 Any other path gets no answer; a query string is not matched. A head whose first line is not a
@@ -196,6 +198,13 @@ class _Handler(socketserver.BaseRequestHandler):
                 sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
                 _wait_for_close(sock)
                 return
+            elif path == b"/no-content-late":
+                forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Forged: 1\r\n\r\nforged"
+                sock.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n" % len(forged))
+                # Long enough for the gateway to have handed the connection to the next request.
+                time.sleep(0.3)
+                sock.sendall(forged)
+                recording.late_extra_sent.set()
             elif path == b"/gzip-until-close":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip")
                 return

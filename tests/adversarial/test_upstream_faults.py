@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -155,3 +156,17 @@ def test_an_upgrade_answer_is_a_502_without_a_traceback(gw: GatewayProcess) -> N
 def test_a_body_that_ends_with_the_connection_is_passed_whole(gw: GatewayProcess) -> None:
     status, headers, body = exchange(gw.port, b"GET /gzip-until-close HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
     assert status == 200 and body == b"not really gzip"
+
+
+def test_a_no_content_answer_that_announces_a_body_leaves_its_connection(
+    gw: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    # A 204 may not have a body; one that announces one may send it late, after the connection
+    # would have gone to the next request: that request must never get it as its answer.
+    upstream.recording.late_extra_sent.clear()
+    assert httpx.get(f"{gw.url}/no-content-late", headers=gw.auth).status_code == 204
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{gw.url}/slow", headers=gw.auth)
+        assert upstream.recording.late_extra_sent.wait(5)
+        answer = slow.result()
+    assert (answer.status_code, answer.content) == (200, b"slow") and "x-forged" not in answer.headers
