@@ -326,7 +326,17 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 
 # ----------------------------------------------------------------------------------- wrk
-def run_wrk(port: int, *, conns: int, seconds: int, key: str | None, pin: list[str]) -> dict[str, Any]:
+def run_wrk(
+    port: int,
+    *,
+    conns: int,
+    seconds: int,
+    key: str | None,
+    pin: list[str],
+    path: str = GET_PATH,
+    body_file: Path | None = None,
+) -> dict[str, Any]:
+    """One wrk run: GET `path`, or POST `body_file`'s bytes to it when one is given."""
     argv = pin + [
         "wrk",
         "-t1",
@@ -336,9 +346,11 @@ def run_wrk(port: int, *, conns: int, seconds: int, key: str | None, pin: list[s
         f"{WRK_REQUEST_TIMEOUT_S}s",
         "-s",
         str(LUA),
-        f"http://{HOST}:{port}{GET_PATH}",
+        f"http://{HOST}:{port}{path}",
     ]
-    env = dict(os.environ, BENCH_API_KEY=key or "", BENCH_METHOD="GET")
+    env = dict(os.environ, BENCH_API_KEY=key or "", BENCH_METHOD="POST" if body_file else "GET")
+    if body_file:
+        env["BENCH_BODY_FILE"] = str(body_file)
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 30)
     for line in out.stdout.splitlines():
         if line.startswith("BENCHJSON "):

@@ -28,7 +28,7 @@ fi
 "$here/.venv/bin/pip" install -q --upgrade pip
 "$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
 # The project last: the baselines above work even while it does not install yet.
-if ! "$here/.venv/bin/pip" install -q -e "$repo" >"$here/.venv/project-install.log" 2>&1; then
+if ! "$here/.venv/bin/pip" install -q -e "$repo[postgres,redis]" -c "$repo/constraints.txt" >"$here/.venv/project-install.log" 2>&1; then
   tail -n 5 "$here/.venv/project-install.log" >&2
   echo "baselines installed, but the project ($repo) failed to install (log: $here/.venv/project-install.log);" \
        "the gateway-* targets will not run" >&2

@@ -57,6 +57,9 @@ class UpstreamConfig:
     pool_timeout: float = 5.0
     preserve_host: bool = False
     forward_authorization: bool = False
+    # The upstream echoes X-Request-Id on every answer: one without the request's own id is an
+    # answer meant for another request (an upstream's stray or late answer), refused with 502.
+    check_request_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +416,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "upstream.pool_timeout": _positive_duration,
     "upstream.preserve_host": _boolean,
     "upstream.forward_authorization": _boolean,
+    "upstream.check_request_id": _boolean,
     "proxy.trusted_peers": _networks,
     "limits.max_body_bytes": parse_size,
     "limits.max_header_bytes": parse_size,

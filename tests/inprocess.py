@@ -88,6 +88,9 @@ class _FakeResponse:
     async def aclose(self) -> None:
         self.closed = True
 
+    async def abandon(self) -> None:
+        self.closed = True
+
 
 Handler = Callable[[SentRequest], Awaitable[UpstreamAnswer] | UpstreamAnswer]
 

@@ -203,6 +203,38 @@ async def test_a_client_that_leaves_before_its_answer_is_logged_499(
     assert (line["status"], line["outcome"]) == (499, "client_closed")
 
 
+async def test_a_client_that_leaves_a_costed_request_held_upstream_still_pays_for_it(
+    app_gateway_factory: AppGatewayFactory, timers: FakeTimers, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The upstream has the whole request and may do the work all the same: leaving before the
+    # answer must not dodge the route's credits (it would on every slow, costly route).
+    upstream_has_it = asyncio.Event()
+
+    async def slow_render(sent: SentRequest) -> UpstreamAnswer:
+        upstream_has_it.set()
+        await asyncio.Event().wait()
+        return UpstreamAnswer()
+
+    gw = await app_gateway_factory({"logging": {"access": True}}, FakeUpstream(slow_render))
+    conn = connect(gw, timers)
+    body = b'{"template_id":"tpl_001"}'
+    conn.send(
+        b"POST /api/v1/mockups/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + gw.key.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    await asyncio.wait_for(upstream_has_it.wait(), 5)
+    conn.transport.close()  # the client leaves while the upstream renders
+    await conn.settle()
+    await gw.stop()  # writes the usage and the access log
+    key = await gw.service(lambda service: service.get_key(gw.key_id))
+    assert (key.requests, key.credits) == (1, 1)
+    (line,) = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert (line["status"], line["outcome"]) == (499, "client_closed")
+    assert line["upstream_ms"] is not None  # the upstream was asked
+
+
 async def test_a_request_cut_short_by_the_shutdown_gets_a_503_in_the_profile(
     stuck: tuple[AppGateway, Connection, asyncio.Event],
 ) -> None:

@@ -2,6 +2,7 @@
 --   BENCH_API_KEY  if set and not empty, sent as "Authorization: Bearer <key>" on every request
 --   BENCH_METHOD   GET (default) or POST
 --   BENCH_BODY     POST body (default: a ~250-byte JSON document)
+--   BENCH_BODY_FILE  POST body read from this file instead (bodies larger than an environment variable holds)
 -- done() prints one machine-readable line: "BENCHJSON {...}" (latencies in microseconds).
 local key = os.getenv("BENCH_API_KEY") or ""
 local method = os.getenv("BENCH_METHOD") or "GET"
@@ -12,7 +13,13 @@ if key ~= "" then
 end
 if method == "POST" then
   wrk.headers["Content-Type"] = "application/json"
-  wrk.body = os.getenv("BENCH_BODY") or
+  local body_file = os.getenv("BENCH_BODY_FILE")
+  if body_file then
+    local f = assert(io.open(body_file, "rb"))
+    wrk.body = f:read("*a")
+    f:close()
+  end
+  wrk.body = wrk.body or os.getenv("BENCH_BODY") or
     '{"template_id":"tpl_001","format":"png","fields":{"name":"Ada Lovelace","title":"Analyst",' ..
     '"email":"ada@example.com","phone":"+44 20 7946 0000","company":"Analytical Engines Ltd"},' ..
     '"options":{"dpi":300,"bleed_mm":3,"watermark":false},"callback_url":null}'

@@ -31,8 +31,27 @@ HOP_BY_HOP = frozenset(
     }
 )
 _X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-# Other claims about the client that only a trusted proxy may make; the gateway does not write them.
-_PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip"})
+# Other claims about the client or the original request that only a trusted proxy may make (and
+# that frameworks behind it believe: Werkzeug's ProxyFix, Symfony's and IIS's URL rewrites); the
+# gateway does not write them.
+_PROXY_CLAIMS = frozenset(
+    {
+        b"forwarded",
+        b"x-real-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"cf-connecting-ip",
+        b"x-original-forwarded-for",
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
+)
 # The names the gateway sets or judges: a lookalike of one (``_`` or ``.`` for ``-``) never passes.
 _NEVER_NOMINATED = frozenset({b"host", b"content-length"})
 _MANAGED = HOP_BY_HOP | _X_FORWARDED | _PROXY_CLAIMS | {REQUEST_ID, b"content-length", b"expect", b"host"}

@@ -5,6 +5,7 @@ The design notes: docs/internals.md, "gateway/http/protocol.py"."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any, ClassVar
 
@@ -40,6 +41,9 @@ MIN_CHUNK_AVERAGE = 4
 CHUNK_GRACE = 1024
 # Requests parsed and waiting behind the one being answered, on one connection.
 MAX_PIPELINE = 16
+# A Host value (RFC 9110, 7.2): empty, or a host (an IP literal in brackets, or a reg-name of
+# unreserved, percent-encoded and sub-delimiter characters) with an optional port.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 
 class _Refused(Exception):
@@ -256,6 +260,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         for name, value in self.headers:
             if name == b"host":
                 hosts += 1
+                if not _HOST.fullmatch(value):
+                    # RFC 9112, 3.2: a 400. It would otherwise reach the upstream as X-Forwarded-Host.
+                    self._refusal = BadRequest("the Host header is not a host name or address with an optional port")
+                    raise _Refused()
             elif name == b"transfer-encoding":
                 codings.append(value)
                 declared_body = True

@@ -98,6 +98,12 @@ class _InFlight:
             del self._counts[holder]
 
 
+def _answers(response: UpstreamResponse, request_id: bytes) -> bool:
+    """Whether the upstream's answer carries this request's id (upstream.check_request_id)."""
+    ids = [value.strip() for name, value in response.headers if name.lower() == REQUEST_ID]
+    return ids == [request_id]
+
+
 async def _watch_disconnect(receive: Receive) -> None:
     """Return once the client has gone (any request body left over is discarded)."""
     while (await receive())["type"] != "http.disconnect":
@@ -142,6 +148,7 @@ class Proxy:
         # own pool waits cannot be told from a connect timeout).
         self._slots = asyncio.Semaphore(config.upstream.max_connections)
         self._pool_timeout = config.upstream.pool_timeout
+        self._check_request_id = config.upstream.check_request_id
         self._failures = _FailureLog()
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
@@ -317,13 +324,31 @@ class Proxy:
                     exchange.upstream = time.perf_counter() - sent_at
                     self._failures.note(scope["method"], scope["path"], exc)
                 raise
+            except asyncio.CancelledError:
+                exchange.upstream = time.perf_counter() - sent_at  # the upstream was asked
+                if scope.get("state", {}).get(CLIENT_GONE):
+                    # The client left with its request in the upstream's hands: the work may be
+                    # done all the same, so it is paid for (leaving early must not dodge a charge).
+                    self._charge(scope, identity.key_id)
+                raise
             exchange.upstream = time.perf_counter() - sent_at
             try:
+                if self._check_request_id and not _answers(response, exchange.request_id):
+                    await response.abandon()
+                    error = UpstreamUnavailable("the upstream's answer does not carry this request's X-Request-Id")
+                    self._failures.note(scope["method"], scope["path"], error)
+                    raise error
                 await self._respond(scope, receive, send, response, answer_headers, exchange, identity.key_id)
             finally:
                 await response.aclose()
         finally:
             self._slots.release()
+
+    def _charge(self, scope: Scope, key_id: str) -> None:
+        """The credits of the request's route (``credits.rules``), if it costs any."""
+        cost = self._credits.cost(scope["method"], scope["path"])
+        if cost:
+            self._usage.charge(key_id, cost)
 
     async def _take_slot(self) -> bool:
         """One of the upstream.max_connections, waiting at most upstream.pool_timeout (False then)."""
@@ -374,9 +399,7 @@ class Proxy:
         # From here on the answer is the upstream's (a client that leaves still paid for it).
         exchange.outcome, exchange.status = "forwarded", response.status
         if 200 <= response.status < 300:
-            cost = self._credits.cost(scope["method"], scope["path"])
-            if cost:
-                self._usage.charge(key_id, cost)
+            self._charge(scope, key_id)
         if content is not None:
             await send(start)
             await send({"type": "http.response.body", "body": content})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from gateway.config import UpstreamConfig
@@ -35,22 +37,53 @@ class _VerbatimRequest(aiohttp.ClientRequest):
 
 
 class _GuardedResponse(aiohttp.ClientResponse):
-    """aiohttp's response, but one whose status forbids the body its head announces (a 204 with a
-    Content-Length) marks its connection to be closed: aiohttp would pool it at the end of the
-    head, and the body, coming late, would be read as the next request's answer."""
+    """aiohttp's response, but its connection is marked to be closed, not pooled, when
+    - its status forbids the body its head announces (a 204 with a Content-Length): aiohttp would
+      pool it at the end of the head, and the body, coming late, would be read as the next
+      request's answer;
+    - it refuses a request that had a body: the upstream may not have read the body, and may read
+      it as the next request on the connection (with whatever identity its bytes claim)."""
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         response = await super().start(connection)
-        if protocol is not None and frames_a_body_it_cannot_have(self.status, list(self.raw_headers)):
-            protocol.force_close()  # _Connector._get closes it rather than hand it out again
+        if protocol is not None and (
+            frames_a_body_it_cannot_have(self.status, list(self.raw_headers))
+            or (not 200 <= self.status < 300 and _had_body(self.request_info.headers))
+        ):
+            protocol.force_close()  # released, it is closed; _Connector._get never hands it out
+            if self.connection is None:
+                protocol.close()  # released already (its body came whole with the head): close it now
         return response
 
 
+def _had_body(headers: Any) -> bool:
+    """Whether the request had a body (the proxy always sends one with its Content-Length)."""
+    length = headers.get("Content-Length")
+    return bool(length and length.strip("0 ")) or "Transfer-Encoding" in headers
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, but an answer that cannot be parsed past its head (a trailer
+    over aiohttp's line limit) fails its body's reader too: aiohttp 3.14 fails the protocol only,
+    closes the connection, and leaves the reader, and so the client's answer, waiting for ever."""
+
+    def set_exception(self, exc: BaseException, *args: Any) -> None:
+        payload = self._payload
+        super().set_exception(exc, *args)
+        if payload is not None and not payload.is_eof():
+            payload.set_exception(aiohttp.ClientPayloadError(f"the upstream's answer could not be parsed: {exc}"))
+
+
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's connector, but a pooled connection on which bytes arrived while it sat idle is
-    closed instead of reused: nothing asked for them, and aiohttp would read them as the response to
-    the next request (another client's). aiohttp itself only checks that the socket is open."""
+    """aiohttp's connector, with ``_Handler`` for its connections, and a pooled connection on
+    which bytes arrived while it sat idle is closed instead of reused: nothing asked for them, and
+    aiohttp would read them as the response to the next request (another client's). aiohttp itself
+    only checks that the socket is open."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_Handler, loop=self._loop))
 
     async def _get(self, *args: Any, **kwargs: Any) -> Any:
         while True:
@@ -143,6 +176,9 @@ class _Response:
             # The upstream may still be reading a request or sending a response that nobody will
             # finish: the connection must never carry another exchange.
             self._response.close()
+
+    async def abandon(self) -> None:
+        self._response.close()
 
 
 class AiohttpUpstream:

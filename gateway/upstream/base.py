@@ -24,6 +24,9 @@ class UpstreamResponse(Protocol):
     async def aclose(self) -> None:
         """Give the connection back to the pool if the exchange is complete, else close it."""
 
+    async def abandon(self) -> None:
+        """Close the connection, whatever was read: this answer cannot be trusted."""
+
 
 class UpstreamClient(Protocol):
     async def request(
@@ -38,6 +41,7 @@ class UpstreamClient(Protocol):
 
 
 _QUERY = re.compile(r"\?[^\s'\"]*")
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -49,18 +53,22 @@ def describe_failure(exc: BaseException) -> str:
     text = str(exc if message is None else message)
     # A query string may carry secrets (?api_key=...), and a URL in a message may hold one.
     text = _QUERY.sub("?...", text)
+    # aiohttp's parse errors quote the bytes they choked on (the answer's content) over several
+    # lines: neither belongs in a one-line log.
+    text = " ".join(_BYTES_LITERAL.sub("b'...'", text).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def frames_a_body_it_cannot_have(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether an answer announces a body that its status forbids: a 204 with a Content-Length above
-    zero, or a 204 or 304 with a Transfer-Encoding (a 304's Content-Length is the representation's).
-    Such a body may still come later, and would be read as the next exchange's answer: the
-    connection must not carry another one."""
+    """Whether an answer announces a body that its status forbids: a 204 or 304 with a
+    Content-Length above zero or a Transfer-Encoding. Such a body may still come later, and would be
+    read as the next exchange's answer: the connection must not carry another one. (A 304's
+    Content-Length may be the representation's, as RFC 9110 allows; its connection is closed all
+    the same, since a 304 is rare and a late body there would reach another client.)"""
     if status not in (204, 304):
         return False
     for name, value in headers:
         lowered = name.lower()
-        if lowered == b"transfer-encoding" or (status == 204 and lowered == b"content-length" and value.strip(b" 0")):
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip(b" 0")):
             return True
     return False

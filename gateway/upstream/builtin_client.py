@@ -51,6 +51,11 @@ class _Exchange(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._head_received = 0  # bytes received before the final head was complete
+        self._body_received = 0
+        # Bytes received since the body last grew (trailers, chunk extensions): bounded like a head.
+        self._beside_body = 0
+        self._paused = False  # reading paused until the reader takes what is held
+        self._sent_body = False
         self._final = False  # the final head (not a 1xx) is complete
         self.content_length: int | None = None
         self._delimited = False  # the body's end is known from its head (not the connection's end)
@@ -98,22 +103,48 @@ class _Exchange(asyncio.Protocol):
             self.close()
             return
         self.answered = True
-        if self._final:
-            self._arm_read_timer()  # the body's progress: the next read gets a deadline of its own
+        if not self._final:
+            # The whole head, interim answers included, within MAX_HEAD_BYTES (llhttp would
+            # otherwise gather a header value that never ends) and one read_timeout (not re-armed):
+            # the parser is given no more than what is left of that, so a head cannot exceed it
+            # by arriving in one large read.
+            room = MAX_HEAD_BYTES - self._head_received
+            head = data[:room]  # (data itself when it fits: no copy)
+            self._head_received += len(head)
+            if not self._feed(head):
+                return
+            if not self._final:
+                if self._head_received >= MAX_HEAD_BYTES:
+                    self._fail(UpstreamUnavailable(f"the upstream's answer head is over {MAX_HEAD_BYTES} bytes"))
+                    self.close()
+                return
+            data = data[room:]  # the body's first bytes, if they came with the head
+            if not data or self.complete or self.closed:
+                return
+        self._arm_read_timer()  # the body's progress: the next read gets a deadline of its own
+        body_before = self._body_received
+        if not self._feed(data):
+            return
+        if self.complete or self._body_received != body_before:
+            self._beside_body = 0
+            return
+        # Nothing of the body in this read: trailers or chunk extensions, which llhttp gathers
+        # (a trailer's value in memory, growing), and which re-arm the read deadline. Bounded.
+        self._beside_body += len(data)
+        if self._beside_body > MAX_HEAD_BYTES:
+            self._fail(UpstreamAborted(f"the upstream sent over {MAX_HEAD_BYTES} bytes besides its answer's body"))
+            self.close()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; False if the answer cannot be parsed (then it failed and the connection is closed)."""
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             # (an upgrade, 101, is no answer the gateway carries: the proxy answers it 502)
             self._fail(UpstreamUnavailable(f"the upstream's answer could not be parsed: {type(exc).__name__}"))
             self.close()
-            return
-        if not self._final:
-            # The whole head, interim answers included, within MAX_HEAD_BYTES (llhttp would
-            # otherwise gather a header value that never ends) and one read_timeout (not re-armed).
-            self._head_received += len(data)
-            if self._head_received > MAX_HEAD_BYTES:
-                self._fail(UpstreamUnavailable(f"the upstream's answer head is over {MAX_HEAD_BYTES} bytes"))
-                self.close()
+            return False
+        return True
 
     def close(self) -> None:
         self.reusable = False
@@ -142,7 +173,8 @@ class _Exchange(asyncio.Protocol):
         self.status = status
         lengths = [value for name, value in self.headers if name.lower() == b"content-length"]
         codings = b",".join(value for name, value in self.headers if name.lower() == b"transfer-encoding")
-        chunked = codings.rstrip().lower().endswith(b"chunked")
+        # The final coding, as llhttp reads it: "xchunked" is not chunked (its body ends with the connection).
+        chunked = codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         if len(lengths) == 1 and not codings and lengths[0].strip().isdigit():
             self.content_length = int(lengths[0])
         # Otherwise (another final coding) the body ends with the connection (RFC 9112, 6.3).
@@ -162,15 +194,25 @@ class _Exchange(asyncio.Protocol):
         if not self._final or self.complete:
             return
         self.chunks.append(body)
+        self._body_received += len(body)
         self._buffered += len(body)
-        if self._buffered > READ_BUFFER and self.transport is not None:
+        if self._buffered > READ_BUFFER and self.transport is not None and not self._paused:
             self.transport.pause_reading()
+            self._paused = True
+            # Waiting on the reader (a slow client), not on the upstream: no read deadline meanwhile.
+            self._cancel_read_timer()
         self._wake()
 
     def on_message_complete(self) -> None:
         if not self._final or self.complete:
             return
-        self.reusable = self._parser.should_keep_alive() and not frames_a_body_it_cannot_have(self.status, self.headers)
+        self.reusable = (
+            self._parser.should_keep_alive()
+            and not frames_a_body_it_cannot_have(self.status, self.headers)
+            # An upstream that refuses a request may not have read its body, and may read it as
+            # the next request on this connection (with whatever identity its bytes claim).
+            and not (self._sent_body and not 200 <= self.status < 300)
+        )
         self._finish()
 
     # ------------------------------------------------------------------ the exchange
@@ -225,6 +267,7 @@ class _Exchange(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._arm_read_timer()
+        self._sent_body = bool(body)
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
         else:
@@ -251,8 +294,11 @@ class _Exchange(asyncio.Protocol):
     def took(self, size: int) -> None:
         """The reader has taken ``size`` bytes: read from the upstream again if it was paused."""
         self._buffered -= size
-        if self._buffered <= READ_BUFFER and self.transport is not None and not self.closed:
+        if self._paused and self._buffered <= READ_BUFFER and self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            self._paused = False
+            if not self.complete and self.failure is None:
+                self._arm_read_timer()  # waiting on the upstream again
 
     def park(self) -> None:
         """Back in the pool, for at most IDLE_SECONDS, reading again (a reader that stopped early
@@ -261,6 +307,7 @@ class _Exchange(asyncio.Protocol):
         self._cancel_read_timer()
         self.chunks = []
         self._buffered = 0
+        self._paused = False
         if self.transport is not None:
             self.transport.resume_reading()
         self._idle_timer = self._loop.call_later(IDLE_SECONDS, self.close)
@@ -307,6 +354,9 @@ class _Response:
 
     async def aclose(self) -> None:
         self._connection._pool._release(self._connection, complete=self._done or self._connection.complete)
+
+    async def abandon(self) -> None:
+        self._connection.close()
 
 
 class BuiltinUpstream:

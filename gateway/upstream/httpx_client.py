@@ -41,6 +41,10 @@ class _Response:
         # whole (h11's states are both DONE); any other is closed.
         await self._response.aclose()
 
+    async def abandon(self) -> None:
+        # Called before the body is read: httpcore closes a connection whose response is unfinished.
+        await self._response.aclose()
+
 
 class HttpxUpstream:
     def __init__(self, config: UpstreamConfig) -> None:

@@ -29,7 +29,16 @@ and answers by the path:
 - ``/upgrade``: ``101 Switching Protocols``;
 - ``/no-content-late``: ``204`` with ``Content-Length: 54``, and 0.3 s later, on the same
   connection, the 54 bytes: an answer (``forged``), recorded as an event once sent;
-- ``/gzip-until-close``: ``Transfer-Encoding: gzip`` (no chunked), the body ending with the connection.
+- ``/gzip-until-close``: ``Transfer-Encoding: gzip`` (no chunked), the body ending with the connection;
+- ``/xchunked``: ``Transfer-Encoding: xchunked`` (not chunked), chunk-like bytes ending with the connection;
+- ``/endless-trailer``: a chunked answer (``ok``) whose trailer's value goes on (16 MiB at most);
+  ``trailer_cut`` is set if the connection is cut before the end;
+- ``/big-head-one-read``: a response header of 100,000 bytes, head and body in one write;
+- ``/big``: 200 with a 16 MiB body, sent as fast as it is taken, keeping the connection;
+- ``/refuse-unread``: 400 right after the head, without reading the body, the connection kept
+  (the body read and dropped) until the gateway closes it, then ``refusal_closed`` is set;
+- ``/echo-id``: 200 carrying the request's own ``X-Request-Id``; ``/other-id``: 200 carrying
+  ``X-Request-Id: not-yours``.
 
 Any other path gets no answer; a query string is not matched. A head whose first line is not a
 request line (a body read as a head) is recorded, and the connection closed.
@@ -44,6 +53,7 @@ import time
 from dataclasses import dataclass, field
 
 UTF8_VALUE = "café ☕".encode()
+BIG = 16 << 20
 
 # Answers that need nothing from the request but its head, then close or keep the connection.
 _CANNED: dict[bytes, bytes] = {
@@ -60,6 +70,8 @@ class Recording:
     bodies: list[bytes] = field(default_factory=list)
     received: threading.Condition = field(default_factory=threading.Condition)
     hang_closed: threading.Event = field(default_factory=threading.Event)
+    trailer_cut: threading.Event = field(default_factory=threading.Event)
+    refusal_closed: threading.Event = field(default_factory=threading.Event)
     late_extra_sent: threading.Event = field(default_factory=threading.Event)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:
@@ -208,6 +220,29 @@ class _Handler(socketserver.BaseRequestHandler):
             elif path == b"/gzip-until-close":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip")
                 return
+            elif path == b"/xchunked":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                return
+            elif path == b"/endless-trailer":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+                try:
+                    for _ in range(256):
+                        sock.sendall(b"a" * 65536)
+                except OSError:
+                    recording.trailer_cut.set()
+                return
+            elif path == b"/big-head-one-read":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\nok")
+            elif path == b"/big":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + bytes(BIG))
+            elif path == b"/refuse-unread":
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 7\r\n\r\nrefused")
+                _wait_for_close(sock)
+                recording.refusal_closed.set()
+                return
+            elif path in (b"/echo-id", b"/other-id"):
+                request_id = header(head, b"x-request-id") if path == b"/echo-id" else b"not-yours"
+                sock.sendall(b"HTTP/1.1 200 OK\r\nX-Request-Id: %s\r\nContent-Length: 2\r\n\r\nok" % request_id)
             elif path in (b"/hang", b"/interim-hang"):
                 if path == b"/interim-hang":
                     sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")

@@ -45,6 +45,9 @@ MALFORMED: dict[str, bytes] = {
     "control-in-name": b"GET /f-{n} HTTP/1.1\r\nHost: x\r\n@KEY@X\x01A: 1\r\n\r\n",
     "space-in-name": b"GET /f-{n} HTTP/1.1\r\nHost: x\r\n@KEY@X A: 1\r\n\r\n",
     "duplicate-host": b"GET /f-{n} HTTP/1.1\r\nHost: x\r\nHost: y\r\n@KEY@\r\n",
+    # It would reach the upstream as X-Forwarded-Host (a reset-link or cache-key poisoning).
+    "host-not-a-host": b"GET /f-{n} HTTP/1.1\r\nHost: evil.example/x?y@z w\r\n@KEY@\r\n",
+    "host-with-space": b"GET /f-{n} HTTP/1.1\r\nHost: good.example evil.example\r\n@KEY@\r\n",
     "http-version-garbage": b"GET /f-{n} HTTP/1.x\r\nHost: x\r\n@KEY@\r\n",
     "control-in-target": b"GET /f-{n}\x7f HTTP/1.1\r\nHost: x\r\n@KEY@\r\n",
 }
@@ -52,9 +55,17 @@ MALFORMED: dict[str, bytes] = {
 
 # What uvicorn's h11 parser (h11 0.16) lets through that the shipped httptools protocol refuses:
 # Content-Length beside Transfer-Encoding (RFC 9112 lets a server ignore it; a proxy must not),
-# obsolete line folding, and bare LF line ends. Any of them can make the upstream, or a proxy in
-# between, frame the request differently from the gateway.
-H11_ACCEPTS = {"cl-and-te", "te-and-cl", "te-folded", "chunk-bare-lf", "bare-lf-head"}
+# obsolete line folding, bare LF line ends, and a Host that is no host. Any of them can make the
+# upstream, or a proxy in between, frame the request differently from the gateway.
+H11_ACCEPTS = {
+    "cl-and-te",
+    "te-and-cl",
+    "te-folded",
+    "chunk-bare-lf",
+    "bare-lf-head",
+    "host-not-a-host",
+    "host-with-space",
+}
 
 
 @pytest.fixture(scope="module", params=["gateway", "h11"])

@@ -4,13 +4,14 @@ client that leaves takes its upstream request with it."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.adversarial.fake_upstream import FakeUpstream
+from tests.adversarial.fake_upstream import BIG, FakeUpstream
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange
 from tests.servers import GatewayProcess
@@ -153,9 +154,77 @@ def test_an_upgrade_answer_is_a_502_without_a_traceback(gw: GatewayProcess) -> N
     assert "Traceback" not in gw.log
 
 
-def test_a_body_that_ends_with_the_connection_is_passed_whole(gw: GatewayProcess) -> None:
-    status, headers, body = exchange(gw.port, b"GET /gzip-until-close HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
-    assert status == 200 and body == b"not really gzip"
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [("/gzip-until-close", b"not really gzip"), ("/xchunked", b"5\r\nhello\r\n0\r\n\r\n")],
+)
+def test_a_body_that_ends_with_the_connection_is_passed_whole(gw: GatewayProcess, path: str, content: bytes) -> None:
+    # A final coding that is not "chunked" (even one that ends in "chunked") frames nothing.
+    status, headers, body = exchange(gw.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + gw.auth_line + b"\r\n")
+    assert status == 200 and body == content
+
+
+def test_a_trailer_that_never_ends_is_cut_off(gw: GatewayProcess, upstream: FakeUpstream) -> None:
+    # Trailers are dropped, but the parser gathers a trailer's value in memory as it comes: an
+    # endless one is bounded like a head, and the exchange ends long before 16 MiB.
+    upstream.recording.trailer_cut.clear()
+    with connect(gw.port) as sock:
+        sock.sendall(b"GET /endless-trailer HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 502 "):  # (refused before the answer began: as good)
+        assert head.startswith(b"HTTP/1.1 200 ") and body.startswith(b"2\r\nok\r\n")
+        assert not body.endswith(b"0\r\n\r\n")  # cut off, never passed on as a whole answer
+    assert upstream.recording.trailer_cut.wait(10)
+
+
+def test_a_head_too_large_is_a_502_even_in_one_read(gw: GatewayProcess) -> None:
+    answer = httpx.get(f"{gw.url}/big-head-one-read", headers=gw.auth)
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unavailable"
+
+
+def test_a_slow_reader_is_no_upstream_timeout(gw: GatewayProcess) -> None:
+    # The gateway stops reading from the upstream while the client takes nothing: that wait is
+    # the client's (listen.send_timeout), not the upstream's (read_timeout, 1 s here).
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # before connecting: a small window
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n" + gw.auth_line + b"\r\n")
+        received = sock.recv(65536)
+        time.sleep(2.5)  # the slow client itself, well past read_timeout
+        head_end = received.find(b"\r\n\r\n") + 4
+        while len(received) - head_end < BIG and (chunk := sock.recv(1 << 20)):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert len(received) - head_end == BIG
+
+
+def test_a_refused_request_body_leaves_its_connection(gw: GatewayProcess, upstream: FakeUpstream) -> None:
+    # An upstream that refuses a request without reading its body may read the body as the next
+    # request on that connection: the connection must carry no other exchange.
+    upstream.recording.refusal_closed.clear()
+    smuggled = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-User-Id: someone-else\r\n\r\n"
+    answer = httpx.post(f"{gw.url}/refuse-unread", headers=gw.auth, content=smuggled)
+    assert (answer.status_code, answer.content) == (400, b"refused")
+    assert upstream.recording.refusal_closed.wait(5)
+
+
+def test_answers_are_checked_against_the_request_id_when_the_upstream_echoes_it(
+    gw: GatewayProcess, gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    checking = gateway_factory({"upstream": {"url": upstream.url, "check_request_id": True}})
+    echoed = httpx.get(f"{checking.url}/echo-id", headers=checking.auth | {"X-Request-Id": "mine-1"})
+    assert (echoed.status_code, echoed.content, echoed.headers["x-request-id"]) == (200, b"ok", "mine-1")
+    for path in ("/other-id", "/ok"):  # another request's id, or none: an answer meant for another
+        refused = httpx.get(f"{checking.url}{path}", headers=checking.auth)
+        assert refused.status_code == 502 and refused.json()["error"]["code"] == "upstream_unavailable"
+    assert checking.wait_for_log("does not carry this request's X-Request-Id")
+    # Off (the default): the upstream's own id is replaced by the gateway's, as for any answer.
+    unchecked = httpx.get(f"{gw.url}/other-id", headers=gw.auth | {"X-Request-Id": "mine-2"})
+    assert (unchecked.status_code, unchecked.headers["x-request-id"]) == (200, "mine-2")
 
 
 def test_a_no_content_answer_that_announces_a_body_leaves_its_connection(
