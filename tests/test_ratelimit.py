@@ -122,3 +122,50 @@ async def test_both_header_sets(limiter: Limiter, clock: Clock) -> None:
 def test_bad_limits(text: str) -> None:
     with pytest.raises(ValueError, match="limits such as|at least one limit"):
         parse_limits(text)
+
+
+def test_saved_windows_resume_where_they_were(clock: Clock) -> None:
+    """What a restart on the embedded store does: the windows taken from one limiter and given to
+    the next resume each key at its count, with the same end, at the key's first request."""
+    limits = parse_limits("100/minute;3/day")
+    first = Limiter(clock=clock)
+    assert [first.hit("key_a", limits).allowed for _ in range(3)] == [True] * 3
+    first.hit("key_b", limits)
+    saved = first.take_changed()
+    assert first.take_changed() == []  # nothing charged since
+    assert sorted((w.owner, w.spec, w.hits, w.ends_at) for w in saved) == [
+        ("key_a", "100/60", 3, clock.now + 60),
+        ("key_a", "3/86400", 3, clock.now + 86400),
+        ("key_b", "100/60", 1, clock.now + 60),
+        ("key_b", "3/86400", 1, clock.now + 86400),
+    ]
+
+    clock.tick(61)  # the minute has closed, the day has not
+    second = Limiter(clock=clock)
+    second.restore(saved)
+    denied = second.hit("key_a", limits)
+    assert not denied.allowed
+    assert denied.shown.item.get_expiry() == 86400
+    assert second.retry_after(denied.shown) == 86400 - 61
+    after_b = second.hit("key_b", limits)
+    assert after_b.allowed and [w.remaining for w in after_b.windows] == [99, 1]
+    assert second.hit("key_c", limits).allowed  # a key with nothing saved starts afresh
+
+
+def test_a_window_saved_under_other_limits_is_not_resumed(clock: Clock) -> None:
+    first = Limiter(clock=clock)
+    for _ in range(3):
+        first.hit("key_a", parse_limits("3/day"))
+    second = Limiter(clock=clock)
+    second.restore(first.take_changed())
+    assert [w.remaining for w in second.hit("key_a", parse_limits("5/day")).windows] == [4]
+
+
+def test_windows_that_could_not_be_saved_are_taken_again(clock: Clock) -> None:
+    limiter = Limiter(clock=clock)
+    limits = parse_limits("10/minute")
+    limiter.hit("key_a", limits)
+    taken = limiter.take_changed()
+    limiter.put_back(taken)
+    limiter.hit("key_a", limits)  # charged again meanwhile: the next save has the count as it is now
+    assert [(w.owner, w.hits) for w in limiter.take_changed()] == [("key_a", 2)]

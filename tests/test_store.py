@@ -15,7 +15,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.store import ApiKey, KeyStore, NewerSchemaError, StoreError, UsageDelta, User, open_store
+from gateway.store import (
+    ApiKey,
+    KeyStore,
+    NewerSchemaError,
+    StoreError,
+    UsageDelta,
+    User,
+    WindowCount,
+    open_store,
+)
 from gateway.store.schema import SCHEMA_VERSION
 from gateway.store.sqlite import sqlite_path
 from tests.services import postgres_schema
@@ -145,6 +154,24 @@ async def test_a_newer_store_is_refused(store_url: str) -> None:
 async def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         await open_store(f"sqlite:///{tmp_path}/absent/gateway.db")
+
+
+async def test_windows_are_saved_over_and_closed_ones_dropped(store: KeyStore) -> None:
+    changes = store.changes()
+    day = WindowCount("key", "key_a", "3/86400", 2, 1000.0)
+    minute = WindowCount("key", "key_a", "100/60", 2, 160.0)
+    await store.save_windows([day, minute, WindowCount("key", "key_b", "3/86400", 1, 500.0)], now=100.0)
+    await store.save_windows([WindowCount("key", "key_a", "3/86400", 3, 1000.0)], now=100.0)
+    assert sorted(await store.load_windows(now=100.0), key=str) == sorted(
+        [WindowCount("key", "key_a", "3/86400", 3, 1000.0), minute, WindowCount("key", "key_b", "3/86400", 1, 500.0)],
+        key=str,
+    )
+    assert sorted(await store.load_windows(now=200.0), key=str) == sorted(
+        [WindowCount("key", "key_a", "3/86400", 3, 1000.0), WindowCount("key", "key_b", "3/86400", 1, 500.0)], key=str
+    )
+    await store.save_windows([], now=600.0)  # the minute and key_b's day have closed: gone
+    assert await store.load_windows(now=0.0) == [WindowCount("key", "key_a", "3/86400", 3, 1000.0)]
+    assert store.changes() == changes  # saving windows empties no cache
 
 
 async def test_usage_from_several_processes_adds_up(store_url: str) -> None:

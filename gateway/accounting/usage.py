@@ -9,13 +9,14 @@ import contextlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from gateway.accounting.metrics import Metrics
 from gateway.config import CreditRule
-from gateway.store import KeyStore, UsageDelta
+from gateway.store import KeyStore, UsageDelta, WindowCount
 
-__all__ = ["CreditRules", "UsageRecorder", "normalized_path"]
+__all__ = ["CreditRules", "UsageRecorder", "WindowSource", "normalized_path"]
 
 logger = logging.getLogger("gateway.error")
 
@@ -52,11 +53,25 @@ class CreditRules:
         return 0
 
 
+class WindowSource(Protocol):
+    """Rate-limit windows counted in memory (the limiter, without Redis), saved with each flush."""
+
+    def take_changed(self) -> list[WindowCount]: ...
+
+    def put_back(self, windows: Iterable[WindowCount]) -> None: ...
+
+
 class UsageRecorder:
     def __init__(
-        self, store: KeyStore, *, clock: Callable[[], float] = time.time, metrics: Metrics | None = None
+        self,
+        store: KeyStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        windows: WindowSource | None = None,
     ) -> None:
         self._store = store
+        self._windows = windows
         self._metrics = metrics
         self._clock = clock
         self._pending: dict[str, UsageDelta] = {}
@@ -82,7 +97,19 @@ class UsageRecorder:
         self._delta(key_id).credits += credits
 
     async def flush(self) -> None:
-        """Write what is pending; on failure keep it for the next flush, and raise."""
+        """Write what is pending, then the windows charged since the last flush; on failure keep
+        what was not written for the next flush, and raise."""
+        await self._flush_usage()
+        if self._windows is not None:
+            windows = self._windows.take_changed()
+            if windows:
+                try:
+                    await self._store.save_windows(windows, self._clock())
+                except BaseException:
+                    self._windows.put_back(windows)
+                    raise
+
+    async def _flush_usage(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}

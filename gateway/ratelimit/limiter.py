@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from limits import RateLimitItem
 
+from gateway.store import WindowCount
 from gateway.units import Limits
 
 __all__ = ["Decision", "Limiter", "Window", "choose_shown"]
@@ -35,26 +36,34 @@ class Decision(NamedTuple):
 class _KeyWindows:
     """One API key's windows: how many requests each has counted, and when each closes."""
 
-    __slots__ = ("amounts", "counts", "ends", "lengths", "limits")
+    __slots__ = ("amounts", "counts", "ends", "lengths", "limits", "specs")
 
-    def __init__(self, limits: Limits, amounts: tuple[int, ...], lengths: tuple[int, ...]) -> None:
+    def __init__(self, limits: Limits, shape: _Shape) -> None:
         self.limits = limits
         # Shared by every key with the same limits: only the counts and ends are per key.
-        self.amounts = amounts
-        self.lengths = lengths
+        self.amounts, self.lengths, self.specs = shape
         self.counts = [0] * len(limits)
         self.ends = [0.0] * len(limits)
+
+
+# A set of limits' amounts, lengths in seconds, and specs ("<amount>/<seconds>", as windows are saved).
+_Shape = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]
 
 
 class Limiter:
     MIN_SWEEP_INTERVAL = 1024
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, scope: str = "key") -> None:
         self.clock = clock
+        self.scope = scope  # whose windows these are, as they are saved
         self._keys: dict[str, _KeyWindows] = {}
         self._until_sweep = self.MIN_SWEEP_INTERVAL
-        # Each distinct set of limits (usually just the default one): amounts and lengths.
-        self._shapes: dict[Limits, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # Each distinct set of limits (usually just the default one): its shape.
+        self._shapes: dict[Limits, _Shape] = {}
+        # Keys charged since their windows were last taken to be saved.
+        self._changed: set[str] = set()
+        # Windows saved by an earlier process, by key then spec, until the key's first request.
+        self._restored: dict[str, dict[str, tuple[int, float]]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -77,6 +86,7 @@ class Limiter:
                 if counts[i] == 0:
                     ends[i] = now + length
                 counts[i] += 1
+            self._changed.add(key_id)
         windows = tuple(
             [Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now) for i, item in enumerate(limits)]
         )
@@ -96,9 +106,41 @@ class Limiter:
             shape = self._shapes[limits] = (
                 tuple(item.amount for item in limits),
                 tuple(item.get_expiry() for item in limits),
+                tuple(f"{item.amount}/{item.get_expiry()}" for item in limits),
             )
-        state = self._keys[key_id] = _KeyWindows(limits, *shape)
+        state = self._keys[key_id] = _KeyWindows(limits, shape)
+        saved = self._restored.pop(key_id, None) if self._restored else None
+        if saved:
+            for i, spec in enumerate(state.specs):
+                hits, ends_at = saved.get(spec, (0, 0.0))
+                if ends_at > now:  # a window with other limits than today's is not resumed
+                    state.counts[i], state.ends[i] = hits, ends_at
         return state
+
+    def take_changed(self) -> list[WindowCount]:
+        """The open windows of every key charged since the last call, to be saved."""
+        now = self.clock()
+        changed, self._changed = self._changed, set()
+        taken = []
+        for key_id in changed:
+            state = self._keys.get(key_id)
+            if state is None:
+                continue
+            for spec, hits, ends_at in zip(state.specs, state.counts, state.ends, strict=True):
+                if hits and ends_at > now:
+                    taken.append(WindowCount(self.scope, key_id, spec, hits, ends_at))
+        return taken
+
+    def put_back(self, windows: Iterable[WindowCount]) -> None:
+        """Windows that could not be saved: taken again (as they are then) by the next call."""
+        self._changed.update(w.owner for w in windows)
+
+    def restore(self, windows: Sequence[WindowCount]) -> None:
+        """Resume windows saved by an earlier process: each key's at its first request (its limits
+        are known only then)."""
+        for w in windows:
+            if w.scope == self.scope:
+                self._restored.setdefault(w.owner, {})[w.spec] = (w.hits, w.ends_at)
 
     def sweep(self, now: float | None = None) -> None:
         """Forget the keys whose windows have all closed."""
@@ -106,6 +148,10 @@ class Limiter:
         closed = [key_id for key_id, state in self._keys.items() if max(state.ends) <= now]
         for key_id in closed:
             del self._keys[key_id]
+        if self._restored:
+            ended = [key_id for key_id, saved in self._restored.items() if max(e for _, e in saved.values()) <= now]
+            for key_id in ended:
+                del self._restored[key_id]
         self._until_sweep = max(self.MIN_SWEEP_INTERVAL, len(self._keys))
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "User",
     "UsageDelta",
     "UserUsage",
+    "WindowCount",
 ]
 
 Subscription = Literal["active", "inactive"]
@@ -94,6 +95,15 @@ KEY_COLUMNS = tuple(f.name for f in fields(ApiKey))
 USER_COLUMNS = tuple(f.name for f in fields(User))
 
 
+# Saving and reading windows (both stores; each store replaces the "?" placeholders with its own).
+SAVE_WINDOW = (
+    "INSERT INTO rate_windows (scope, owner, spec, hits, ends_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, owner, spec) DO UPDATE SET hits = excluded.hits, ends_at = excluded.ends_at"
+)
+DROP_CLOSED_WINDOWS = "DELETE FROM rate_windows WHERE ends_at <= ?"
+LOAD_WINDOWS = "SELECT scope, owner, spec, hits, ends_at FROM rate_windows WHERE ends_at > ?"
+
+
 # Usage summed per user (both stores; legacy is 0/1 in SQLite, a boolean in PostgreSQL).
 USAGE_BY_USER = (
     "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at),"
@@ -153,6 +163,17 @@ class UsageDelta:
         self.credits += other.credits
         if other.last_used_at is not None:
             self.last_used_at = max(self.last_used_at or 0.0, other.last_used_at)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """One rate-limit window as a process counted it in memory, saved so that a restart resumes it."""
+
+    scope: str  # whose window: "key"
+    owner: str  # that key's id
+    spec: str  # the limit, as "<amount>/<seconds>" ("100/60" for 100/minute)
+    hits: int
+    ends_at: float  # Unix time at which the window closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +242,15 @@ class KeyStore(Protocol):
     async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
         """Add each key's usage to its counters, in one transaction. Not a change: it leaves the
         change counter alone, so caches stay warm."""
+        ...
+
+    async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:
+        """Write these windows over what is saved for them, and drop every window closed by
+        ``now``, in one transaction. Not a change (like add_usage)."""
+        ...
+
+    async def load_windows(self, now: float) -> Sequence[WindowCount]:
+        """The saved windows still open at ``now``."""
         ...
 
     async def usage_by_user(self, user_id: str | None = None) -> Sequence[UserUsage]: ...

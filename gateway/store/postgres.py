@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.store.base import (
+    DROP_CLOSED_WINDOWS,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
+    LOAD_WINDOWS,
+    SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
     ApiKey,
@@ -25,6 +28,7 @@ from gateway.store.base import (
     UsageDelta,
     User,
     UserUsage,
+    WindowCount,
     found_from_row,
     key_from_row,
     key_row,
@@ -59,6 +63,17 @@ _ADD_USAGE = (
     "UPDATE api_keys SET requests = requests + $1, rate_limited = rate_limited + $2, credits = credits + $3,"
     " last_used_at = greatest(last_used_at, $4) WHERE id = $5"
 )
+
+
+def _numbered(sql: str) -> str:
+    """``sql`` with its ``?`` placeholders numbered as PostgreSQL wants them ($1, $2, ...)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
+
+
+_SAVE_WINDOW = _numbered(SAVE_WINDOW)
+_DROP_CLOSED_WINDOWS = _numbered(DROP_CLOSED_WINDOWS)
+_LOAD_WINDOWS = _numbered(LOAD_WINDOWS)
 
 
 def redact(url: str) -> str:
@@ -273,6 +288,16 @@ class PostgresStore:
         rows = [(d.requests, d.rate_limited, d.credits, d.last_used_at, k) for k, d in deltas.items()]
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_ADD_USAGE, rows)
+
+    async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:
+        rows = [(w.scope, w.owner, w.spec, w.hits, w.ends_at) for w in windows]
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.executemany(_SAVE_WINDOW, rows)
+            await connection.execute(_DROP_CLOSED_WINDOWS, now)
+
+    async def load_windows(self, now: float) -> Sequence[WindowCount]:
+        async with self._pool.acquire() as connection:
+            return [WindowCount(*row) for row in await connection.fetch(_LOAD_WINDOWS, now)]
 
     async def iter_users(self) -> AsyncIterator[User]:
         async with self._pool.acquire() as connection, connection.transaction():

@@ -47,6 +47,18 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             # Imported with a hash only: a key of an earlier system, without our checksum.
             f"ALTER TABLE api_keys ADD COLUMN legacy {boolean} NOT NULL DEFAULT FALSE",
         ],
+        [
+            # Rate-limit windows counted in a process's memory (no Redis), saved with the usage
+            # flush so that a restart does not hand every key a fresh window.
+            f"""CREATE TABLE rate_windows (
+                scope TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                hits {big_integer} NOT NULL,
+                ends_at {real} NOT NULL,
+                PRIMARY KEY (scope, owner, spec)
+            )""",
+        ],
     ]
 
 

@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from gateway.store.base import (
+    DROP_CLOSED_WINDOWS,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
+    LOAD_WINDOWS,
+    SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
     ApiKey,
@@ -28,6 +31,7 @@ from gateway.store.base import (
     UsageDelta,
     User,
     UserUsage,
+    WindowCount,
     found_from_row,
     key_from_row,
     key_row,
@@ -293,6 +297,21 @@ class SQLiteStore:
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
+
+    async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:
+        rows = [(w.scope, w.owner, w.spec, w.hits, w.ends_at) for w in windows]
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(SAVE_WINDOW, rows)
+                await self._db.execute(DROP_CLOSED_WINDOWS, (now,))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def load_windows(self, now: float) -> Sequence[WindowCount]:
+        return [WindowCount(*row) for row in await self._all(LOAD_WINDOWS, (now,))]
 
     async def iter_users(self) -> AsyncIterator[User]:
         async with self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id") as cursor:
