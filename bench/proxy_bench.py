@@ -388,7 +388,7 @@ def measure(t: Target, args: argparse.Namespace, pin_load: list[str], our_pgids:
 def profile(t: Target, args: argparse.Namespace, procs: Procs, pin_load: list[str], out: Path, tmp: Path) -> None:
     """py-spy record on the target's PID during one extra (untimed) c32 GET run."""
     assert t.proc is not None
-    ext = "svg" if args.profile_format == "flamegraph" else "json"
+    ext = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}[args.profile_format]
     dest = out / f"profile-{t.name}.{ext}"
     argv = pin_load + [
         str(VENV_BIN / "py-spy"),
@@ -399,6 +399,9 @@ def profile(t: Target, args: argparse.Namespace, procs: Procs, pin_load: list[st
         str(args.duration),
         "--format",
         args.profile_format,
+        # Samples of the thread holding the GIL only: CPU spent, not threads waiting (the access
+        # log's writer sits in a blocking queue get that py-spy would count as busy).
+        "--gil",
         "--output",
         str(dest),
     ]
@@ -525,9 +528,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", metavar="TARGET", help="py-spy record TARGET during one extra c32 GET run")
     ap.add_argument(
         "--profile-format",
-        choices=["flamegraph", "speedscope"],
+        choices=["flamegraph", "speedscope", "raw"],
         default="flamegraph",
-        help="flamegraph (SVG) or speedscope (JSON) (default flamegraph)",
+        help="flamegraph (SVG), speedscope (JSON) or raw (collapsed stacks, for bench/profile_split.py)"
+        " (default flamegraph)",
     )
     ap.add_argument("--out", type=Path, help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args()
