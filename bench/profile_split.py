@@ -45,9 +45,9 @@ def main() -> int:
     samples: Counter[str] = Counter()
     with open(sys.argv[1]) as f:
         for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if stack and count.isdigit():
-                samples[part_of(stack.split(";"))] += int(count)
+            stack, _, number = line.rstrip("\n").rpartition(" ")
+            if stack and number.isdigit():
+                samples[part_of(stack.split(";"))] += int(number)
     total = sum(samples.values()) or 1
     print("| part | share of CPU samples |\n|---|---:|")
     for part, count in samples.most_common():

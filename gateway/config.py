@@ -99,6 +99,8 @@ RateLimitHeaders = Literal["x-ratelimit", "ietf", "both", "none"]
 @dataclass(frozen=True, slots=True)
 class RateLimitsConfig:
     default: tuple[RateLimitItem, ...] = field(default_factory=lambda: parse_limits(["100/minute", "10000/day"]))
+    # Every user's limits over all its keys together, unless it has its own (none: no user limits).
+    per_user: tuple[RateLimitItem, ...] = ()
     headers: RateLimitHeaders = "x-ratelimit"
 
 
@@ -376,6 +378,12 @@ def _rate_limits(value: object) -> tuple[RateLimitItem, ...]:
         raise ValueError('a list of limits such as ["100/minute", "10000/day"]') from None
 
 
+def _rate_limits_or_none(value: object) -> tuple[RateLimitItem, ...]:
+    if value == [] or value is None:
+        return ()
+    return _rate_limits(value)
+
+
 def _credit_rules(value: object) -> tuple[CreditRule, ...]:
     expected = "a list of {method, path, cost} such as [{method: POST, path: /api/v1/mockups/generate, cost: 1}]"
     if not isinstance(value, list):
@@ -439,6 +447,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "identity_headers.key_id": _header_name,
     "cors.deny_prefixes": _path_prefixes,
     "rate_limits.default": _rate_limits,
+    "rate_limits.per_user": _rate_limits_or_none,
     "auth_failures.limit": _optional_limit,
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,

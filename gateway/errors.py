@@ -109,14 +109,16 @@ class SubscriptionInactive(GatewayError):
 
 
 class RateLimited(GatewayError):
-    """A window of the key's rate limits is full; ``window`` is its length, e.g. "60s"."""
+    """A rate-limit window is full; ``window`` is its length, e.g. "60s", and ``scope`` whose
+    window it is: the key's ("key"), its user's over all its keys ("user"), or the client
+    address's failed authentications ("address")."""
 
     situation = "rate_limited"
 
-    def __init__(self, *, limit: int, window: str, retry_after: int) -> None:
+    def __init__(self, *, limit: int, window: str, retry_after: int, scope: str = "key") -> None:
         super().__init__(
-            f"rate limit of {limit} per {window} reached",
-            params={"limit": limit, "window": window, "retry_after": retry_after},
+            f"rate limit of {limit} per {window} reached ({scope})",
+            params={"limit": limit, "window": window, "retry_after": retry_after, "scope": scope},
             headers={"Retry-After": str(retry_after)},
         )
 

@@ -19,7 +19,7 @@ SITUATIONS: Mapping[str, tuple[str, ...]] = {
     "missing_credentials": (),
     "invalid_credentials": (),
     "subscription_inactive": (),
-    "rate_limited": ("limit", "window", "retry_after"),
+    "rate_limited": ("limit", "window", "retry_after", "scope"),
     "concurrency_limited": ("max_concurrent", "retry_after"),
     "payload_too_large": ("max_bytes",),
     "upstream_unavailable": (),
@@ -141,7 +141,7 @@ _MOCKUPANDA = ErrorProfile(
         "invalid_credentials": Situation(401, "INVALID_API_KEY", "Invalid or revoked API key"),
         "subscription_inactive": Situation(403, "SUBSCRIPTION_INACTIVE", "Subscription is not active"),
         "rate_limited": Situation(
-            429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded", details=("limit", "window", "retry_after")
+            429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded", details=("limit", "window", "retry_after", "scope")
         ),
         "concurrency_limited": Situation(
             429, "RATE_LIMIT_EXCEEDED", "Too many concurrent requests", details=("max_concurrent",)

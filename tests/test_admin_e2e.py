@@ -75,6 +75,21 @@ def test_users(admin: httpx.Client) -> None:
     assert_error(admin.post(f"{API}/users", json={"id": "has space"}), 422, "validation_failed", "user_id")
 
 
+def test_a_users_own_limits(gw: GatewayProcess, admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "ul-user"})
+    key = admin.post(f"{API}/keys", json={"user_id": "ul-user"}).json()
+    changed = admin.put(f"{API}/users/ul-user/rate-limits", json={"rate_limits": ["2/minute"]})
+    assert changed.status_code == 200 and changed.json()["rate_limits"] == ["2/minute"]
+    assert admin.get(f"{API}/users/ul-user").json()["rate_limits"] == ["2/minute"]
+    public = {"Authorization": f"Bearer {key['key']}"}
+    assert [httpx.get(gw.url + "/x", headers=public).status_code for _ in range(3)] == [200, 200, 429]
+    assert admin.put(f"{API}/users/ul-user/rate-limits", json={"rate_limits": None}).json()["rate_limits"] is None
+    assert httpx.get(gw.url + "/x", headers=public).status_code == 200
+    bad = admin.put(f"{API}/users/ul-user/rate-limits", json={"rate_limits": ["lots"]})
+    assert_error(bad, 422, "validation_failed", "rate_limits")
+    assert_error(admin.put(f"{API}/users/nobody/rate-limits", json={"rate_limits": None}), 404, "not_found")
+
+
 def test_keys_lifecycle_and_revocation_on_the_next_public_request(gw: GatewayProcess, admin: httpx.Client) -> None:
     admin.post(f"{API}/users", json={"id": "kl-user"})
     created = admin.post(f"{API}/keys", json={"user_id": "kl-user", "name": "web", "expires_in": "30d"})

@@ -51,7 +51,7 @@ def fails_with(result: Result, code: int, message: str) -> None:
 def test_users(gateway: Gateway) -> None:
     added = ok_json(gateway("users", "add", "alice", "--json"))
     assert isinstance(added, dict)
-    assert set(added) == {"id", "subscription", "created_at", "updated_at"}
+    assert set(added) == {"id", "subscription", "created_at", "updated_at", "rate_limits"}
     assert added["subscription"] == "active" and added["created_at"].endswith("Z")
     assert (
         gateway("users", "add", "bob", "--subscription", "inactive").stdout
@@ -166,7 +166,7 @@ def test_commands_are_pinned() -> None:
     assert groups == {
         "db": ["migrate"],
         "keys": ["create", "list", "revoke", "rotate", "set-limits", "show"],
-        "users": ["add", "list", "set-subscription"],
+        "users": ["add", "list", "set-limits", "set-subscription"],
     }
 
 

@@ -185,7 +185,9 @@ def test_an_unknown_field_and_stdin(gateway_factory: GatewayFactory) -> None:
 def test_export_from_sqlite_into_postgres(gateway_factory: GatewayFactory, old_system: dict[str, Any]) -> None:
     source = gateway_factory(LEGACY)
     assert import_file(source, old_system["file"]).returncode == 0
+    assert gateway_cli(source.config_path, "users", "set-limits", "acme", "7/minute;500/day").returncode == 0
     exported = gateway_cli(source.config_path, "export")
+    assert '"rate_limits":"7/minute;500/day"' in exported.stdout  # a user's own limits travel too
     assert exported.returncode == 0 and "exported 4 users and 5 keys" in exported.stderr
 
     with postgres_schema() as url:

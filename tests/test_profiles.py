@@ -4,13 +4,8 @@ import json
 
 import pytest
 
-from gateway.errors import GatewayError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, PayloadTooLarge, RateLimited, UpstreamTimeout, UpstreamUnavailable
 from gateway.profiles import BUILTIN_PROFILES, SITUATIONS, ProfileError, build_profile
-
-
-class RateLimited(GatewayError):
-    # The limiter arrives in a later issue; its situation and parameters are already in every profile.
-    situation = "rate_limited"
 
 
 def rendered(profile_name: str, error: GatewayError) -> tuple[int, object]:
@@ -38,13 +33,13 @@ def test_mockupanda_shapes_with_and_without_details() -> None:
         502,
         {"error": "Upstream service unavailable", "code": "UPSTREAM_UNAVAILABLE"},
     )
-    limited = RateLimited(params={"limit": 100, "window": "60s", "retry_after": 23})
+    limited = RateLimited(limit=100, window="60s", retry_after=23, scope="user")
     assert rendered("mockupanda", limited) == (
         429,
         {
             "error": "Rate limit exceeded",
             "code": "RATE_LIMIT_EXCEEDED",
-            "details": {"limit": 100, "window": "60s", "retry_after": 23},
+            "details": {"limit": 100, "window": "60s", "retry_after": 23, "scope": "user"},
         },
     )
     assert rendered("mockly", limited)[1] == {

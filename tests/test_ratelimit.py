@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import RateLimitHeaders
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.limiter import KEY, USER, Charge, Limiter
 from gateway.units import parse_limits
 from tests.fakes import Clock
 
@@ -169,3 +169,37 @@ def test_windows_that_could_not_be_saved_are_taken_again(clock: Clock) -> None:
     limiter.put_back(taken)
     limiter.hit("key_a", limits)  # charged again meanwhile: the next save has the count as it is now
     assert [(w.owner, w.hits) for w in limiter.take_changed()] == [("key_a", 2)]
+
+
+def test_a_users_keys_share_its_window(limiter: Limiter) -> None:
+    per_key, per_user = parse_limits("3/minute"), parse_limits("5/minute;100/day")
+
+    def hit(key_id: str) -> bool:
+        return limiter.hit_all((Charge(KEY, key_id, per_key), Charge(USER, "alice", per_user))).allowed
+
+    assert [hit("key_a") for _ in range(3)] + [hit("key_b") for _ in range(3)] == [True] * 5 + [False]
+    denied = limiter.hit_all((Charge(KEY, "key_c", per_key), Charge(USER, "alice", per_user)))
+    assert not denied.allowed and (denied.shown.scope, denied.shown.item.amount) == (USER, 5)
+    # Denied by the user's window, charged to none: key_c's own window is untouched.
+    assert [w.remaining for w in denied.windows if w.scope == KEY] == [3]
+    # Another user's keys are not counted with alice's.
+    assert limiter.hit_all((Charge(KEY, "key_d", per_key), Charge(USER, "bob", per_user))).allowed
+
+
+def test_the_shown_window_is_the_closest_to_refusing_whatever_its_scope(limiter: Limiter) -> None:
+    decision = limiter.hit_all(
+        (Charge(KEY, "key_a", parse_limits("100/minute")), Charge(USER, "alice", parse_limits("2/minute")))
+    )
+    assert (decision.shown.scope, decision.shown.remaining) == (USER, 1)
+
+
+def test_a_users_saved_windows_resume_too(clock: Clock) -> None:
+    limits = (Charge(KEY, "key_a", parse_limits("10/day")), Charge(USER, "alice", parse_limits("2/day")))
+    first = Limiter(clock=clock)
+    assert [first.hit_all(limits).allowed for _ in range(2)] == [True, True]
+    saved = first.take_changed()
+    assert sorted((w.scope, w.owner, w.hits) for w in saved) == [(KEY, "key_a", 2), (USER, "alice", 2)]
+    second = Limiter(clock=clock)
+    second.restore(saved)
+    denied = second.hit_all(limits)
+    assert not denied.allowed and denied.shown.scope == USER

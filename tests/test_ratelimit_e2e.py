@@ -98,8 +98,45 @@ def test_mockupanda_minute_429(panda: GatewayProcess) -> None:
     assert denied.json() == {
         "error": "Rate limit exceeded",
         "code": "RATE_LIMIT_EXCEEDED",
-        "details": {"limit": 5, "window": "60s", "retry_after": retry_after},
+        "details": {"limit": 5, "window": "60s", "retry_after": retry_after, "scope": "key"},
     }
+
+
+def test_a_users_keys_share_its_limits(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory({"rate_limits": {"default": ["5/minute"]}, "errors": {"profile": "mockupanda"}})
+    other = new_key(server)
+    assert get(server, server.key).status_code == 200  # no user limits yet: only the key's count
+    user = cli(server, "users", "set-limits", server.user_id, "3/minute;50/day")
+    assert user["rate_limits"] == ["3/minute", "50/day"]
+    # The change counts at once; the request before it is not in the user's new window.
+    statuses = [get(server, key).status_code for key in (server.key, other, server.key, other)]
+    assert statuses == [200, 200, 200, 429]
+    denied = get(server, server.key)
+    assert denied.json()["details"] == {
+        "limit": 3,
+        "window": "60s",
+        "retry_after": int(denied.headers["retry-after"]),
+        "scope": "user",
+    }
+    assert (denied.headers["x-ratelimit-limit"], denied.headers["x-ratelimit-remaining"]) == ("3", "0")
+    # A key of another user is not counted with them.
+    cli(server, "users", "add", "bob")
+    bob = cli(server, "keys", "create", "--user", "bob")["key"]
+    assert get(server, bob).status_code == 200
+    # Back to rate_limits.per_user (none here): the keys' own windows alone again.
+    assert cli(server, "users", "set-limits", server.user_id, "--default")["rate_limits"] is None
+    assert get(server, other).status_code == 200
+
+
+def test_per_user_limits_from_the_config_and_the_closest_window_in_the_headers(
+    gateway_factory: GatewayFactory,
+) -> None:
+    server = gateway_factory({"rate_limits": {"default": ["100/minute"], "per_user": ["4/minute"]}})
+    second = new_key(server)
+    answer = get(server, server.key)
+    # The user's window is the closest to refusing: it is the one described.
+    assert (answer.headers["x-ratelimit-limit"], answer.headers["x-ratelimit-remaining"]) == ("4", "3")
+    assert [get(server, key).status_code for key in (second, server.key, second, server.key)] == [200, 200, 200, 429]
 
 
 def test_per_key_limits_and_their_change(limited: GatewayProcess) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.ratelimit.limiter import KEY, USER, Charge
 from gateway.ratelimit.redis_state import EPOCH_KEY, RedisState
 from gateway.units import parse_limits
 from tests.services import machine_redis_url
@@ -49,3 +50,19 @@ async def test_the_epoch_moves_with_every_change_and_never_comes_back(state: Red
     await state.client.delete(EPOCH_KEY)
     _, restarted = await state.hit("key_epoch", limits)
     assert int(restarted) > int(second)
+
+
+async def test_a_users_window_counts_every_key_and_is_apart_from_theirs(state: RedisState) -> None:
+    user, per_key = parse_limits("10/minute"), parse_limits("4/minute")
+    # A user id equal to a key id names other windows: the two scopes never share a counter.
+    charges = [(Charge(KEY, f"key_u{i % 3}", per_key), Charge(USER, "key_u0", user)) for i in range(30)]
+    decisions = await asyncio.gather(*(state.hit_all(c) for c in charges))
+    assert sum(decision.allowed for decision, _ in decisions) == 10
+    denied = [decision for decision, _ in decisions if not decision.allowed]
+    assert {decision.shown.scope for decision in denied} <= {KEY, USER} and any(d.shown.scope == USER for d in denied)
+    # Charged to none when denied: each key counted exactly its share of the user's 10.
+    counts = []
+    for i in range(3):
+        probe, _ = await state.hit(f"key_u{i}", per_key)  # one more on the key alone: its count shows
+        counts.append(4 - probe.windows[0].remaining - 1 if probe.allowed else 4)
+    assert sum(counts) == 10

@@ -65,6 +65,18 @@ def test_a_limit_is_exact_across_two_replicas(gateway_factory: GatewayFactory, r
     assert httpx.get(f"{b.url}/x", headers=auth).status_code == 429
 
 
+def test_a_user_limit_is_exact_across_two_replicas_and_all_its_keys(
+    gateway_factory: GatewayFactory, request: pytest.FixtureRequest
+) -> None:
+    a = gateway_factory({"redis": {"url": machine_redis_url()}, "rate_limits": {"per_user": ["12/minute"]}})
+    b = replica(a, request)
+    keys = [cli_json(a, "keys", "create", "--user", a.user_id)["key"] for _ in range(3)]
+    requests = [(f"{(a, b)[i % 2].url}/x", {"Authorization": f"Bearer {keys[i % 3]}"}) for i in range(36)]
+    assert sorted(simultaneous(requests)) == [200] * 12 + [429] * 24
+    denied = httpx.get(f"{b.url}/x", headers={"Authorization": f"Bearer {keys[0]}"})
+    assert denied.status_code == 429 and "per 60s" in denied.json()["error"]["message"]
+
+
 def test_redis_down_fails_open_and_counts_nothing_twice(
     gateway_factory: GatewayFactory, own_redis: RedisServer
 ) -> None:

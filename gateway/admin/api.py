@@ -208,6 +208,11 @@ class AdminApi:
             raise BadRequest(422, "validation_failed", str(exc), "status") from None
         return JSONResponse(user_document(user))
 
+    async def set_user_rate_limits(self, request: Request) -> Response:
+        body = await _json_object(request, {"rate_limits"})
+        user = await self.keys.set_user_rate_limits(request.path_params["user_id"], _limits(body))
+        return JSONResponse(user_document(user))
+
     # ---------------------------------------------------------------------- keys
 
     async def create_key(self, request: Request) -> Response:
@@ -328,6 +333,7 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/users", api.add_user, methods=["POST"]),
         Route(f"{API}/users/{{user_id}}", api.get_user, methods=["GET"]),
         Route(f"{API}/users/{{user_id}}/subscription", api.set_subscription, methods=["PUT"]),
+        Route(f"{API}/users/{{user_id}}/rate-limits", api.set_user_rate_limits, methods=["PUT"]),
         Route(f"{API}/keys", api.create_key, methods=["POST"]),
         Route(f"{API}/keys", api.list_keys, methods=["GET"]),
         Route(f"{API}/keys/{{key_id}}", api.get_key, methods=["GET"]),

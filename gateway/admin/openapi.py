@@ -101,6 +101,14 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("User"), "Changed"), **_errors(400, 401, 404, 422)},
             }
         },
+        "/admin/v1/users/{user_id}/rate-limits": {
+            "put": {
+                "operationId": "setUserRateLimits",
+                "parameters": [_PATH_USER],
+                "requestBody": _body(_ref("RateLimitsChange")),
+                "responses": {"200": _json(_ref("User"), "Changed"), **_errors(400, 401, 404, 422)},
+            }
+        },
         "/admin/v1/keys": {
             "post": {
                 "operationId": "createKey",
@@ -241,12 +249,13 @@ OPENAPI: dict[str, Any] = {
             },
             "User": {
                 "type": "object",
-                "required": ["id", "subscription", "created_at", "updated_at"],
+                "required": ["id", "subscription", "created_at", "updated_at", "rate_limits"],
                 "properties": {
                     "id": {"type": "string"},
                     "subscription": {"enum": ["active", "inactive"]},
                     "created_at": _TIME,
                     "updated_at": _TIME,
+                    "rate_limits": {"type": ["array", "null"], "items": {"type": "string"}},
                 },
             },
             "SubscriptionChange": {

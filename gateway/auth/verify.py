@@ -42,6 +42,8 @@ class Identity:
     key_id: str
     # The key's rate limits: its own, or rate_limits.default (the very same tuple).
     limits: tuple[RateLimitItem, ...] = ()
+    # Its user's limits over all its keys: its own, or rate_limits.per_user (none: empty).
+    user_limits: tuple[RateLimitItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ class Verifier:
         prefix: str,
         default_limits: tuple[RateLimitItem, ...],
         ttl: float,
+        user_limits: tuple[RateLimitItem, ...] = (),
         max_entries: int,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
@@ -99,6 +102,10 @@ class Verifier:
         self._metrics = metrics
         self._format = KeyFormat(prefix, legacy_prefixes)
         self._default_limits = default_limits
+        self._default_user_limits = user_limits
+        # Stored limits as parsed, so that keys and users with the same limits share one tuple
+        # (the limiter checks a record's limits by identity first: equality is slow Python).
+        self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._clock = clock
         self._hits: TTLCache[bytes, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
         self._misses: TTLCache[bytes, _Verdict] = TTLCache(
@@ -185,7 +192,9 @@ class Verifier:
         retry_after = throttle.reserve(address)
         if retry_after is not None:
             limit = throttle.limit
-            raise AuthThrottled(limit=limit.amount, window=f"{limit.get_expiry()}s", retry_after=retry_after)
+            raise AuthThrottled(
+                limit=limit.amount, window=f"{limit.get_expiry()}s", retry_after=retry_after, scope="address"
+            )
         return address
 
     def _refund(self, counted: str | None) -> None:
@@ -257,6 +266,22 @@ class Verifier:
                 self._misses[digest] = verdict
         return verdict
 
+    def _limits(self, stored: str | None, default: tuple[RateLimitItem, ...], whose: str) -> tuple[RateLimitItem, ...]:
+        """Stored limits ("1000/minute;100000/day") as the limiter takes them, or ``default``."""
+        if stored is None:
+            return default
+        parsed = self._parsed.get(stored)
+        if parsed is None:
+            try:
+                parsed = parse_limits(stored)
+            except ValueError:
+                logger.error("%s has unreadable rate limits; using the default ones", whose)
+                return default
+            if len(self._parsed) >= 10_000:  # bounded: cheap to parse again
+                self._parsed.clear()
+            self._parsed[stored] = parsed
+        return parsed
+
     async def _fetch(self, key_hash: str) -> _Verdict:
         started = time.perf_counter()
         try:
@@ -277,14 +302,13 @@ class Verifier:
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
             return _UNKNOWN
         key, user = found
-        items = self._default_limits
-        if key.rate_limits is not None:
-            try:
-                items = parse_limits(key.rate_limits)
-            except ValueError:
-                logger.error("key %s has unreadable rate limits; using the default ones", key.id)
         return _Verdict(
-            identity=Identity(user_id=key.user_id, key_id=key.id, limits=items),
+            identity=Identity(
+                user_id=key.user_id,
+                key_id=key.id,
+                limits=self._limits(key.rate_limits, self._default_limits, f"key {key.id}"),
+                user_limits=self._limits(user.rate_limits, self._default_user_limits, f"user {user.id!r}"),
+            ),
             revoked=key.revoked_at is not None,
             valid_until=key.expires_at,
             subscription_active=user.subscription == "active",

@@ -125,6 +125,30 @@ def users_set_subscription(ctx: click.Context, user_id: str, subscription: str, 
     emit(as_json, user_document(user), f"user {user.id}: subscription {user.subscription}")
 
 
+def _limits_or_default(rate_limits: str | None, use_default: bool) -> None:
+    """A set-limits command is given limits or --default: exactly one of them."""
+    if (rate_limits is None) == (not use_default):
+        raise click.UsageError('give either limits such as "1000/minute;100000/day" or --default')
+
+
+@users.command("set-limits")
+@config_option
+@click.argument("user_id")
+@click.argument("rate_limits", required=False)
+@click.option("--default", "use_default", is_flag=True, help="Go back to rate_limits.per_user.")
+@json_option
+@click.pass_context
+def users_set_limits(
+    ctx: click.Context, user_id: str, rate_limits: str | None, use_default: bool, as_json: bool
+) -> None:
+    """Give a user its own rate limits over all its keys ("1000/minute;100000/day"), or --default."""
+    _limits_or_default(rate_limits, use_default)
+    hint = f": add it first with `gateway users add {user_id}`"
+    user = run(ctx, lambda service: service.set_user_rate_limits(user_id, rate_limits), hint=hint)
+    shown = user.rate_limits or "the default (rate_limits.per_user)"
+    emit(as_json, user_document(user), f"user {user.id}: rate limits {shown}")
+
+
 @users.command("list")
 @config_option
 @json_option
@@ -211,8 +235,7 @@ def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
 @click.pass_context
 def keys_set_limits(ctx: click.Context, key_id: str, rate_limits: str | None, use_default: bool, as_json: bool) -> None:
     """Give a key its own rate limits ("1000/minute;100000/day"), or --default; counts on its next request."""
-    if (rate_limits is None) == (not use_default):
-        raise click.UsageError('give either limits such as "1000/minute;100000/day" or --default')
+    _limits_or_default(rate_limits, use_default)
     key = run(ctx, lambda service: service.set_rate_limits(key_id, rate_limits), hint=" (see `gateway keys list`)")
     emit(as_json, key_document(key, time.time()), f"key {key.id}: rate limits {limits_text(key)}")
 

@@ -102,6 +102,7 @@ class GatewayApp:
             store,
             prefix=config.keys.prefix,
             default_limits=config.rate_limits.default,
+            user_limits=config.rate_limits.per_user,
             ttl=config.cache.ttl_seconds,
             max_entries=config.cache.max_entries,
             metrics=self.metrics,

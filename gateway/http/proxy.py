@@ -33,7 +33,7 @@ from gateway.http.ledger import Exchange, Ledger
 from gateway.http.request_body import BufferedBody, ClientDisconnected, read_body
 from gateway.http.request_id import HEADER as REQUEST_ID
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.ratelimit.limiter import Decision, Limiter
+from gateway.ratelimit.limiter import KEY, USER, Charge, Decision, Limiter
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
 
@@ -96,6 +96,11 @@ class _InFlight:
             self._counts[holder] = left
         else:
             del self._counts[holder]
+
+
+def _charges(identity: Identity) -> tuple[Charge, ...]:
+    """The windows a request is charged to: its key's, and its user's over all its keys."""
+    return (Charge(KEY, identity.key_id, identity.limits), Charge(USER, identity.user_id, identity.user_limits))
 
 
 def _answers(response: UpstreamResponse, request_id: bytes) -> bool:
@@ -242,16 +247,24 @@ class Proxy:
         exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
         shared = self._shared_limiter
         if shared is None:
+            if identity.user_limits:
+                return identity, self._limiter.hit_all(_charges(identity))
             return identity, self._limiter.hit(identity.key_id, identity.limits)
-        decision, epoch = await shared.hit(identity.key_id, identity.limits)
+        decision, epoch = await self._shared_hit(shared, identity)
         if epoch is not None and verifier.note_epoch(epoch):
             # Something was written since this process last looked (a revocation on another
             # replica, say): the cached verdict may be stale; check afresh.
             checked = await verifier.verify(forwarded.authorization, forwarded.client_address)
-            if checked.limits != identity.limits:
-                decision, _ = await shared.hit(checked.key_id, checked.limits)
+            if checked.limits != identity.limits or checked.user_limits != identity.user_limits:
+                decision, _ = await self._shared_hit(shared, checked)
             identity = checked
         return identity, decision
+
+    @staticmethod
+    async def _shared_hit(shared: SharedLimiter, identity: Identity) -> tuple[Decision, bytes | None]:
+        if identity.user_limits:
+            return await shared.hit_all(_charges(identity))
+        return await shared.hit(identity.key_id, identity.limits)
 
     def _enforce_limits(self, identity: Identity, decision: Decision, length: int | None) -> None:
         if not decision.allowed:
@@ -261,6 +274,7 @@ class Proxy:
                 limit=window.item.amount,
                 window=f"{window.item.get_expiry()}s",
                 retry_after=self._limiter.retry_after(window),
+                scope=window.scope,
             )
         if length is not None and length > self._max_body:
             raise PayloadTooLarge(self._max_body)

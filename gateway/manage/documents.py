@@ -46,6 +46,7 @@ def user_document(user: User) -> dict[str, Any]:
         "subscription": user.subscription,
         "created_at": iso(user.created_at),
         "updated_at": iso(user.updated_at),
+        "rate_limits": split_limits(user.rate_limits),
     }
 
 

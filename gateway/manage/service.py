@@ -131,6 +131,15 @@ class ManagementService:
             raise NotFound(f"no user {user_id!r}")
         return user
 
+    async def set_user_rate_limits(self, user_id: str, rate_limits: str | Sequence[str] | None) -> User:
+        """Give the user its own limits over all its keys, or None for rate_limits.per_user;
+        counts on its keys' next requests."""
+        await self.get_user(user_id)
+        checked = check_limits(rate_limits)
+        user = await self._write(lambda: self.store.set_user_rate_limits(user_id, checked))
+        assert user is not None
+        return user
+
     async def list_users(self) -> Sequence[User]:
         return await self.store.list_users()
 

@@ -22,7 +22,7 @@ __all__ = ["ImportReport", "decode_line", "export_lines", "run_import"]
 BATCH = 5000
 MAX_ERRORS_SHOWN = 20
 
-USER_FIELDS = {"type", "id", "subscription", "created_at"}
+USER_FIELDS = {"type", "id", "subscription", "created_at", "rate_limits"}
 KEY_FIELDS = {
     "type",
     "user_id",
@@ -195,7 +195,8 @@ def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
         if kind == "user":
             user_id = check_user_id(_text(record, "id", required=True) or "")
             subscription = check_subscription(record.get("subscription") or "")
-            return "user", (line, user_id, subscription, _date(record, "created_at") or now)
+            limits = check_limits(record.get("rate_limits"))
+            return "user", (line, user_id, subscription, _date(record, "created_at") or now, limits)
         key_hash = record.get("sha256")
         if not isinstance(key_hash, str) or len(key_hash) != 64 or not _HEX.issuperset(key_hash):
             raise LineError("sha256 must be 64 lowercase hexadecimal characters")
@@ -350,6 +351,14 @@ async def _check(session: ImportSession, report: ImportReport) -> None:
     del report.errors[MAX_ERRORS_SHOWN:]
 
 
+def _user_changed(old: str, new: str, distinct: str) -> str:
+    """A user line changes the stored user: its subscription, or limits it gives (none given: kept)."""
+    return (
+        f"{old}.subscription {distinct} {new}.subscription"
+        f" OR {old}.rate_limits {distinct} coalesce({new}.rate_limits, {old}.rate_limits)"
+    )
+
+
 def _key_changed(old: str, new: str, distinct: str) -> str:
     return " OR ".join(
         f"{old}.{column} {distinct} ({expression.format(old=old, new=new)})" for column, expression in _KEY_UPDATES
@@ -360,7 +369,7 @@ async def _count_changes(session: ImportSession, report: ImportReport) -> None:
     d = session.distinct
     [(users, users_new, users_changed)] = await session.fetch(
         "SELECT count(*), sum(CASE WHEN u.id IS NULL THEN 1 ELSE 0 END),"
-        f" sum(CASE WHEN u.id IS NOT NULL AND u.subscription {d} i.subscription THEN 1 ELSE 0 END)"
+        f" sum(CASE WHEN u.id IS NOT NULL AND ({_user_changed('u', 'i', d)}) THEN 1 ELSE 0 END)"
         " FROM import_users i LEFT JOIN users u ON u.id = i.id"
     )
     created, updated = int(users_new or 0), int(users_changed or 0)
@@ -377,10 +386,11 @@ async def _count_changes(session: ImportSession, report: ImportReport) -> None:
 async def _merge(session: ImportSession, now: float) -> None:
     d = session.distinct
     await session.execute(
-        "INSERT INTO users (id, subscription, created_at, updated_at)"
-        f" SELECT id, subscription, created_at, {now!r} FROM import_users WHERE true"
+        "INSERT INTO users (id, subscription, created_at, updated_at, rate_limits)"
+        f" SELECT id, subscription, created_at, {now!r}, rate_limits FROM import_users WHERE true"
         " ON CONFLICT (id) DO UPDATE SET subscription = excluded.subscription,"
-        f" updated_at = excluded.updated_at WHERE users.subscription {d} excluded.subscription"
+        " rate_limits = coalesce(excluded.rate_limits, users.rate_limits),"
+        f" updated_at = excluded.updated_at WHERE {_user_changed('users', 'excluded', d)}"
     )
     columns = [c for c in STAGED_KEY_COLUMNS if c != "line"]
     updates = ", ".join(f"{c} = {e.format(old='api_keys', new='excluded')}" for c, e in _KEY_UPDATES)
@@ -394,7 +404,13 @@ async def _merge(session: ImportSession, now: float) -> None:
 
 
 def user_line(user: User) -> str:
-    record = {"type": "user", "id": user.id, "subscription": user.subscription, "created_at": user.created_at}
+    record = {
+        "type": "user",
+        "id": user.id,
+        "subscription": user.subscription,
+        "created_at": user.created_at,
+        "rate_limits": user.rate_limits,
+    }
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 import math
 
 from gateway.config import RateLimitHeaders
-from gateway.ratelimit.limiter import Decision
+from gateway.ratelimit.limiter import KEY, Decision, Window
 from gateway.units import window_name
 
 __all__ = ["RateLimitHeaderWriter"]
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def _name(window: Window) -> str:
+    """A window's name in the IETF headers: "minute" for a key's, "user-minute" for its user's."""
+    return window_name(window.item) if window.scope == KEY else f"{window.scope}-{window_name(window.item)}"
 
 
 class RateLimitHeaderWriter:
@@ -36,12 +41,9 @@ class RateLimitHeaderWriter:
                 (b"x-ratelimit-reset", str(math.ceil(shown.reset_at)).encode()),
             ]
         if self._ietf:
-            policy = ", ".join(
-                f'"{window_name(w.item)}";q={w.item.amount};w={w.item.get_expiry()}' for w in decision.windows
-            )
+            policy = ", ".join(f'"{_name(w)}";q={w.item.amount};w={w.item.get_expiry()}' for w in decision.windows)
             state = ", ".join(
-                f'"{window_name(w.item)}";r={w.remaining};t={max(0, math.ceil(w.reset_at - now))}'
-                for w in decision.windows
+                f'"{_name(w)}";r={w.remaining};t={max(0, math.ceil(w.reset_at - now))}' for w in decision.windows
             )
             headers += [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
         return headers

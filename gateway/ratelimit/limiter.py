@@ -1,4 +1,5 @@
-"""Per-key rate limits: ``limits``' fixed-window algorithm, counted in this process's memory.
+"""Rate limits per key, and per user over all its keys: ``limits``' fixed-window algorithm,
+counted in this process's memory.
 
 The design notes: docs/internals.md, "gateway/ratelimit/limiter.py"."""
 
@@ -14,7 +15,11 @@ from limits import RateLimitItem
 from gateway.store import WindowCount
 from gateway.units import Limits
 
-__all__ = ["Decision", "Limiter", "Window", "choose_shown"]
+__all__ = ["KEY", "USER", "Charge", "Decision", "Limiter", "Window", "choose_shown"]
+
+# Whose windows: a key's own, or its user's (every key of the user counted together).
+KEY = "key"
+USER = "user"
 
 
 class Window(NamedTuple):
@@ -23,6 +28,7 @@ class Window(NamedTuple):
     item: RateLimitItem
     remaining: int
     reset_at: float  # Unix time at which the window closes
+    scope: str = KEY
 
 
 class Decision(NamedTuple):
@@ -33,14 +39,22 @@ class Decision(NamedTuple):
     windows: tuple[Window, ...]
 
 
-class _KeyWindows:
-    """One API key's windows: how many requests each has counted, and when each closes."""
+class Charge(NamedTuple):
+    """One owner's windows that a request is charged to: (scope, the key's or user's id, limits)."""
+
+    scope: str
+    owner: str
+    limits: Limits
+
+
+class _Windows:
+    """One owner's windows: how many requests each has counted, and when each closes."""
 
     __slots__ = ("amounts", "counts", "ends", "lengths", "limits", "specs")
 
     def __init__(self, limits: Limits, shape: _Shape) -> None:
         self.limits = limits
-        # Shared by every key with the same limits: only the counts and ends are per key.
+        # Shared by every owner with the same limits: only the counts and ends are per owner.
         self.amounts, self.lengths, self.specs = shape
         self.counts = [0] * len(limits)
         self.ends = [0.0] * len(limits)
@@ -53,27 +67,30 @@ _Shape = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]
 class Limiter:
     MIN_SWEEP_INTERVAL = 1024
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, scope: str = "key") -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.scope = scope  # whose windows these are, as they are saved
-        self._keys: dict[str, _KeyWindows] = {}
+        # By scope, then owner. The keys' records are also ``_keys``: the common request is
+        # charged to its key alone, and that path looks nothing else up.
+        self._records: dict[str, dict[str, _Windows]] = {KEY: {}, USER: {}}
+        self._keys = self._records[KEY]
         self._until_sweep = self.MIN_SWEEP_INTERVAL
         # Each distinct set of limits (usually just the default one): its shape.
         self._shapes: dict[Limits, _Shape] = {}
-        # Keys charged since their windows were last taken to be saved.
-        self._changed: set[str] = set()
-        # Windows saved by an earlier process, by key then spec, until the key's first request.
-        self._restored: dict[str, dict[str, tuple[int, float]]] = {}
+        # Owners charged since their windows were last taken to be saved, by scope.
+        self._changed: dict[str, set[str]] = {KEY: set(), USER: set()}
+        self._changed_keys = self._changed[KEY]
+        # Windows saved by an earlier process, by scope, owner and spec, until the owner's first request.
+        self._restored: dict[str, dict[str, dict[str, tuple[int, float]]]] = {}
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return sum(len(records) for records in self._records.values())
 
     def hit(self, key_id: str, limits: Limits) -> Decision:
         """Charge one request to every window of the key, or to none if any is full."""
         now = self.clock()
         state = self._keys.get(key_id)
         if state is None or (state.limits is not limits and state.limits != limits):
-            state = self._new_state(key_id, limits, now)
+            state = self._new_state(KEY, key_id, limits, now)
         amounts, lengths, counts, ends = state.amounts, state.lengths, state.counts, state.ends
         allowed = True
         for i, amount in enumerate(amounts):
@@ -86,17 +103,50 @@ class Limiter:
                 if counts[i] == 0:
                     ends[i] = now + length
                 counts[i] += 1
-            self._changed.add(key_id)
+            self._changed_keys.add(key_id)
         windows = tuple(
             [Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now) for i, item in enumerate(limits)]
         )
         return Decision(allowed, choose_shown(allowed, windows), windows)
 
+    def hit_all(self, charges: Sequence[Charge]) -> Decision:
+        """Charge one request to every window of every owner, or to none if any is full: all are
+        tested, then all are charged, in one synchronous step (exact under any concurrency)."""
+        now = self.clock()
+        states = []
+        allowed = True
+        for scope, owner, limits in charges:
+            state = self._records[scope].get(owner)
+            if state is None or (state.limits is not limits and state.limits != limits):
+                state = self._new_state(scope, owner, limits, now)
+            states.append(state)
+            counts, ends = state.counts, state.ends
+            for i, amount in enumerate(state.amounts):
+                if ends[i] <= now:
+                    counts[i] = 0
+                elif counts[i] >= amount:
+                    allowed = False
+        windows: list[Window] = []
+        for (scope, owner, limits), state in zip(charges, states, strict=True):
+            counts, ends = state.counts, state.ends
+            if allowed:
+                for i, length in enumerate(state.lengths):
+                    if counts[i] == 0:
+                        ends[i] = now + length
+                    counts[i] += 1
+                self._changed[scope].add(owner)
+            windows += [
+                Window(item, state.amounts[i] - counts[i], ends[i] if counts[i] else now, scope)
+                for i, item in enumerate(limits)
+            ]
+        shown = tuple(windows)
+        return Decision(allowed, choose_shown(allowed, shown), shown)
+
     def retry_after(self, window: Window) -> int:
         """Whole seconds until ``window`` closes, rounded up, at least 1."""
         return max(1, math.ceil(window.reset_at - self.clock()))
 
-    def _new_state(self, key_id: str, limits: Limits, now: float) -> _KeyWindows:
+    def _new_state(self, scope: str, owner: str, limits: Limits, now: float) -> _Windows:
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self.sweep(now)
@@ -108,8 +158,9 @@ class Limiter:
                 tuple(item.get_expiry() for item in limits),
                 tuple(f"{item.amount}/{item.get_expiry()}" for item in limits),
             )
-        state = self._keys[key_id] = _KeyWindows(limits, shape)
-        saved = self._restored.pop(key_id, None) if self._restored else None
+        state = self._records[scope][owner] = _Windows(limits, shape)
+        restored = self._restored.get(scope)
+        saved = restored.pop(owner, None) if restored else None
         if saved:
             for i, spec in enumerate(state.specs):
                 hits, ends_at = saved.get(spec, (0, 0.0))
@@ -118,41 +169,45 @@ class Limiter:
         return state
 
     def take_changed(self) -> list[WindowCount]:
-        """The open windows of every key charged since the last call, to be saved."""
+        """The open windows of every owner charged since the last call, to be saved."""
         now = self.clock()
-        changed, self._changed = self._changed, set()
         taken = []
-        for key_id in changed:
-            state = self._keys.get(key_id)
-            if state is None:
-                continue
-            for spec, hits, ends_at in zip(state.specs, state.counts, state.ends, strict=True):
-                if hits and ends_at > now:
-                    taken.append(WindowCount(self.scope, key_id, spec, hits, ends_at))
+        for scope, changed in self._changed.items():
+            records = self._records[scope]
+            for owner in changed:
+                state = records.get(owner)
+                if state is None:
+                    continue
+                for spec, hits, ends_at in zip(state.specs, state.counts, state.ends, strict=True):
+                    if hits and ends_at > now:
+                        taken.append(WindowCount(scope, owner, spec, hits, ends_at))
+            changed.clear()
         return taken
 
     def put_back(self, windows: Iterable[WindowCount]) -> None:
         """Windows that could not be saved: taken again (as they are then) by the next call."""
-        self._changed.update(w.owner for w in windows)
+        for w in windows:
+            self._changed[w.scope].add(w.owner)
 
     def restore(self, windows: Sequence[WindowCount]) -> None:
-        """Resume windows saved by an earlier process: each key's at its first request (its limits
-        are known only then)."""
+        """Resume windows saved by an earlier process: each owner's at its first request (its
+        limits are known only then)."""
         for w in windows:
-            if w.scope == self.scope:
-                self._restored.setdefault(w.owner, {})[w.spec] = (w.hits, w.ends_at)
+            if w.scope in self._records:
+                self._restored.setdefault(w.scope, {}).setdefault(w.owner, {})[w.spec] = (w.hits, w.ends_at)
 
     def sweep(self, now: float | None = None) -> None:
-        """Forget the keys whose windows have all closed."""
+        """Forget the owners whose windows have all closed."""
         now = self.clock() if now is None else now
-        closed = [key_id for key_id, state in self._keys.items() if max(state.ends) <= now]
-        for key_id in closed:
-            del self._keys[key_id]
-        if self._restored:
-            ended = [key_id for key_id, saved in self._restored.items() if max(e for _, e in saved.values()) <= now]
-            for key_id in ended:
-                del self._restored[key_id]
-        self._until_sweep = max(self.MIN_SWEEP_INTERVAL, len(self._keys))
+        for records in self._records.values():
+            closed = [owner for owner, state in records.items() if max(state.ends) <= now]
+            for owner in closed:
+                del records[owner]
+        for restored in self._restored.values():
+            ended = [owner for owner, saved in restored.items() if max(e for _, e in saved.values()) <= now]
+            for owner in ended:
+                del restored[owner]
+        self._until_sweep = max(self.MIN_SWEEP_INTERVAL, len(self))
 
 
 def choose_shown(allowed: bool, windows: tuple[Window, ...]) -> Window:

@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gateway.ratelimit.limiter import Decision, Window, choose_shown
+from gateway.ratelimit.limiter import KEY, Charge, Decision, Window, choose_shown
 from gateway.units import Limits
 
 __all__ = ["EPOCH_KEY", "RedisState", "is_redis_failure"]
@@ -104,6 +104,28 @@ class RedisState:
         windows = tuple(
             Window(item, item.amount - count, now + ttl / 1000 if count else now)
             for item, count, ttl in zip(limits, counts, ttls, strict=True)
+        )
+        return Decision(bool(allowed), choose_shown(bool(allowed), windows), windows), bytes(epoch)
+
+    async def hit_all(self, charges: tuple[Charge, ...]) -> tuple[Decision, bytes]:
+        """Charge one request to every window of every owner, or to none if any is full (one
+        script: exact across every worker and replica); with the epoch."""
+        keys: list[str] = []
+        amounts: list[int] = []
+        lengths: list[int] = []
+        for scope, owner, limits in charges:
+            # A key's windows keep the names they have always had; a user's are apart from them.
+            namespace = _LIMIT_NAMESPACE if scope == KEY else f"{_LIMIT_NAMESPACE}-{scope}"
+            keys += [item.key_for(namespace, owner) for item in limits]
+            amounts += [item.amount for item in limits]
+            lengths += [item.get_expiry() * 1000 for item in limits]
+        allowed, counts, ttls, epoch = await self._hit(keys=[*keys, EPOCH_KEY], args=amounts + lengths)
+        now = self.clock()
+        windows = tuple(
+            Window(item, item.amount - count, now + ttl / 1000 if count else now, scope)
+            for (scope, item), count, ttl in zip(
+                [(scope, item) for scope, _, limits in charges for item in limits], counts, ttls, strict=True
+            )
         )
         return Decision(bool(allowed), choose_shown(bool(allowed), windows), windows), bytes(epoch)
 

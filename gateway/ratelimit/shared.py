@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from gateway.accounting.metrics import Metrics
 from gateway.auth.verify import Verifier
 from gateway.errors import StoreUnavailable
-from gateway.ratelimit.limiter import Decision, Limiter
+from gateway.ratelimit.limiter import Charge, Decision, Limiter
 from gateway.ratelimit.redis_state import RedisState, is_redis_failure
 from gateway.units import Limits
 
@@ -46,16 +47,25 @@ class SharedLimiter:
     async def hit(self, key_id: str, limits: Limits) -> tuple[Decision, bytes | None]:
         """The decision, and the epoch (None when it came from memory). Raises StoreUnavailable
         when Redis cannot be used and ``redis.on_failure`` is ``closed``."""
+        return await self._decide(lambda: self.state.hit(key_id, limits), lambda: self.fallback.hit(key_id, limits))
+
+    async def hit_all(self, charges: tuple[Charge, ...]) -> tuple[Decision, bytes | None]:
+        """As ``hit``, for a request charged to several owners (its key and its user)."""
+        return await self._decide(lambda: self.state.hit_all(charges), lambda: self.fallback.hit_all(charges))
+
+    async def _decide(
+        self, in_redis: Callable[[], Awaitable[tuple[Decision, bytes]]], in_memory: Callable[[], Decision]
+    ) -> tuple[Decision, bytes | None]:
         if self._probe is None:
             try:
-                return await self.state.hit(key_id, limits)
+                return await in_redis()
             except Exception as exc:
                 if not is_redis_failure(exc):
                     raise
                 self._degrade(exc)
         if not self._fail_open:
             raise StoreUnavailable("Redis cannot be used and redis.on_failure is closed", retry_after=1)
-        return self.fallback.hit(key_id, limits), None
+        return in_memory(), None
 
     def _degrade(self, exc: BaseException) -> None:
         if self._probe is not None:  # another request that was waiting on Redis saw it first

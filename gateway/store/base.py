@@ -49,6 +49,9 @@ class User:
     subscription: Subscription
     created_at: float
     updated_at: float
+    # Its own limits over all its keys together ("1000/minute;100000/day"), or None for
+    # rate_limits.per_user.
+    rate_limits: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ def usage_from_row(row: Sequence[Any]) -> UserUsage:
 FIND_KEY_BY_HASH = (
     "SELECT "
     + ", ".join(f"k.{c}" for c in KEY_COLUMNS)
-    + ", u.subscription, u.created_at, u.updated_at FROM api_keys k JOIN users u ON u.id = k.user_id"
+    + ", u.subscription, u.created_at, u.updated_at, u.rate_limits FROM api_keys k JOIN users u ON u.id = k.user_id"
     " WHERE k.key_hash = "
 )
 
@@ -132,8 +135,8 @@ def user_from_row(row: Sequence[Any]) -> User:
 def found_from_row(row: Sequence[Any]) -> tuple[ApiKey, User]:
     """A FIND_KEY_BY_HASH row: the key and its user."""
     key = key_from_row(row)
-    subscription, created_at, updated_at = tuple(row)[len(KEY_COLUMNS) :]
-    return key, User(id=key.user_id, subscription=subscription, created_at=created_at, updated_at=updated_at)
+    subscription, created_at, updated_at, rate_limits = tuple(row)[len(KEY_COLUMNS) :]
+    return key, User(key.user_id, subscription, created_at, updated_at, rate_limits)
 
 
 def key_row(key: ApiKey) -> tuple[Any, ...]:
@@ -217,6 +220,8 @@ class KeyStore(Protocol):
     async def set_subscription(self, user_id: str, subscription: Subscription, now: float) -> User | None: ...
 
     async def list_users(self) -> Sequence[User]: ...
+
+    async def set_user_rate_limits(self, user_id: str, rate_limits: str | None) -> User | None: ...
 
     async def add_key(self, key: ApiKey) -> None: ...
 

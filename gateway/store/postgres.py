@@ -208,11 +208,12 @@ class PostgresStore:
 
     async def add_user(self, user: User) -> bool:
         status = await self._write(
-            f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
             user.id,
             user.subscription,
             user.created_at,
             user.updated_at,
+            user.rate_limits,
         )
         return status == "INSERT 0 1"
 
@@ -225,6 +226,10 @@ class PostgresStore:
             "UPDATE users SET subscription = $1, updated_at = $2 WHERE id = $3", subscription, now, user_id
         )
         return await self.get_user(user_id) if status != "UPDATE 0" else None
+
+    async def set_user_rate_limits(self, user_id: str, rate_limits: str | None) -> User | None:
+        await self._write("UPDATE users SET rate_limits = $1 WHERE id = $2", rate_limits, user_id)
+        return await self.get_user(user_id)
 
     async def list_users(self) -> Sequence[User]:
         rows = await self._pool.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")

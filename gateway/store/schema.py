@@ -59,6 +59,11 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
                 PRIMARY KEY (scope, owner, spec)
             )""",
         ],
+        [
+            # A user's own limits over all their keys ("1000/minute;100000/day"), or NULL for
+            # rate_limits.per_user.
+            "ALTER TABLE users ADD COLUMN rate_limits TEXT",
+        ],
     ]
 
 

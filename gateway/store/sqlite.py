@@ -188,8 +188,8 @@ class SQLiteStore:
     async def add_user(self, user: User) -> bool:
         try:
             await self._write(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?)",
-                (user.id, user.subscription, user.created_at, user.updated_at),
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (user.id, user.subscription, user.created_at, user.updated_at, user.rate_limits),
             )
         except sqlite3.IntegrityError:
             return False
@@ -214,6 +214,10 @@ class SQLiteStore:
             "UPDATE users SET subscription = ?, updated_at = ? WHERE id = ?", (subscription, now, user_id)
         )
         return await self.get_user(user_id) if changed else None
+
+    async def set_user_rate_limits(self, user_id: str, rate_limits: str | None) -> User | None:
+        await self._write("UPDATE users SET rate_limits = ? WHERE id = ?", (rate_limits, user_id))
+        return await self.get_user(user_id)
 
     async def list_users(self) -> Sequence[User]:
         return [

@@ -11,7 +11,13 @@ __all__ = ["STAGED_KEY_COLUMNS", "STAGED_USER_COLUMNS", "ImportSession", "stagin
 
 # The staging tables, column for column as the rows of parse_line, with their kinds of value.
 _STAGED: dict[str, tuple[tuple[str, str], ...]] = {
-    "import_users": (("line", "integer"), ("id", "text"), ("subscription", "text"), ("created_at", "real")),
+    "import_users": (
+        ("line", "integer"),
+        ("id", "text"),
+        ("subscription", "text"),
+        ("created_at", "real"),
+        ("rate_limits", "text"),
+    ),
     "import_keys": (
         ("line", "integer"),
         ("id", "text"),
