@@ -125,6 +125,8 @@ class CreditsConfig:
 @dataclass(frozen=True, slots=True)
 class UsageConfig:
     flush_seconds: float = 1.0
+    # How many UTC days of usage per key are kept (the lifetime counters keep everything).
+    history_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +454,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,
     "usage.flush_seconds": _positive_duration,
+    "usage.history_days": _positive_int,
     "admin.host": _string,
     "admin.port": _port,
     "admin.token_file": lambda value: None if value is None else _string(value),

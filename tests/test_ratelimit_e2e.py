@@ -209,6 +209,37 @@ def test_usage_and_credits_survive_a_sigterm(gateway_factory: GatewayFactory) ->
     ]
 
 
+def test_usage_per_day_from_the_cli_and_the_admin_api(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory(
+        {"rate_limits": {"default": ["4/minute"]}, "usage": {"flush_seconds": "100ms"}}, admin=True
+    )
+    other = new_key(server)
+    statuses = [get(server, key).status_code for key in [server.key] * 5 + [other] * 2]
+    assert statuses == [200] * 4 + [429] + [200] * 2
+    order = {"template_id": "tpl_mug", "artwork_url": "https://example.com/a.png"}
+    generate = httpx.post(
+        f"{server.url}/api/v1/mockups/generate", headers={"Authorization": f"Bearer {other}"}, json=order
+    )
+    assert generate.status_code == 201  # 1 credit
+    deadline = time.monotonic() + 10
+    while cli(server, "usage", "--user", server.user_id, "--daily")["totals"]["requests"] != 7:
+        assert time.monotonic() < deadline, "usage never reached the store"
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    mine = cli(server, "usage", "--key", server.key_id, "--daily", "--from", today, "--to", today)
+    assert mine["key_id"] == server.key_id and (mine["from"], mine["to"]) == (today, today)
+    assert mine["days"] == [{"day": today, "requests": 4, "rate_limited": 1, "credits": 0, "refused_credits": 0}]
+    shown = cli(server, "keys", "show", server.key_id)
+    assert (shown["requests"], shown["rate_limited"]) == (4, 1)  # the days add up to the totals
+    admin = {"Authorization": f"Bearer {server.ADMIN_TOKEN}"}
+    by_user = httpx.get(f"{server.admin_url}/admin/v1/users/{server.user_id}/usage", headers=admin).json()
+    assert by_user["granularity"] == "day" and by_user["to"] == today
+    assert by_user["totals"] == {"requests": 7, "rate_limited": 1, "credits": 1, "refused_credits": 0}
+    bad = httpx.get(f"{server.admin_url}/admin/v1/keys/{server.key_id}/usage?from=yesterday", headers=admin)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "from"
+    unknown = httpx.get(f"{server.admin_url}/admin/v1/keys/key_nope/usage", headers=admin)
+    assert unknown.status_code == 404
+
+
 def test_usage_is_written_while_running(gateway_factory: GatewayFactory) -> None:
     server = gateway_factory({"usage": {"flush_seconds": "100ms"}})
     assert get(server, server.key).status_code == 200

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.store import (
     ApiKey,
+    DailyUsage,
     KeyStore,
     NewerSchemaError,
     StoreError,
@@ -174,13 +175,36 @@ async def test_windows_are_saved_over_and_closed_ones_dropped(store: KeyStore) -
     assert store.changes() == changes  # saving windows empties no cache
 
 
+async def test_usage_per_day_per_key_and_per_user(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_user(User("bob", "active", 1.0, 1.0))
+    await store.add_key(key("key_a"))
+    await store.add_key(key("key_b", key_hash="b" * 64))
+    await store.add_key(key("key_c", user_id="bob", key_hash="c" * 64))
+    await store.add_usage(
+        {"key_a": UsageDelta(requests=2, rate_limited=1), "key_c": UsageDelta(requests=9)}, "2026-12-05"
+    )
+    await store.add_usage({"key_a": UsageDelta(requests=1, credits=4), "key_b": UsageDelta(requests=5)}, "2026-12-06")
+    await store.add_usage({"key_b": UsageDelta(refused_credits=2)}, "2026-12-06")
+    by_key = await store.daily_usage(key_id="key_a", since="2026-12-01", until="2026-12-31")
+    assert by_key == [DailyUsage("2026-12-05", 2, 1, 0, 0), DailyUsage("2026-12-06", 1, 0, 4, 0)]
+    by_user = await store.daily_usage(user_id="alice", since="2026-12-06", until="2026-12-06")
+    assert by_user == [DailyUsage("2026-12-06", 6, 0, 4, 2)]  # key_a and key_b; never bob's key_c
+    await store.drop_usage_before("2026-12-06")
+    assert await store.daily_usage(key_id="key_a", since="2026-12-01", until="2026-12-31") == [
+        DailyUsage("2026-12-06", 1, 0, 4, 0)
+    ]
+    kept = await store.get_key("key_a")
+    assert kept is not None and kept.requests == 3  # the lifetime counter keeps the dropped day
+
+
 async def test_usage_from_several_processes_adds_up(store_url: str) -> None:
     stores = [await open_store(store_url) for _ in range(3)]
     try:
         await stores[0].add_user(User("alice", "active", 1.0, 1.0))
         await stores[0].add_key(key("key_1"))
         flushes = [
-            s.add_usage({"key_1": UsageDelta(requests=10, credits=3, last_used_at=100.0 + i)})
+            s.add_usage({"key_1": UsageDelta(requests=10, credits=3, last_used_at=100.0 + i)}, "2026-12-06")
             for i, s in enumerate(stores)
         ]
         await asyncio.gather(*flushes)
@@ -188,6 +212,8 @@ async def test_usage_from_several_processes_adds_up(store_url: str) -> None:
         assert used is not None and (used.requests, used.credits, used.last_used_at) == (30, 9, 102.0)
         [total] = await stores[2].usage_by_user("alice")
         assert (total.requests, total.credits, total.last_used_at) == (30, 9, 102.0)
+        [day] = await stores[0].daily_usage(key_id="key_1", since="2026-12-06", until="2026-12-06")
+        assert (day.requests, day.credits) == (30, 9)  # the day's count adds up across processes too
     finally:
         for s in stores:
             await s.close()

@@ -53,6 +53,12 @@ class CreditRules:
         return 0
 
 
+def _utc_day(now: float) -> tuple[str, float]:
+    """The UTC day of ``now`` ('YYYY-MM-DD'), and when it ends."""
+    start = now - now % 86400
+    return time.strftime("%Y-%m-%d", time.gmtime(start)), start + 86400
+
+
 class WindowSource(Protocol):
     """Rate-limit windows counted in memory (the limiter, without Redis), saved with each flush."""
 
@@ -69,32 +75,60 @@ class UsageRecorder:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         windows: WindowSource | None = None,
+        history_days: int = 400,
     ) -> None:
         self._store = store
         self._windows = windows
         self._metrics = metrics
         self._clock = clock
+        self._history_days = history_days
+        # What is pending for the current UTC day; the days before it that are still unwritten
+        # (a day ended between two flushes, or writes failed across midnight).
         self._pending: dict[str, UsageDelta] = {}
+        self._day, self._day_ends = _utc_day(clock())
+        self._earlier: dict[str, dict[str, UsageDelta]] = {}
+        self._kept_since: str | None = None  # the history last trimmed to start there
         self._stopping = asyncio.Event()
 
-    def _delta(self, key_id: str) -> UsageDelta:
+    def _delta(self, key_id: str, now: float) -> UsageDelta:
+        if now >= self._day_ends:
+            self._next_day(now)
         delta = self._pending.get(key_id)
         if delta is None:
             delta = self._pending[key_id] = UsageDelta()
         return delta
 
+    def _next_day(self, now: float) -> None:
+        day, batch = self._day, self._pending
+        self._pending = {}
+        self._day, self._day_ends = _utc_day(now)
+        if batch:
+            self._merge(day, batch)  # among the earlier days, to be written with its own
+
+    def _merge(self, day: str, batch: dict[str, UsageDelta]) -> None:
+        """Put an unwritten batch back, with its day's."""
+        into = self._pending if day == self._day else self._earlier.setdefault(day, {})
+        for key_id, delta in batch.items():
+            kept = into.get(key_id)
+            if kept is None:
+                into[key_id] = delta
+            else:
+                kept.merge(delta)
+
     def forwarded(self, key_id: str) -> None:
-        delta = self._delta(key_id)
+        now = self._clock()
+        delta = self._delta(key_id, now)
         delta.requests += 1
-        delta.last_used_at = self._clock()
+        delta.last_used_at = now
 
     def rate_limited(self, key_id: str) -> None:
-        delta = self._delta(key_id)
+        now = self._clock()
+        delta = self._delta(key_id, now)
         delta.rate_limited += 1
-        delta.last_used_at = self._clock()
+        delta.last_used_at = now
 
     def charge(self, key_id: str, credits: int) -> None:
-        self._delta(key_id).credits += credits
+        self._delta(key_id, self._clock()).credits += credits
 
     async def flush(self) -> None:
         """Write what is pending, then the windows charged since the last flush; on failure keep
@@ -110,20 +144,30 @@ class UsageRecorder:
                     raise
 
     async def _flush_usage(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, {}
+        now = self._clock()
+        if now >= self._day_ends:
+            self._next_day(now)  # a quiet midnight still closes the day
+        batches = sorted(self._earlier.items())
+        self._earlier = {}
+        if self._pending:
+            batches.append((self._day, self._pending))
+            self._pending = {}
         started = time.perf_counter()
-        try:
-            await self._store.add_usage(batch)
-        except BaseException:
-            for key_id, delta in batch.items():
-                self._delta(key_id).merge(delta)
-            if self._metrics is not None:
-                self._metrics.usage_flush_failures.inc()
-            raise
-        if self._metrics is not None:
+        for i, (day, batch) in enumerate(batches):
+            try:
+                await self._store.add_usage(batch, day)
+            except BaseException:
+                for unwritten_day, unwritten in batches[i:]:
+                    self._merge(unwritten_day, unwritten)
+                if self._metrics is not None:
+                    self._metrics.usage_flush_failures.inc()
+                raise
+        if batches and self._metrics is not None:
             self._metrics.usage_flush.observe(time.perf_counter() - started)
+        kept_since = _utc_day(now - self._history_days * 86400)[0]
+        if kept_since != self._kept_since:  # once a day (and at the first flush)
+            await self._store.drop_usage_before(kept_since)
+            self._kept_since = kept_since
 
     async def run(self, interval: float) -> None:
         """Flush every ``interval`` seconds until ``stop()``, then once more.

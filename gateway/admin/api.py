@@ -22,7 +22,14 @@ from starlette.routing import Route
 from gateway.accounting.metrics import Metrics
 from gateway.admin.openapi import OPENAPI
 from gateway.config import GatewayConfig
-from gateway.manage.documents import created_document, iso, key_document, usage_document, user_document
+from gateway.manage.documents import (
+    created_document,
+    daily_usage_document,
+    iso,
+    key_document,
+    usage_document,
+    user_document,
+)
 from gateway.manage.rules import InvalidField
 from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound, open_service
 from gateway.manage.transfer import decode_line
@@ -272,6 +279,21 @@ class AdminApi:
         report = await self.keys.import_lines(_body_lines(request), dry_run=dry_run, prefixes=prefixes)
         return JSONResponse(report.document(), 422 if report.error_count else 200)
 
+    async def key_usage(self, request: Request) -> Response:
+        return await self._daily_usage(request, {"key_id": request.path_params["key_id"]})
+
+    async def user_usage(self, request: Request) -> Response:
+        return await self._daily_usage(request, {"user_id": request.path_params["user_id"]})
+
+    async def _daily_usage(self, request: Request, owner: dict[str, str]) -> Response:
+        query = request.query_params
+        if query.get("granularity", "day") != "day":
+            raise BadRequest(422, "validation_failed", "granularity: only day is kept", "granularity")
+        first, last, days = await self.keys.daily_usage(
+            key_id=owner.get("key_id"), user_id=owner.get("user_id"), since=query.get("from"), until=query.get("to")
+        )
+        return JSONResponse(daily_usage_document(owner, first, last, days))
+
     async def usage(self, request: Request) -> Response:
         found = await self.keys.usage(request.query_params.get("user_id"))
         return JSONResponse({"items": [usage_document(u) for u in found]})
@@ -341,6 +363,8 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/keys/{{key_id}}/rotate", api.rotate_key, methods=["POST"]),
         Route(f"{API}/keys/{{key_id}}/rate-limits", api.set_rate_limits, methods=["PUT"]),
         Route(f"{API}/usage", api.usage, methods=["GET"]),
+        Route(f"{API}/keys/{{key_id}}/usage", api.key_usage, methods=["GET"]),
+        Route(f"{API}/users/{{user_id}}/usage", api.user_usage, methods=["GET"]),
         Route(f"{API}/import", api.import_, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, InvalidField)}

@@ -55,6 +55,13 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _PATH_USER = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_DAY = {"type": "string", "format": "date", "description": "a UTC day, YYYY-MM-DD"}
+_DAILY_QUERY = [
+    {"name": "from", "in": "query", "schema": _DAY, "description": "first day (default: 29 days before today)"},
+    {"name": "to", "in": "query", "schema": _DAY, "description": "last day (default: today, UTC)"},
+    {"name": "granularity", "in": "query", "schema": {"enum": ["day"]}},
+]
+_DAY_COUNTS = {name: {"type": "integer"} for name in ("requests", "rate_limited", "credits", "refused_credits")}
 _PATH_KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPENAPI: dict[str, Any] = {
@@ -165,6 +172,26 @@ OPENAPI: dict[str, Any] = {
                 "operationId": "usage",
                 "parameters": [{"name": "user_id", "in": "query", "schema": {"type": "string"}}],
                 "responses": {"200": _json(_ref("UsagePage"), "Usage summed per user"), **_errors(401, 404)},
+            }
+        },
+        "/admin/v1/keys/{key_id}/usage": {
+            "get": {
+                "operationId": "keyUsageByDay",
+                "parameters": [_PATH_KEY, *_DAILY_QUERY],
+                "responses": {
+                    "200": _json(_ref("DailyUsage"), "The key's usage per UTC day"),
+                    **_errors(401, 404, 422),
+                },
+            }
+        },
+        "/admin/v1/users/{user_id}/usage": {
+            "get": {
+                "operationId": "userUsageByDay",
+                "parameters": [_PATH_USER, *_DAILY_QUERY],
+                "responses": {
+                    "200": _json(_ref("DailyUsage"), "The user's usage per UTC day, all its keys together"),
+                    **_errors(401, 404, 422),
+                },
             }
         },
         "/admin/v1/import": {
@@ -338,6 +365,27 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "items": {"type": "array", "items": _ref("Key")},
                     "next_cursor": {"type": ["string", "null"]},
+                },
+            },
+            "DailyUsage": {
+                "type": "object",
+                "required": ["granularity", "from", "to", "days", "totals"],
+                "properties": {
+                    "key_id": {"type": "string"},
+                    "user_id": {"type": "string"},
+                    "granularity": {"enum": ["day"]},
+                    "from": _DAY,
+                    "to": _DAY,
+                    "days": {
+                        "description": "days with usage, oldest first (days without any are left out)",
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["day", *_DAY_COUNTS],
+                            "properties": {"day": _DAY, **_DAY_COUNTS},
+                        },
+                    },
+                    "totals": {"type": "object", "required": list(_DAY_COUNTS), "properties": _DAY_COUNTS},
                 },
             },
             "UsagePage": {

@@ -16,9 +16,11 @@ import click
 
 from gateway.cli.common import config_option, emit, json_option, load, table
 from gateway.manage.documents import (
+    DAILY_FIELDS,
     KEY_FIELDS,
     USAGE_FIELDS,
     created_document,
+    daily_usage_document,
     iso,
     key_document,
     usage_document,
@@ -274,13 +276,42 @@ def keys_rotate(ctx: click.Context, key_id: str, grace: float | None, as_json: b
 @click.command("usage")
 @config_option
 @click.option("--user", "user_id", default=None, help="Only this user.")
+@click.option("--key", "key_id", default=None, help="One key's usage per day (with --daily).")
+@click.option("--daily", is_flag=True, help="Per UTC day, of --key or --user.")
+@click.option("--from", "since", default=None, metavar="DATE", help="First day (with --daily)  [default: 29 days ago]")
+@click.option("--to", "until", default=None, metavar="DATE", help="Last day (with --daily)  [default: today]")
 @json_option
 @click.pass_context
-def usage(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
-    """Usage summed per user: requests, rate_limited, credits, last_used_at."""
-    found = run(ctx, lambda service: service.usage(user_id), hint=" (see `gateway users list`)")
-    documents = [usage_document(u) for u in found]
-    emit(as_json, documents, table(documents, USAGE_COLUMNS))
+def usage(
+    ctx: click.Context,
+    user_id: str | None,
+    key_id: str | None,
+    daily: bool,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Usage summed per user (requests, rate_limited, credits, last_used_at), or with --daily one
+    key's or one user's per UTC day."""
+    if not daily:
+        if key_id is not None or since is not None or until is not None:
+            raise click.UsageError("--key, --from and --to go with --daily")
+        found = run(ctx, lambda service: service.usage(user_id), hint=" (see `gateway users list`)")
+        documents = [usage_document(u) for u in found]
+        emit(as_json, documents, table(documents, USAGE_COLUMNS))
+        return
+    if (key_id is None) == (user_id is None):
+        raise click.UsageError("--daily needs either --key KEY_ID or --user USER_ID")
+    first, last, days = run(
+        ctx,
+        lambda service: service.daily_usage(key_id=key_id, user_id=user_id, since=since, until=until),
+        hint=" (see `gateway keys list` or `gateway users list`)",
+    )
+    owner = {"key_id": key_id} if key_id is not None else {"user_id": user_id or ""}
+    document = daily_usage_document(owner, first, last, days)
+    totals = ", ".join(f"{name} {value}" for name, value in document["totals"].items())
+    text = table(document["days"], DAILY_FIELDS) + f"\n{first} to {last}: {totals}"
+    emit(as_json, document, text)
 
 
 # --------------------------------------------------------------------------------------- db

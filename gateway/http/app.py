@@ -128,7 +128,12 @@ class GatewayApp:
         if shared is None:
             # Limits counted in this process alone: resume the windows the last run saved.
             limiter.restore(await store.load_windows(limiter.clock()))
-        usage = UsageRecorder(store, metrics=self.metrics, windows=limiter if shared is None else None)
+        usage = UsageRecorder(
+            store,
+            metrics=self.metrics,
+            windows=limiter if shared is None else None,
+            history_days=config.usage.history_days,
+        )
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
         publisher = asyncio.create_task(self.metrics.publish_forever())

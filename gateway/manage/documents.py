@@ -6,14 +6,28 @@ hash; a created key is the one document that holds the full key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.manage.rules import split_limits
 from gateway.manage.service import CreatedKey
-from gateway.store import ApiKey, User, UserUsage
+from gateway.store import ApiKey, DailyUsage, User, UserUsage
 
-__all__ = ["KEY_FIELDS", "USAGE_FIELDS", "created_document", "iso", "key_document", "usage_document", "user_document"]
+__all__ = [
+    "DAILY_FIELDS",
+    "KEY_FIELDS",
+    "USAGE_FIELDS",
+    "created_document",
+    "daily_usage_document",
+    "iso",
+    "key_document",
+    "usage_document",
+    "user_document",
+]
+
+# One day of usage history, in this order.
+DAILY_FIELDS = ("day", "requests", "rate_limited", "credits", "refused_credits")
 
 # What a stored key shows, in this order (key_document).
 KEY_FIELDS = (
@@ -106,3 +120,10 @@ def usage_document(usage: UserUsage) -> dict[str, Any]:
         "legacy_keys": usage.legacy_keys,
         "legacy_last_used_at": iso(usage.legacy_last_used_at),
     }
+
+
+def daily_usage_document(owner: dict[str, str], first: str, last: str, days: Sequence[DailyUsage]) -> dict[str, Any]:
+    """A key's or a user's usage per UTC day (days without usage left out), and the sums."""
+    rows = [{name: getattr(day, name) for name in DAILY_FIELDS} for day in days]
+    totals = {name: sum(row[name] for row in rows) for name in DAILY_FIELDS[1:]}
+    return owner | {"granularity": "day", "from": first, "to": last, "days": rows, "totals": totals}

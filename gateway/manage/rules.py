@@ -3,6 +3,7 @@ by ``gateway import`` (``transfer.py``), so that both refuse the same values in 
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Sequence
 
@@ -36,6 +37,16 @@ class InvalidField(ServiceError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def check_day(value: str, field: str) -> str:
+    """A UTC day as 'YYYY-MM-DD'."""
+    try:
+        if len(value) == 10:  # (fromisoformat also reads 20261201)
+            return datetime.date.fromisoformat(value).isoformat()
+    except ValueError:
+        pass
+    raise InvalidField("a day is written like 2026-12-01 (UTC)", field)
 
 
 def check_user_id(user_id: str) -> str:

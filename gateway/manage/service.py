@@ -21,13 +21,14 @@ from gateway.manage.rules import (
     MAX_DURATION,
     InvalidField,
     ServiceError,
+    check_day,
     check_limits,
     check_name,
     check_subscription,
     check_user_id,
 )
 from gateway.manage.transfer import ImportReport, run_import
-from gateway.store import ApiKey, KeyStore, StoreError, User, UserUsage, open_store
+from gateway.store import ApiKey, DailyUsage, KeyStore, StoreError, User, UserUsage, open_store
 
 T = TypeVar("T")
 
@@ -149,6 +150,29 @@ class ManagementService:
             await self.get_user(user_id)
         return await self.store.usage_by_user(user_id)
 
+    async def daily_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        user_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> tuple[str, str, Sequence[DailyUsage]]:
+        """Usage per UTC day of one key or one user (all its keys), from ``since`` to ``until``
+        (default: the 30 days up to today); days without usage are left out."""
+        if (key_id is None) == (user_id is None):
+            raise InvalidField("give a key or a user", "key_id")
+        if key_id is not None:
+            await self.get_key(key_id)
+        else:
+            assert user_id is not None
+            await self.get_user(user_id)
+        last = check_day(until, "to") if until is not None else _day(self._clock())
+        first = check_day(since, "from") if since is not None else _day(self._clock() - 29 * 86400)
+        if first > last:
+            raise InvalidField("the first day comes after the last", "from")
+        return first, last, await self.store.daily_usage(key_id=key_id, user_id=user_id, since=first, until=last)
+
     # ------------------------------------------------------------------------------- keys
 
     async def create_key(
@@ -253,3 +277,7 @@ async def open_service(
             await state.aclose()
     finally:
         await store.close()
+
+
+def _day(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

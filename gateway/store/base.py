@@ -28,6 +28,7 @@ __all__ = [
     "User",
     "UsageDelta",
     "UserUsage",
+    "DailyUsage",
     "WindowCount",
 ]
 
@@ -107,6 +108,36 @@ DROP_CLOSED_WINDOWS = "DELETE FROM rate_windows WHERE ends_at <= ?"
 LOAD_WINDOWS = "SELECT scope, owner, spec, hits, ends_at FROM rate_windows WHERE ends_at > ?"
 
 
+# Usage per day (both stores; "?" placeholders, numbered for PostgreSQL by its store).
+ADD_DAILY_USAGE = (
+    "INSERT INTO usage_daily (key_id, day, requests, rate_limited, credits, refused_credits)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, day) DO UPDATE SET"
+    " requests = usage_daily.requests + excluded.requests,"
+    " rate_limited = usage_daily.rate_limited + excluded.rate_limited,"
+    " credits = usage_daily.credits + excluded.credits,"
+    " refused_credits = usage_daily.refused_credits + excluded.refused_credits"
+)
+KEY_DAILY_USAGE = (
+    "SELECT day, requests, rate_limited, credits, refused_credits FROM usage_daily"
+    " WHERE key_id = ? AND day >= ? AND day <= ? ORDER BY day"
+)
+USER_DAILY_USAGE = (
+    "SELECT d.day, sum(d.requests), sum(d.rate_limited), sum(d.credits), sum(d.refused_credits)"
+    " FROM usage_daily d JOIN api_keys k ON k.id = d.key_id"
+    " WHERE k.user_id = ? AND d.day >= ? AND d.day <= ? GROUP BY d.day ORDER BY d.day"
+)
+DROP_USAGE_BEFORE = "DELETE FROM usage_daily WHERE day < ?"
+
+
+def daily_rows(deltas: Mapping[str, UsageDelta], day: str) -> list[tuple[Any, ...]]:
+    """ADD_DAILY_USAGE's rows for ``deltas``."""
+    return [(k, day, d.requests, d.rate_limited, d.credits, d.refused_credits) for k, d in deltas.items()]
+
+
+def daily_from_row(row: Sequence[Any]) -> DailyUsage:
+    return DailyUsage(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+
+
 # Usage summed per user (both stores; legacy is 0/1 in SQLite, a boolean in PostgreSQL).
 USAGE_BY_USER = (
     "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at),"
@@ -153,17 +184,20 @@ def key_from_row(row: Sequence[Any]) -> ApiKey:
 
 @dataclass(slots=True)
 class UsageDelta:
-    """Usage of one key since the last flush, added to its counters."""
+    """Usage of one key since the last flush, added to its counters and to its day's."""
 
     requests: int = 0
     rate_limited: int = 0
     credits: int = 0
     last_used_at: float | None = None
+    # Requests refused because the user's credits could not pay for them (the wallet).
+    refused_credits: int = 0
 
     def merge(self, other: UsageDelta) -> None:
         self.requests += other.requests
         self.rate_limited += other.rate_limited
         self.credits += other.credits
+        self.refused_credits += other.refused_credits
         if other.last_used_at is not None:
             self.last_used_at = max(self.last_used_at or 0.0, other.last_used_at)
 
@@ -177,6 +211,17 @@ class WindowCount:
     spec: str  # the limit, as "<amount>/<seconds>" ("100/60" for 100/minute)
     hits: int
     ends_at: float  # Unix time at which the window closes
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One UTC day of a key's usage, or of all a user's keys together."""
+
+    day: str  # 'YYYY-MM-DD'
+    requests: int
+    rate_limited: int
+    credits: int
+    refused_credits: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +289,20 @@ class KeyStore(Protocol):
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...
 
-    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
-        """Add each key's usage to its counters, in one transaction. Not a change: it leaves the
-        change counter alone, so caches stay warm."""
+    async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
+        """Add each key's usage to its counters and to its counts of ``day`` (UTC, 'YYYY-MM-DD'),
+        in one transaction. Not a change: it leaves the change counter alone, so caches stay warm."""
+        ...
+
+    async def daily_usage(
+        self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str
+    ) -> Sequence[DailyUsage]:
+        """Usage per day from ``since`` to ``until`` (inclusive, 'YYYY-MM-DD'), of one key or of
+        all the keys of one user; days without usage are left out."""
+        ...
+
+    async def drop_usage_before(self, day: str) -> None:
+        """Forget the days before ``day`` (usage.history_days); the lifetime counters keep them."""
         ...
 
     async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:

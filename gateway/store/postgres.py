@@ -15,20 +15,27 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.store.base import (
+    ADD_DAILY_USAGE,
     DROP_CLOSED_WINDOWS,
+    DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
+    KEY_DAILY_USAGE,
     LOAD_WINDOWS,
     SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
+    USER_DAILY_USAGE,
     ApiKey,
+    DailyUsage,
     StoreError,
     Subscription,
     UsageDelta,
     User,
     UserUsage,
     WindowCount,
+    daily_from_row,
+    daily_rows,
     found_from_row,
     key_from_row,
     key_row,
@@ -74,6 +81,10 @@ def _numbered(sql: str) -> str:
 _SAVE_WINDOW = _numbered(SAVE_WINDOW)
 _DROP_CLOSED_WINDOWS = _numbered(DROP_CLOSED_WINDOWS)
 _LOAD_WINDOWS = _numbered(LOAD_WINDOWS)
+_ADD_DAILY_USAGE = _numbered(ADD_DAILY_USAGE)
+_KEY_DAILY_USAGE = _numbered(KEY_DAILY_USAGE)
+_USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
+_DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
 
 
 def redact(url: str) -> str:
@@ -288,11 +299,21 @@ class PostgresStore:
         await self._write("UPDATE api_keys SET rate_limits = $1 WHERE id = $2", rate_limits, key_id)
         return await self.get_key(key_id)
 
-    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+    async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         # Increments, never totals: flushes from several replicas add up.
         rows = [(d.requests, d.rate_limited, d.credits, d.last_used_at, k) for k, d in deltas.items()]
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_ADD_USAGE, rows)
+            await connection.executemany(_ADD_DAILY_USAGE, daily_rows(deltas, day))
+
+    async def daily_usage(
+        self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str
+    ) -> Sequence[DailyUsage]:
+        sql, owner = (_KEY_DAILY_USAGE, key_id) if key_id is not None else (_USER_DAILY_USAGE, user_id)
+        return [daily_from_row(row) for row in await self._pool.fetch(sql, owner, since, until)]
+
+    async def drop_usage_before(self, day: str) -> None:
+        await self._pool.execute(_DROP_USAGE_BEFORE, day)
 
     async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:
         rows = [(w.scope, w.owner, w.spec, w.hits, w.ends_at) for w in windows]

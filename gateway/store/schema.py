@@ -64,6 +64,20 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             # rate_limits.per_user.
             "ALTER TABLE users ADD COLUMN rate_limits TEXT",
         ],
+        [
+            # Usage per key and UTC day ('YYYY-MM-DD'), written with the lifetime counters in the
+            # same transaction, so that a key's days add up to what it was counted here.
+            f"""CREATE TABLE usage_daily (
+                key_id TEXT NOT NULL,
+                day TEXT NOT NULL,
+                requests {big_integer} NOT NULL DEFAULT 0,
+                rate_limited {big_integer} NOT NULL DEFAULT 0,
+                credits {big_integer} NOT NULL DEFAULT 0,
+                refused_credits {big_integer} NOT NULL DEFAULT 0,
+                PRIMARY KEY (key_id, day)
+            )""",
+            "CREATE INDEX usage_daily_day ON usage_daily (day)",
+        ],
     ]
 
 

@@ -18,20 +18,27 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from gateway.store.base import (
+    ADD_DAILY_USAGE,
     DROP_CLOSED_WINDOWS,
+    DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
+    KEY_DAILY_USAGE,
     LOAD_WINDOWS,
     SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
+    USER_DAILY_USAGE,
     ApiKey,
+    DailyUsage,
     StoreError,
     Subscription,
     UsageDelta,
     User,
     UserUsage,
     WindowCount,
+    daily_from_row,
+    daily_rows,
     found_from_row,
     key_from_row,
     key_row,
@@ -279,11 +286,11 @@ class SQLiteStore:
         await self._write("UPDATE api_keys SET rate_limits = ? WHERE id = ?", (rate_limits, key_id))
         return await self.get_key(key_id)
 
-    async def add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+    async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         async with self._writing:
-            await self._add_usage(deltas)
+            await self._add_usage(deltas, day)
 
-    async def _add_usage(self, deltas: Mapping[str, UsageDelta]) -> None:
+    async def _add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         rows = [
             {
                 "requests": d.requests,
@@ -297,10 +304,21 @@ class SQLiteStore:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany(_ADD_USAGE, rows)
+            await self._db.executemany(ADD_DAILY_USAGE, daily_rows(deltas, day))
             await self._db.execute("COMMIT")
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
+
+    async def daily_usage(
+        self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str
+    ) -> Sequence[DailyUsage]:
+        sql, owner = (KEY_DAILY_USAGE, key_id) if key_id is not None else (USER_DAILY_USAGE, user_id)
+        return [daily_from_row(row) for row in await self._all(sql, (owner, since, until))]
+
+    async def drop_usage_before(self, day: str) -> None:
+        async with self._writing:
+            await self._db.execute(DROP_USAGE_BEFORE, (day,))
 
     async def save_windows(self, windows: Sequence[WindowCount], now: float) -> None:
         rows = [(w.scope, w.owner, w.spec, w.hits, w.ends_at) for w in windows]
