@@ -94,6 +94,24 @@ class CorsConfig:
 
 
 RateLimitHeaders = Literal["x-ratelimit", "ietf", "both", "none"]
+LimitMode = Literal["enforce", "observe"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimit:
+    """Limits on one route only (a method, or "*", and a path: exact, or a prefix ending in "*"),
+    per key and per user, on top of the general ones."""
+
+    method: str
+    path: str
+    per_key: tuple[RateLimitItem, ...] = ()
+    per_user: tuple[RateLimitItem, ...] = ()
+    # observe: counted and reported (metric, access log), never refusing.
+    mode: LimitMode = "enforce"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,9 @@ class RateLimitsConfig:
     # Every user's limits over all its keys together, unless it has its own (none: no user limits).
     per_user: tuple[RateLimitItem, ...] = ()
     headers: RateLimitHeaders = "x-ratelimit"
+    routes: tuple[RouteLimit, ...] = ()
+    # The general limits only observed: "key" (every key's), "user" (every user's).
+    observe: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +346,8 @@ def _redis_url(value: object) -> str | None:
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+_ROUTE_FIELDS = {"method", "path", "per_key", "per_user", "mode"}
+LIMIT_MODES = ("enforce", "observe")
 
 
 def _header_name(value: object) -> str:
@@ -403,6 +426,35 @@ def _credit_rules(value: object) -> tuple[CreditRule, ...]:
     return tuple(rules)
 
 
+def _route_limits(value: object) -> tuple[RouteLimit, ...]:
+    expected = (
+        "a list of {method, path, per_key?, per_user?, mode?} such as"
+        ' [{method: POST, path: /api/v1/mockups/generate, per_key: ["10/minute"]}]'
+    )
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    routes = []
+    for route in value:
+        if not isinstance(route, dict) or not {"method", "path"} <= set(route) <= _ROUTE_FIELDS:
+            raise ValueError(expected)
+        method, path, mode = route["method"], route["path"], route.get("mode", "enforce")
+        valid_method = isinstance(method, str) and (method == "*" or _TOKEN.match(method))
+        if not valid_method or not isinstance(path, str) or not path.startswith("/") or mode not in LIMIT_MODES:
+            raise ValueError(expected)
+        per_key = _rate_limits_or_none(route.get("per_key"))
+        per_user = _rate_limits_or_none(route.get("per_user"))
+        if not per_key and not per_user:
+            raise ValueError(expected + " (each with per_key or per_user)")
+        routes.append(RouteLimit(method.upper(), path, per_key, per_user, mode))
+    return tuple(routes)
+
+
+def _observed(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not set(value) <= {"key", "user"}:
+        raise ValueError('a list of the limits only observed: [], ["key"], ["user"] or ["key", "user"]')
+    return tuple(value)
+
+
 def _networks(value: object) -> tuple[IPNetwork, ...]:
     expected = "a list of IP addresses or networks, such as [10.0.0.0/8, 192.168.1.7]"
     if not isinstance(value, list):
@@ -450,6 +502,8 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "cors.deny_prefixes": _path_prefixes,
     "rate_limits.default": _rate_limits,
     "rate_limits.per_user": _rate_limits_or_none,
+    "rate_limits.routes": _route_limits,
+    "rate_limits.observe": _observed,
     "auth_failures.limit": _optional_limit,
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,

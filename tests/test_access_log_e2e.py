@@ -24,6 +24,7 @@ FIELDS = [
     "upstream_ms",
     "key_id",
     "user_id",
+    "observed",
 ]
 
 

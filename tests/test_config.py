@@ -161,6 +161,24 @@ def test_custom_profile_from_the_file(tmp_path: Path) -> None:
         ),
         pytest.param({"limits": {"max_body_bytes": "huge"}}, "limits.max_body_bytes: expected a size", id="bad-size"),
         pytest.param(
+            {"rate_limits": {"routes": [{"method": "POST", "path": "/x"}]}},
+            "rate_limits.routes: expected a list of {method, path, per_key?, per_user?, mode?}",
+            id="route-without-limits",
+        ),
+        pytest.param(
+            {"rate_limits": {"routes": [{"method": "POST", "path": "/x", "per_key": ["1/minute"], "mode": "try"}]}},
+            "rate_limits.routes: expected a list of {method, path",
+            id="route-bad-mode",
+        ),
+        pytest.param(
+            {"rate_limits": {"observe": ["everything"]}},
+            "rate_limits.observe: expected a list of the limits",
+            id="observe",
+        ),
+        pytest.param(
+            {"rate_limits": {"per_user": ["lots"]}}, "rate_limits.per_user: expected a list of limits", id="per-user"
+        ),
+        pytest.param(
             {"proxy": {"trusted_peers": ["not-an-ip"]}}, "proxy.trusted_peers: expected a list of IP", id="bad-peer"
         ),
         pytest.param({"store": {"url": "mysql://x"}}, "store.url: expected sqlite:///relative/path.db", id="bad-store"),

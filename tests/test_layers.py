@@ -83,6 +83,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "gateway",
         "gateway.units",
+        "gateway.routes",
         "gateway.errors",
         "gateway.types",
         "gateway.profiles",

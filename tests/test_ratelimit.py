@@ -8,9 +8,15 @@ import pytest
 
 from gateway.config import RateLimitHeaders
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.ratelimit.limiter import KEY, USER, Charge, Limiter
+from gateway.ratelimit.limiter import KEY, USER, Charge, Decision, Limiter, Window
 from gateway.units import parse_limits
 from tests.fakes import Clock
+
+
+def shown(decision: Decision) -> Window:
+    """The window a decision's headers describe (there is one unless every limit is only observed)."""
+    assert decision.shown is not None
+    return decision.shown
 
 
 @pytest.fixture
@@ -27,7 +33,7 @@ async def test_fixed_window_opens_at_the_first_request(limiter: Limiter, clock: 
     clock.now = 1_700_000_059.9
     denied = limiter.hit(*key)
     assert not denied.allowed
-    assert limiter.retry_after(denied.shown) == 1
+    assert limiter.retry_after(shown(denied)) == 1
     clock.now = 1_700_000_060.0
     assert (limiter.hit(*key)).allowed
 
@@ -41,8 +47,8 @@ async def test_a_denied_request_is_charged_to_no_window(limiter: Limiter, clock:
     results = [limiter.hit(*key) for _ in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
     denied = results[-1]
-    assert denied.shown.item.get_expiry() == 86400  # the day denied it
-    assert limiter.retry_after(denied.shown) == 86400 - 60
+    assert shown(denied).item.get_expiry() == 86400  # the day denied it
+    assert limiter.retry_after(shown(denied)) == 86400 - 60
 
 
 async def test_exact_under_concurrency(limiter: Limiter) -> None:
@@ -58,8 +64,8 @@ async def test_exact_under_concurrency(limiter: Limiter) -> None:
 async def test_the_window_shown(limiter: Limiter, clock: Clock) -> None:
     key = ("key_d", parse_limits("3/minute;10/day"))
     first = limiter.hit(*key)
-    assert first.shown.item.get_expiry() == 60 and first.shown.remaining == 2  # fewest remaining
-    assert limiter.hit("key_e", parse_limits("5/minute;5/day")).shown.item.get_expiry() == 86400  # a tie
+    assert shown(first).item.get_expiry() == 60 and shown(first).remaining == 2  # fewest remaining
+    assert shown(limiter.hit("key_e", parse_limits("5/minute;5/day"))).item.get_expiry() == 86400  # a tie
 
 
 async def test_memory_follows_active_keys(limiter: Limiter, clock: Clock) -> None:
@@ -145,8 +151,8 @@ def test_saved_windows_resume_where_they_were(clock: Clock) -> None:
     second.restore(saved)
     denied = second.hit("key_a", limits)
     assert not denied.allowed
-    assert denied.shown.item.get_expiry() == 86400
-    assert second.retry_after(denied.shown) == 86400 - 61
+    assert shown(denied).item.get_expiry() == 86400
+    assert second.retry_after(shown(denied)) == 86400 - 61
     after_b = second.hit("key_b", limits)
     assert after_b.allowed and [w.remaining for w in after_b.windows] == [99, 1]
     assert second.hit("key_c", limits).allowed  # a key with nothing saved starts afresh
@@ -179,7 +185,7 @@ def test_a_users_keys_share_its_window(limiter: Limiter) -> None:
 
     assert [hit("key_a") for _ in range(3)] + [hit("key_b") for _ in range(3)] == [True] * 5 + [False]
     denied = limiter.hit_all((Charge(KEY, "key_c", per_key), Charge(USER, "alice", per_user)))
-    assert not denied.allowed and (denied.shown.scope, denied.shown.item.amount) == (USER, 5)
+    assert not denied.allowed and (shown(denied).scope, shown(denied).item.amount) == (USER, 5)
     # Denied by the user's window, charged to none: key_c's own window is untouched.
     assert [w.remaining for w in denied.windows if w.scope == KEY] == [3]
     # Another user's keys are not counted with alice's.
@@ -190,7 +196,7 @@ def test_the_shown_window_is_the_closest_to_refusing_whatever_its_scope(limiter:
     decision = limiter.hit_all(
         (Charge(KEY, "key_a", parse_limits("100/minute")), Charge(USER, "alice", parse_limits("2/minute")))
     )
-    assert (decision.shown.scope, decision.shown.remaining) == (USER, 1)
+    assert (shown(decision).scope, shown(decision).remaining) == (USER, 1)
 
 
 def test_a_users_saved_windows_resume_too(clock: Clock) -> None:
@@ -202,4 +208,30 @@ def test_a_users_saved_windows_resume_too(clock: Clock) -> None:
     second = Limiter(clock=clock)
     second.restore(saved)
     denied = second.hit_all(limits)
-    assert not denied.allowed and denied.shown.scope == USER
+    assert not denied.allowed and shown(denied).scope == USER
+
+
+def test_an_observed_limit_counts_and_reports_but_never_refuses(limiter: Limiter) -> None:
+    charges = (Charge(KEY, "key_a", parse_limits("100/minute")), Charge(USER, "alice", parse_limits("2/minute"), True))
+    decisions = [limiter.hit_all(charges) for _ in range(4)]
+    assert all(d.allowed for d in decisions)
+    assert [len(d.observed) for d in decisions] == [0, 0, 1, 1]  # what 2/minute would have refused
+    assert decisions[2].observed[0].scope == USER and decisions[2].observed[0].item.amount == 2
+    # Never shown to the client: the headers describe the enforced windows only.
+    assert {w.scope for d in decisions for w in d.windows} == {KEY}
+    assert shown(decisions[-1]).remaining == 96
+    # Every limit only observed: nothing to show, nothing refused.
+    alone = limiter.hit_all((Charge(KEY, "key_b", parse_limits("1/minute"), True),))
+    again = limiter.hit_all((Charge(KEY, "key_b", parse_limits("1/minute"), True),))
+    assert alone.shown is None and again.allowed and len(again.observed) == 1
+
+
+def test_a_route_window_is_apart_from_the_general_ones(limiter: Limiter) -> None:
+    general, route = parse_limits("10/minute"), parse_limits("2/minute")
+    on_route = (Charge(KEY, "key_a", general), Charge("key:POST /generate", "key_a", route))
+    assert [limiter.hit_all(on_route).allowed for _ in range(3)] == [True, True, False]
+    denied = limiter.hit_all(on_route)
+    assert shown(denied).scope == "key:POST /generate"
+    # Off the route the key has its general window, charged only by the two that passed.
+    elsewhere = limiter.hit("key_a", general)
+    assert elsewhere.allowed and shown(elsewhere).remaining == 7

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, ServerProcess, cli_json as cli
+from tests.servers import GatewayProcess, ServerProcess, cli_json as cli, samples
 
 
 def new_key(gateway: GatewayProcess, *extra: str) -> str:
@@ -207,6 +207,54 @@ def test_usage_and_credits_survive_a_sigterm(gateway_factory: GatewayFactory) ->
             "legacy_last_used_at": None,
         }
     ]
+
+
+GENERATE = "/api/v1/mockups/generate"
+ORDER = {"template_id": "tpl_mug", "artwork_url": "https://example.com/a.png"}
+
+
+def generate(gateway: GatewayProcess, key: str) -> httpx.Response:
+    return httpx.post(gateway.url + GENERATE, headers={"Authorization": f"Bearer {key}"}, json=ORDER)
+
+
+def test_a_route_limit_leaves_other_routes_alone(gateway_factory: GatewayFactory) -> None:
+    route = {"method": "POST", "path": GENERATE, "per_key": ["2/minute"], "per_user": ["3/minute"]}
+    server = gateway_factory(
+        {"rate_limits": {"default": ["100/minute"], "routes": [route]}, "errors": {"profile": "mockupanda"}}
+    )
+    other = new_key(server)
+    assert [generate(server, server.key).status_code for _ in range(3)] == [201, 201, 429]
+    denied = generate(server, server.key)
+    assert denied.json()["details"]["scope"] == f"key:POST {GENERATE}" and denied.json()["details"]["limit"] == 2
+    assert denied.headers["x-ratelimit-limit"] == "2"
+    # The user's route window (3) lets the other key through once, then refuses it too.
+    assert [generate(server, other).status_code for _ in range(2)] == [201, 429]
+    assert generate(server, other).json()["details"]["scope"] == f"user:POST {GENERATE}"
+    # Other routes, and the same path with another method, count only against the general limits.
+    assert [get(server, server.key).status_code for _ in range(5)] == [200] * 5
+    assert get(server, server.key, GENERATE).status_code == 404  # the stub's own answer to GET: not 429
+    # A dot segment does not dodge the route (matched as credits.rules are).
+    dodge = httpx.post(
+        server.url + "/api/v1/mockups/./generate", headers={"Authorization": f"Bearer {server.key}"}, json=ORDER
+    )
+    assert dodge.status_code == 429
+
+
+def test_observe_mode_forwards_everything_and_counts_what_it_would_refuse(gateway_factory: GatewayFactory) -> None:
+    route = {"method": "POST", "path": GENERATE, "per_key": ["2/minute"], "mode": "observe"}
+    server = gateway_factory(
+        {"rate_limits": {"default": ["100/minute"], "per_user": ["3/minute"], "observe": ["user"], "routes": [route]}},
+        admin=True,
+    )
+    answers = [generate(server, server.key) for _ in range(5)]
+    assert [a.status_code for a in answers] == [201] * 5  # nothing refused
+    # Observed limits are never shown to the client: the headers describe the key's 100/minute.
+    assert answers[-1].headers["x-ratelimit-limit"] == "100" and answers[-1].headers["x-ratelimit-remaining"] == "95"
+    observed = [server.access_entry(a.headers["x-request-id"])["observed"] for a in answers]
+    assert observed[:2] == [None, None]
+    assert observed[2] == f"key:POST {GENERATE} 2/60s"  # the route's 2/minute would have refused the 3rd
+    assert all(o is not None for o in observed[2:])
+    assert samples(server)[("gateway_rate_limit_observed_total", ())] == 3
 
 
 def test_usage_per_day_from_the_cli_and_the_admin_api(gateway_factory: GatewayFactory) -> None:

@@ -8,10 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.ratelimit.limiter import KEY, USER, Charge
+from gateway.ratelimit.limiter import KEY, USER, Charge, Decision, Window
 from gateway.ratelimit.redis_state import EPOCH_KEY, RedisState
 from gateway.units import parse_limits
 from tests.services import machine_redis_url
+
+
+def shown(decision: Decision) -> Window:
+    """The window a decision's headers describe (there is one unless every limit is only observed)."""
+    assert decision.shown is not None
+    return decision.shown
 
 
 @pytest.fixture
@@ -35,8 +41,8 @@ async def test_a_request_denied_by_one_window_is_charged_to_none(state: RedisSta
     assert [d.allowed for d in answers] == [True, True, True, False]
     # The hour window denied the fourth: the minute window still counts three, not four.
     assert [w.remaining for w in answers[-1].windows] == [2, 0]
-    assert answers[-1].shown.item.GRANULARITY.name == "hour"
-    assert 3590 < answers[-1].shown.reset_at - state.clock() <= 3600
+    assert shown(answers[-1]).item.GRANULARITY.name == "hour"
+    assert 3590 < shown(answers[-1]).reset_at - state.clock() <= 3600
 
 
 async def test_the_epoch_moves_with_every_change_and_never_comes_back(state: RedisState) -> None:
@@ -59,10 +65,21 @@ async def test_a_users_window_counts_every_key_and_is_apart_from_theirs(state: R
     decisions = await asyncio.gather(*(state.hit_all(c) for c in charges))
     assert sum(decision.allowed for decision, _ in decisions) == 10
     denied = [decision for decision, _ in decisions if not decision.allowed]
-    assert {decision.shown.scope for decision in denied} <= {KEY, USER} and any(d.shown.scope == USER for d in denied)
+    assert {shown(decision).scope for decision in denied} <= {KEY, USER} and any(shown(d).scope == USER for d in denied)
     # Charged to none when denied: each key counted exactly its share of the user's 10.
     counts = []
     for i in range(3):
         probe, _ = await state.hit(f"key_u{i}", per_key)  # one more on the key alone: its count shows
         counts.append(4 - probe.windows[0].remaining - 1 if probe.allowed else 4)
     assert sum(counts) == 10
+
+
+async def test_an_observed_window_never_refuses_in_redis_either(state: RedisState) -> None:
+    charges = (
+        Charge(KEY, "key_obs", parse_limits("100/minute")),
+        Charge(USER, "obs-user", parse_limits("3/minute"), True),
+    )
+    decisions = [decision for decision, _ in await asyncio.gather(*(state.hit_all(charges) for _ in range(10)))]
+    assert all(d.allowed for d in decisions)
+    assert sum(len(d.observed) for d in decisions) == 7  # exactly what 3/minute would have refused
+    assert all(w.scope == KEY for d in decisions for w in d.windows)

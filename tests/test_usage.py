@@ -4,9 +4,10 @@ import random
 
 import pytest
 
-from gateway.accounting.usage import CreditRules, UsageRecorder, normalized_path
+from gateway.accounting.usage import CreditRules, UsageRecorder
 from gateway.config import CreditRule
 from gateway.manage.service import ManagementService
+from gateway.routes import normalized_path
 from gateway.store import KeyStore
 from tests.fakes import Clock
 

@@ -71,6 +71,7 @@ class AccessLog:
         upstream: float | None,
         key_id: str | None,
         user_id: str | None,
+        observed: str | None = None,
     ) -> None:
         batch = self._batch
         if self._queued_lines - self._written_lines + len(batch) >= MAX_PENDING:
@@ -86,7 +87,7 @@ class AccessLog:
             f'{{"ts":"{self._second_text}.{int((now - second) * 1000):03d}Z","request_id":"{request_id}",'
             f'"method":{_escape(method)},"path":{_escape(raw_path.decode("latin-1"))},"status":{status},'
             f'"outcome":"{outcome}","duration_ms":{duration * 1000:.3f},"upstream_ms":{upstream_ms},'
-            f'"key_id":{_optional(key_id)},"user_id":{_optional(user_id)}}}\n'
+            f'"key_id":{_optional(key_id)},"user_id":{_optional(user_id)},"observed":{_optional(observed)}}}\n'
         )
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -93,6 +93,7 @@ class Metrics:
         self.usage_flush_failures = LoopCounter()
         self.admin_auth_failures = LoopCounter()
         self.redis_failures = LoopCounter()
+        self.rate_limit_observed = LoopCounter()
         self.redis_degraded = LoopCounter()  # a gauge: 1 while degraded
         self._slots, self._slot = slots, slot
         if slots is not None:
@@ -126,6 +127,7 @@ class Metrics:
             self.usage_flush_failures.value,
             self.admin_auth_failures.value,
             self.redis_failures.value,
+            self.rate_limit_observed.value,
             self.redis_degraded.value,
             tasks,
         ]
@@ -141,7 +143,12 @@ class Metrics:
             histogram.counts = [int(next(it)) for _ in histogram.counts]
             histogram.total = next(it)
         self.cache_hits, self.cache_misses = int(next(it)), int(next(it))
-        for counter in (self.usage_flush_failures, self.admin_auth_failures, self.redis_failures):
+        for counter in (
+            self.usage_flush_failures,
+            self.admin_auth_failures,
+            self.redis_failures,
+            self.rate_limit_observed,
+        ):
             counter.value = next(it)
 
     def totals(self) -> list[float]:
@@ -237,6 +244,10 @@ class _Collector(Collector):
             ("gateway_usage_flush_failures", "Failed writes of usage counters (kept for the next)."),
             ("gateway_admin_auth_failures", "Admin requests with a missing or wrong token."),
             ("gateway_redis_failures", "Times Redis stopped answering (each starts a degraded spell)."),
+            (
+                "gateway_rate_limit_observed",
+                "Requests that a limit in observe mode would have refused (forwarded all the same).",
+            ),
         ):
             yield CounterMetricFamily(name, documentation, value=take(1)[0])
         yield GaugeMetricFamily(

@@ -7,30 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import posixpath
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.accounting.metrics import Metrics
 from gateway.config import CreditRule
+from gateway.routes import matches, normalized_path
 from gateway.store import KeyStore, UsageDelta, WindowCount
 
-__all__ = ["CreditRules", "UsageRecorder", "WindowSource", "normalized_path"]
+__all__ = ["CreditRules", "UsageRecorder", "WindowSource"]
 
 logger = logging.getLogger("gateway.error")
-
-
-def normalized_path(path: str) -> str:
-    """``path`` with dot segments resolved and repeated slashes collapsed; a trailing slash kept."""
-    if "/." not in path and "//" not in path:
-        return path
-    resolved = posixpath.normpath(path)
-    if resolved.startswith("//"):  # normpath keeps exactly two leading slashes (POSIX)
-        resolved = "/" + resolved.lstrip("/")
-    if path.endswith("/") and resolved != "/":
-        resolved += "/"
-    return resolved
 
 
 class CreditRules:
@@ -43,12 +31,7 @@ class CreditRules:
             return 0
         path = normalized_path(path)
         for rule in self._rules:
-            if rule.method != "*" and rule.method != method:
-                continue
-            if rule.path.endswith("*"):
-                if path.startswith(rule.path[:-1]):
-                    return rule.cost
-            elif path == rule.path:
+            if matches(rule, method, path):
                 return rule.cost
         return 0
 

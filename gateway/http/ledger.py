@@ -13,7 +13,7 @@ __all__ = ["Exchange", "Ledger"]
 class Exchange:
     """What became of one request, for the metrics and the access log."""
 
-    __slots__ = ("key_id", "outcome", "request_id", "status", "unread", "upstream", "user_id")
+    __slots__ = ("key_id", "observed", "outcome", "request_id", "status", "unread", "upstream", "user_id")
 
     def __init__(self) -> None:
         self.request_id = b""
@@ -26,6 +26,8 @@ class Exchange:
         self.user_id: str | None = None
         # The client may still be sending this request: an answer now closes the connection.
         self.unread = False
+        # The limit in observe mode that would have refused it ("user 100/60s"), if any.
+        self.observed: str | None = None
 
 
 class Ledger:
@@ -56,6 +58,7 @@ class Ledger:
                 upstream=upstream,
                 key_id=exchange.key_id,
                 user_id=exchange.user_id,
+                observed=exchange.observed,
             )
 
     def refusal(self, request_id: bytes, method: str, raw_path: bytes, status: int, outcome: str) -> None:

@@ -32,8 +32,9 @@ from gateway.http.headers import ForwardedRequest, RequestHeaderRules, response_
 from gateway.http.ledger import Exchange, Ledger
 from gateway.http.request_body import BufferedBody, ClientDisconnected, read_body
 from gateway.http.request_id import HEADER as REQUEST_ID
+from gateway.ratelimit.charges import ChargePlan
 from gateway.ratelimit.headers import RateLimitHeaderWriter
-from gateway.ratelimit.limiter import KEY, USER, Charge, Decision, Limiter
+from gateway.ratelimit.limiter import Charge, Decision, Limiter
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
 
@@ -98,9 +99,12 @@ class _InFlight:
             del self._counts[holder]
 
 
-def _charges(identity: Identity) -> tuple[Charge, ...]:
-    """The windows a request is charged to: its key's, and its user's over all its keys."""
-    return (Charge(KEY, identity.key_id, identity.limits), Charge(USER, identity.user_id, identity.user_limits))
+async def _shared_hit(
+    shared: SharedLimiter, identity: Identity, charges: tuple[Charge, ...] | None
+) -> tuple[Decision, bytes | None]:
+    if charges is None:
+        return await shared.hit(identity.key_id, identity.limits)
+    return await shared.hit_all(charges)
 
 
 def _answers(response: UpstreamResponse, request_id: bytes) -> bool:
@@ -157,6 +161,7 @@ class Proxy:
         self._failures = _FailureLog()
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
+        self._plan = ChargePlan(config.rate_limits)
         self._credits = CreditRules(config.credits.rules)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -209,7 +214,9 @@ class Proxy:
         exchange.unread = bool(forwarded.content_length)
         try:
             self._refuse_unforwardable(scope, exchange)
-            identity, decision = await self._authenticate(forwarded, exchange)
+            identity, decision = await self._authenticate(forwarded, exchange, scope)
+            if decision.observed:
+                self._note_observed(decision, exchange)
             answer_headers = self._rate_headers.headers(decision, self._limiter.clock())
             answer_headers.append(request_id)
             self._enforce_limits(identity, decision, forwarded.content_length)
@@ -240,36 +247,41 @@ class Proxy:
             exchange.unread = True
             raise BadRequest("the request target is not a path")
 
-    async def _authenticate(self, forwarded: ForwardedRequest, exchange: Exchange) -> tuple[Identity, Decision]:
+    async def _authenticate(
+        self, forwarded: ForwardedRequest, exchange: Exchange, scope: Scope
+    ) -> tuple[Identity, Decision]:
         """Who is calling, and their rate limits charged (an unauthenticated upload is never read)."""
         verifier = self._verifier
         identity = await verifier.verify(forwarded.authorization, forwarded.client_address)
         exchange.key_id, exchange.user_id = identity.key_id, identity.user_id
+        charges = self._plan.charges(identity, scope["method"], scope["path"])
         shared = self._shared_limiter
         if shared is None:
-            if identity.user_limits:
-                return identity, self._limiter.hit_all(_charges(identity))
-            return identity, self._limiter.hit(identity.key_id, identity.limits)
-        decision, epoch = await self._shared_hit(shared, identity)
+            if charges is None:
+                return identity, self._limiter.hit(identity.key_id, identity.limits)
+            return identity, self._limiter.hit_all(charges)
+        decision, epoch = await _shared_hit(shared, identity, charges)
         if epoch is not None and verifier.note_epoch(epoch):
             # Something was written since this process last looked (a revocation on another
             # replica, say): the cached verdict may be stale; check afresh.
             checked = await verifier.verify(forwarded.authorization, forwarded.client_address)
             if checked.limits != identity.limits or checked.user_limits != identity.user_limits:
-                decision, _ = await self._shared_hit(shared, checked)
+                charges = self._plan.charges(checked, scope["method"], scope["path"])
+                decision, _ = await _shared_hit(shared, checked, charges)
             identity = checked
         return identity, decision
 
-    @staticmethod
-    async def _shared_hit(shared: SharedLimiter, identity: Identity) -> tuple[Decision, bytes | None]:
-        if identity.user_limits:
-            return await shared.hit_all(_charges(identity))
-        return await shared.hit(identity.key_id, identity.limits)
+    def _note_observed(self, decision: Decision, exchange: Exchange) -> None:
+        """A limit in observe mode would have refused this request: counted, and named in the log."""
+        self._ledger.metrics.rate_limit_observed.inc()
+        window = decision.observed[0]
+        exchange.observed = f"{window.scope} {window.item.amount}/{window.item.get_expiry()}s"
 
     def _enforce_limits(self, identity: Identity, decision: Decision, length: int | None) -> None:
         if not decision.allowed:
             self._usage.rate_limited(identity.key_id)
             window = decision.shown
+            assert window is not None  # a refusal comes from an enforced window
             raise RateLimited(
                 limit=window.item.amount,
                 window=f"{window.item.get_expiry()}s",

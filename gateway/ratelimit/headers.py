@@ -33,8 +33,10 @@ class RateLimitHeaderWriter:
 
     def headers(self, decision: Decision, now: float) -> Headers:
         headers: Headers = []
+        shown = decision.shown
+        if shown is None:
+            return headers  # every limit only observed: nothing a client is held to
         if self._legacy:
-            shown = decision.shown
             headers += [
                 (b"x-ratelimit-limit", str(shown.item.amount).encode()),
                 (b"x-ratelimit-remaining", str(shown.remaining).encode()),

@@ -34,17 +34,24 @@ class Window(NamedTuple):
 class Decision(NamedTuple):
     allowed: bool
     # The window the headers describe: the one that denied the request, or the one closest to
-    # running out (fewest remaining; on a tie, the one that resets later).
-    shown: Window
+    # running out (fewest remaining; on a tie, the one that resets later). None when every limit
+    # is only observed.
+    shown: Window | None
+    # The enforced windows (observed ones are never shown to clients).
     windows: tuple[Window, ...]
+    # Observed windows that would have refused this request (it was not refused).
+    observed: tuple[Window, ...] = ()
 
 
 class Charge(NamedTuple):
-    """One owner's windows that a request is charged to: (scope, the key's or user's id, limits)."""
+    """One owner's windows that a request is charged to: the scope ("key", "user", or a route's,
+    "key:POST /api/v1/mockups/generate"), the key's or user's id, the limits, and whether they are
+    only observed (counted, never refusing)."""
 
     scope: str
     owner: str
     limits: Limits
+    observe: bool = False
 
 
 class _Windows:
@@ -110,13 +117,16 @@ class Limiter:
         return Decision(allowed, choose_shown(allowed, windows), windows)
 
     def hit_all(self, charges: Sequence[Charge]) -> Decision:
-        """Charge one request to every window of every owner, or to none if any is full: all are
-        tested, then all are charged, in one synchronous step (exact under any concurrency)."""
+        """Charge one request to every window of every owner, or to none if any enforced one is
+        full: all are tested, then all are charged, in one synchronous step (exact under any
+        concurrency). An observed window never refuses; once full it counts no further, and each
+        request it would have refused is reported in ``Decision.observed``."""
         now = self.clock()
         states = []
         allowed = True
-        for scope, owner, limits in charges:
-            state = self._records[scope].get(owner)
+        for scope, owner, limits, observe in charges:
+            records = self._records.get(scope)
+            state = records.get(owner) if records is not None else None
             if state is None or (state.limits is not limits and state.limits != limits):
                 state = self._new_state(scope, owner, limits, now)
             states.append(state)
@@ -124,23 +134,27 @@ class Limiter:
             for i, amount in enumerate(state.amounts):
                 if ends[i] <= now:
                     counts[i] = 0
-                elif counts[i] >= amount:
+                elif counts[i] >= amount and not observe:
                     allowed = False
         windows: list[Window] = []
-        for (scope, owner, limits), state in zip(charges, states, strict=True):
-            counts, ends = state.counts, state.ends
-            if allowed:
-                for i, length in enumerate(state.lengths):
+        observed: list[Window] = []
+        for (scope, owner, limits, observe), state in zip(charges, states, strict=True):
+            amounts, counts, ends = state.amounts, state.counts, state.ends
+            for i, item in enumerate(limits):
+                if observe and counts[i] >= amounts[i]:
+                    if allowed:
+                        observed.append(Window(item, 0, ends[i], scope))
+                    continue
+                if allowed:
                     if counts[i] == 0:
-                        ends[i] = now + length
+                        ends[i] = now + state.lengths[i]
                     counts[i] += 1
-                self._changed[scope].add(owner)
-            windows += [
-                Window(item, state.amounts[i] - counts[i], ends[i] if counts[i] else now, scope)
-                for i, item in enumerate(limits)
-            ]
+                if not observe:
+                    windows.append(Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now, scope))
+            if allowed:
+                self._changed.setdefault(scope, set()).add(owner)
         shown = tuple(windows)
-        return Decision(allowed, choose_shown(allowed, shown), shown)
+        return Decision(allowed, choose_shown(allowed, shown) if shown else None, shown, tuple(observed))
 
     def retry_after(self, window: Window) -> int:
         """Whole seconds until ``window`` closes, rounded up, at least 1."""
@@ -158,7 +172,7 @@ class Limiter:
                 tuple(item.get_expiry() for item in limits),
                 tuple(f"{item.amount}/{item.get_expiry()}" for item in limits),
             )
-        state = self._records[scope][owner] = _Windows(limits, shape)
+        state = self._records.setdefault(scope, {})[owner] = _Windows(limits, shape)
         restored = self._restored.get(scope)
         saved = restored.pop(owner, None) if restored else None
         if saved:
@@ -173,7 +187,7 @@ class Limiter:
         now = self.clock()
         taken = []
         for scope, changed in self._changed.items():
-            records = self._records[scope]
+            records = self._records.get(scope, {})
             for owner in changed:
                 state = records.get(owner)
                 if state is None:
@@ -187,14 +201,13 @@ class Limiter:
     def put_back(self, windows: Iterable[WindowCount]) -> None:
         """Windows that could not be saved: taken again (as they are then) by the next call."""
         for w in windows:
-            self._changed[w.scope].add(w.owner)
+            self._changed.setdefault(w.scope, set()).add(w.owner)
 
     def restore(self, windows: Sequence[WindowCount]) -> None:
         """Resume windows saved by an earlier process: each owner's at its first request (its
         limits are known only then)."""
         for w in windows:
-            if w.scope in self._records:
-                self._restored.setdefault(w.scope, {}).setdefault(w.owner, {})[w.spec] = (w.hits, w.ends_at)
+            self._restored.setdefault(w.scope, {}).setdefault(w.owner, {})[w.spec] = (w.hits, w.ends_at)
 
     def sweep(self, now: float | None = None) -> None:
         """Forget the owners whose windows have all closed."""

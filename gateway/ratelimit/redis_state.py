@@ -33,31 +33,38 @@ local function epoch(key)
 end
 """
 
-# KEYS: the windows' keys, then the epoch's. ARGV: the windows' amounts, then their lengths in ms.
+# KEYS: the windows' keys, then the epoch's. ARGV: the windows' amounts, their lengths in ms, and
+# 1 for a window only observed (it never refuses; full, it counts no further), else 0.
 _HIT = (
     _START_EPOCH
     + """
-local n = #ARGV / 2
-local counts, ttls, allowed = {}, {}, 1
+local n = #ARGV / 3
+local counts, ttls, full, allowed = {}, {}, {}, 1
 for i = 1, n do
   local ttl = redis.call('PTTL', KEYS[i])
   local count = 0
   if ttl > 0 then count = tonumber(redis.call('GET', KEYS[i]) or '0') end
   counts[i], ttls[i] = count, ttl
-  if count >= tonumber(ARGV[i]) then allowed = 0 end
+  full[i] = 0
+  if count >= tonumber(ARGV[i]) then
+    full[i] = 1
+    if ARGV[2 * n + i] == '0' then allowed = 0 end
+  end
 end
 if allowed == 1 then
   for i = 1, n do
-    if counts[i] == 0 then
-      redis.call('SET', KEYS[i], 1, 'PX', ARGV[n + i])
-      ttls[i] = tonumber(ARGV[n + i])
-    else
-      redis.call('INCR', KEYS[i])
+    if full[i] == 0 then
+      if counts[i] == 0 then
+        redis.call('SET', KEYS[i], 1, 'PX', ARGV[n + i])
+        ttls[i] = tonumber(ARGV[n + i])
+      else
+        redis.call('INCR', KEYS[i])
+      end
+      counts[i] = counts[i] + 1
     end
-    counts[i] = counts[i] + 1
   end
 end
-return {allowed, counts, ttls, epoch(KEYS[n + 1])}
+return {allowed, counts, ttls, epoch(KEYS[n + 1]), full}
 """
 )
 
@@ -97,9 +104,9 @@ class RedisState:
             if len(self._calls) > 100_000:  # bounded: cheap to make again
                 self._calls.clear()
             keys = [item.key_for(_LIMIT_NAMESPACE, key_id) for item in limits] + [EPOCH_KEY]
-            args = [item.amount for item in limits] + [item.get_expiry() * 1000 for item in limits]
+            args = [item.amount for item in limits] + [item.get_expiry() * 1000 for item in limits] + [0] * len(limits)
             call = self._calls[key_id] = (limits, keys, args)
-        allowed, counts, ttls, epoch = await self._hit(keys=call[1], args=call[2])
+        allowed, counts, ttls, epoch, _ = await self._hit(keys=call[1], args=call[2])
         now = self.clock()
         windows = tuple(
             Window(item, item.amount - count, now + ttl / 1000 if count else now)
@@ -113,21 +120,30 @@ class RedisState:
         keys: list[str] = []
         amounts: list[int] = []
         lengths: list[int] = []
-        for scope, owner, limits in charges:
-            # A key's windows keep the names they have always had; a user's are apart from them.
+        observes: list[int] = []
+        for scope, owner, limits, observe in charges:
+            # A key's windows keep the names they have always had; the others' are apart from them.
             namespace = _LIMIT_NAMESPACE if scope == KEY else f"{_LIMIT_NAMESPACE}-{scope}"
             keys += [item.key_for(namespace, owner) for item in limits]
             amounts += [item.amount for item in limits]
             lengths += [item.get_expiry() * 1000 for item in limits]
-        allowed, counts, ttls, epoch = await self._hit(keys=[*keys, EPOCH_KEY], args=amounts + lengths)
+            observes += [int(observe)] * len(limits)
+        allowed, counts, ttls, epoch, full = await self._hit(keys=[*keys, EPOCH_KEY], args=amounts + lengths + observes)
         now = self.clock()
-        windows = tuple(
-            Window(item, item.amount - count, now + ttl / 1000 if count else now, scope)
-            for (scope, item), count, ttl in zip(
-                [(scope, item) for scope, _, limits in charges for item in limits], counts, ttls, strict=True
-            )
+        windows: list[Window] = []
+        observed: list[Window] = []
+        each = [(scope, observe, item) for scope, _, limits, observe in charges for item in limits]
+        for (scope, observe, item), count, ttl, was_full in zip(each, counts, ttls, full, strict=True):
+            window = Window(item, item.amount - count, now + ttl / 1000 if count else now, scope)
+            if not observe:
+                windows.append(window)
+            elif was_full and allowed:
+                observed.append(window)
+        shown = tuple(windows)
+        decision = Decision(
+            bool(allowed), choose_shown(bool(allowed), shown) if shown else None, shown, tuple(observed)
         )
-        return Decision(bool(allowed), choose_shown(bool(allowed), windows), windows), bytes(epoch)
+        return decision, bytes(epoch)
 
     async def announce_change(self) -> int:
         """Advance the epoch: every process drops its cached verdicts at its next request."""
