@@ -7,11 +7,13 @@
    Baseline in the same run: the bare indexed SELECT through aiosqlite for the same keys. Beside
    it, as many well-formed keys that are not stored, verified cold in turn with them: whether a
    key exists must not show in the time its check takes.
-2. Memory: --active keys (default 100,000) each verified (cache filled) and charged to the
-   default limits (100/minute and 10000/day: two windows each); prints the memory the cache and
-   the limiter hold (tracemalloc), and the process's RSS growth.
+2. Memory: --active keys (default 100,000, spread over --users users, default 20,000) each
+   verified (cache filled) and charged to the default limits (100/minute and 10000/day: two
+   windows each); then again with per-user limits (two windows per user) and one route limit per
+   key and per user, as a POST to that route is charged. Prints the memory the cache and the
+   limiter hold (tracemalloc) once the charged windows are taken as a usage flush takes them.
 
-    bench/.venv/bin/python bench/keys_bench.py [--keys 1000000] [--sample 2000] [--active 100000]
+    bench/.venv/bin/python bench/keys_bench.py [--keys 1000000] [--sample 2000] [--active 100000] [--users 20000]
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from pathlib import Path
 
 from gateway.auth.keys import display_prefix, generate_key, hash_key
 from gateway.auth.verify import Verifier
+from gateway.config import RateLimitsConfig, RouteLimit
 from gateway.errors import InvalidCredentials
+from gateway.ratelimit.charges import ChargePlan
 from gateway.ratelimit.limiter import Limiter
 from gateway.store import open_store
 from gateway.units import parse_limits
@@ -38,19 +42,19 @@ from gateway.units import parse_limits
 PREFIX = "mk_live_"
 
 
-def fill(path: Path, count: int) -> list[str]:
-    """``count`` keys for 1,000 users, inserted in one transaction; returns the full keys."""
+def fill(path: Path, count: int, users: int) -> list[str]:
+    """``count`` keys spread over ``users`` users, inserted in one transaction; returns the full keys."""
     keys = [generate_key(PREFIX) for _ in range(count)]
     with closing(sqlite3.connect(path)) as db:
         db.execute("BEGIN")
         db.executemany(
             "INSERT INTO users (id, subscription, created_at, updated_at) VALUES (?, 'active', 0, 0)",
-            [(f"user_{u}",) for u in range(1000)],
+            [(f"user_{u}",) for u in range(users)],
         )
         db.executemany(
             "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at) VALUES (?, ?, NULL, ?, ?, 0)",
             (
-                (f"key_{i:016d}", f"user_{i % 1000}", display_prefix(k, PREFIX), hash_key(k.encode()))
+                (f"key_{i:016d}", f"user_{i % users}", display_prefix(k, PREFIX), hash_key(k.encode()))
                 for i, k in enumerate(keys)
             ),
         )
@@ -83,7 +87,7 @@ async def main(args: argparse.Namespace) -> None:
         url = f"sqlite:///{tmp}/bench.db"
         store = await open_store(url)  # creates and migrates the schema
         started = time.perf_counter()
-        keys = fill(Path(tmp) / "bench.db", args.keys)
+        keys = fill(Path(tmp) / "bench.db", args.keys, args.users)
         print(f"# {args.keys:,} keys generated and stored in {time.perf_counter() - started:.1f} s")
         try:
             sample = random.Random(7).sample(keys, args.sample)
@@ -113,25 +117,48 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  unknown / existing, p50       {statistics.median(cold_unknown) / statistics.median(cold):.2f}")
             print(f"warm verification (cache hit)   {percentiles(hot)}")
 
-            # Memory of the cache and the limiter for --active keys.
+            # Memory of the cache and the limiter for --active keys: each key's two windows, then
+            # also its user's (--users users, two windows each) and a route's, per key and per user.
             active = keys[: args.active]
             headers = [[b"Bearer " + key.encode()] for key in active]
-            gc.collect()
-            tracemalloc.start()
-            verifier = Verifier(store, prefix=PREFIX, default_limits=defaults, ttl=3600, max_entries=args.active)
-            limiter = Limiter()
-            before = tracemalloc.take_snapshot()
-            for header in headers:
-                identity = await verifier.verify(header)
-                limiter.hit(identity.key_id, identity.limits)
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-            tracemalloc.stop()
-            grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-            print(
-                f"memory for {args.active:,} active keys (verdict cache + two limit windows each): "
-                f"{grown / 2**20:.1f} MiB (tracemalloc)"
+            route = RouteLimit("POST", "/api/v1/mockups/generate", parse_limits("10/minute"), parse_limits("50/minute"))
+            quotas = RateLimitsConfig(
+                default=defaults, per_user=parse_limits(["1000/minute", "100000/day"]), routes=(route,)
             )
+            for label, config in (
+                ("key windows only", RateLimitsConfig(default=defaults)),
+                ("with users and a route", quotas),
+            ):
+                gc.collect()
+                tracemalloc.start()
+                verifier = Verifier(
+                    store,
+                    prefix=PREFIX,
+                    default_limits=config.default,
+                    user_limits=config.per_user,
+                    ttl=3600,
+                    max_entries=args.active,
+                )
+                limiter = Limiter()
+                plan = ChargePlan(config)
+                before = tracemalloc.take_snapshot()
+                for header in headers:
+                    identity = await verifier.verify(header)
+                    charges = plan.charges(identity, "POST", "/api/v1/mockups/generate")
+                    if charges is None:
+                        limiter.hit(identity.key_id, identity.limits)
+                    else:
+                        limiter.hit_all(charges)
+                limiter.take_changed()  # as the usage flush does every second: what is left is steady
+                gc.collect()
+                after = tracemalloc.take_snapshot()
+                tracemalloc.stop()
+                grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+                print(
+                    f"memory for {args.active:,} active keys over {args.users:,} users, {label}: "
+                    f"{grown / 2**20:.1f} MiB (tracemalloc; the verdict cache and the limiter)"
+                )
+                del verifier, limiter
         finally:
             await store.close()
 
@@ -141,4 +168,5 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--active", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=20_000, help="the keys' owners (default 20,000)")
     asyncio.run(main(parser.parse_args()))

@@ -68,6 +68,7 @@ TARGETS: dict[str, str] = {
     "gateway-httpx": "the product: gateway serve, upstream.client = httpx",
     "gateway-builtin": "the product: gateway serve, upstream.client = builtin (its own client)",
     "gateway-aiohttp-no-access-log": "gateway-aiohttp with logging.access: false",
+    "gateway-builtin-quotas": "gateway-builtin with per-user limits and a route limit per key and per user on the GET",
 }
 # Ratios are taken against these, when they ran in the same round.
 REFERENCES = ("direct", "raw-asgi-aiohttp", "asgiproxy")
@@ -112,15 +113,27 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
     ]
 
 
-def write_gateway_config(tmp: Path, name: str, client: str, upstream_url: str, *, access_log: bool) -> Path:
+def write_gateway_config(
+    tmp: Path, name: str, client: str, upstream_url: str, *, access_log: bool, quotas: bool = False
+) -> Path:
     """The gateway's config for one target: its upstream client and a SQLite store of its own.
-    The access log goes to the target's log file, as stdout to a file would in production."""
+    The access log goes to the target's log file, as stdout to a file would in production. With
+    ``quotas``, each request is also charged to its user's two windows and a route's, per key and
+    per user (issue 14's quotas)."""
     path = tmp / f"{name}.yaml"
     # Two windows, as in production, set high enough that the run never fills them.
+    extra = (
+        '  per_user: ["1000000000/minute", "10000000000/day"]\n'
+        f'  routes: [{{method: GET, path: "{GET_PATH}", per_key: ["1000000000/minute"],'
+        ' per_user: ["1000000000/hour"]}]\n'
+        if quotas
+        else ""
+    )
     path.write_text(
         f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/{name}.db\n"
         'rate_limits:\n  default: ["1000000000/minute", "10000000000/day"]\n'
-        f"logging:\n  level: warning\n  access: {str(access_log).lower()}\n"
+        + extra
+        + f"logging:\n  level: warning\n  access: {str(access_log).lower()}\n"
     )
     return path
 
@@ -149,8 +162,15 @@ def build_target(name: str, port: int, tmp: Path, upstream_url: str) -> Target:
         return Target(name, port, uvicorn_argv("baselines.raw_asgi_aiohttp:app", port), cwd=tmp)
     if name == "asgiproxy":
         return Target(name, port, uvicorn_argv("baselines.asgiproxy_app:app", port), cwd=tmp)
-    client = name.removeprefix("gateway-").removesuffix("-no-access-log")
-    config = write_gateway_config(tmp, name, client, upstream_url, access_log=not name.endswith("-no-access-log"))
+    client = name.removeprefix("gateway-").removesuffix("-no-access-log").removesuffix("-quotas")
+    config = write_gateway_config(
+        tmp,
+        name,
+        client,
+        upstream_url,
+        access_log=not name.endswith("-no-access-log"),
+        quotas=name.endswith("-quotas"),
+    )
     argv = [str(VENV_BIN / "gateway"), "serve", "--config", str(config), "--host", HOST, "--port", str(port)]
     return Target(name, port, argv, cwd=tmp, api_key=gateway_api_key(client, config, tmp))
 
