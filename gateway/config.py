@@ -139,8 +139,21 @@ class CreditRule:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditRefill:
+    """Every ``every`` (a calendar day or month, UTC), each balance is raised to ``amount``."""
+
+    amount: int
+    every: Literal["day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
 class CreditsConfig:
     rules: tuple[CreditRule, ...] = (CreditRule("POST", "/api/v1/mockups/generate", 1),)
+    # Each user's balance pays for costed requests (402 when it cannot); off: credits are counted only.
+    wallet: bool = False
+    refill: CreditRefill | None = None
+    # On the answers to costed requests, with the wallet on.
+    header: str = "X-Credits-Remaining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +462,18 @@ def _route_limits(value: object) -> tuple[RouteLimit, ...]:
     return tuple(routes)
 
 
+def _refill(value: object) -> CreditRefill | None:
+    if value is None:
+        return None
+    expected = "{amount, every} such as {amount: 1000, every: month} (every: day or month), or null"
+    if not isinstance(value, dict) or set(value) != {"amount", "every"}:
+        raise ValueError(expected)
+    amount, every = value["amount"], value["every"]
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0 or every not in ("day", "month"):
+        raise ValueError(expected)
+    return CreditRefill(amount, every)
+
+
 def _observed(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not set(value) <= {"key", "user"}:
         raise ValueError('a list of the limits only observed: [], ["key"], ["user"] or ["key", "user"]')
@@ -507,6 +532,9 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "auth_failures.limit": _optional_limit,
     "rate_limits.headers": _choice("x-ratelimit", "ietf", "both", "none"),
     "credits.rules": _credit_rules,
+    "credits.wallet": _boolean,
+    "credits.refill": _refill,
+    "credits.header": _header_name,
     "usage.flush_seconds": _positive_duration,
     "usage.history_days": _positive_int,
     "admin.host": _string,
@@ -595,6 +623,12 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if profile_name not in profiles:
         raise ConfigError(f"{source}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
 
+    if values.get("credits.wallet") and values.get("redis.url"):
+        where = origins.get("credits.wallet", source)
+        raise ConfigError(
+            f"{where}: credits.wallet: the wallet counts balances in one gateway process for now;"
+            " turn it off or unset redis.url"
+        )
     sections: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         prefix = section + "."

@@ -143,6 +143,18 @@ class ConcurrencyLimited(GatewayError):
         )
 
 
+class InsufficientCredits(GatewayError):
+    """The user's credit balance cannot pay for the request (credits.wallet); never forwarded."""
+
+    situation = "insufficient_credits"
+
+    def __init__(self, *, required: int, balance: int) -> None:
+        super().__init__(
+            f"the request costs {required} credits, the balance is {balance}",
+            params={"required": required, "balance": balance},
+        )
+
+
 class PayloadTooLarge(GatewayError):
     """The request body is larger than ``limits.max_body_bytes``."""
 

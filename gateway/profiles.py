@@ -21,6 +21,7 @@ SITUATIONS: Mapping[str, tuple[str, ...]] = {
     "subscription_inactive": (),
     "rate_limited": ("limit", "window", "retry_after", "scope"),
     "concurrency_limited": ("max_concurrent", "retry_after"),
+    "insufficient_credits": ("required", "balance"),
     "payload_too_large": ("max_bytes",),
     "upstream_unavailable": (),
     "upstream_timeout": (),
@@ -118,6 +119,9 @@ _MOCKLY = ErrorProfile(
         "concurrency_limited": Situation(
             429, "rate_limited", "Too many concurrent requests (at most {max_concurrent}); retry shortly"
         ),
+        "insufficient_credits": Situation(
+            402, "insufficient_credits", "Not enough credits: this request costs {required}, the balance is {balance}"
+        ),
         "payload_too_large": Situation(413, "validation_failed", "Request body is larger than {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "upstream_unavailable", "The service is unavailable"),
         "upstream_timeout": Situation(504, "upstream_timeout", "The service did not answer in time"),
@@ -145,6 +149,9 @@ _MOCKUPANDA = ErrorProfile(
         ),
         "concurrency_limited": Situation(
             429, "RATE_LIMIT_EXCEEDED", "Too many concurrent requests", details=("max_concurrent",)
+        ),
+        "insufficient_credits": Situation(
+            402, "INSUFFICIENT_CREDITS", "Insufficient credits", details=("required", "balance")
         ),
         "payload_too_large": Situation(413, "PAYLOAD_TOO_LARGE", "Request body exceeds {max_bytes} bytes"),
         "upstream_unavailable": Situation(502, "UPSTREAM_UNAVAILABLE", "Upstream service unavailable"),

@@ -90,6 +90,17 @@ def test_a_users_own_limits(gw: GatewayProcess, admin: httpx.Client) -> None:
     assert_error(admin.put(f"{API}/users/nobody/rate-limits", json={"rate_limits": None}), 404, "not_found")
 
 
+def test_a_users_credits(admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "cr-user"})
+    assert admin.get(f"{API}/users/cr-user/credits").json() == {"user_id": "cr-user", "balance": 0}
+    assert admin.post(f"{API}/users/cr-user/credits", json={"set": 10}).json()["balance"] == 10
+    assert admin.post(f"{API}/users/cr-user/credits", json={"add": -3}).json()["balance"] == 7
+    assert_error(admin.post(f"{API}/users/cr-user/credits", json={"set": -1}), 422, "validation_failed", "set")
+    assert_error(admin.post(f"{API}/users/cr-user/credits", json={}), 422, "validation_failed", "add")
+    assert_error(admin.post(f"{API}/users/cr-user/credits", json={"add": 1, "set": 2}), 422, "validation_failed", "add")
+    assert_error(admin.post(f"{API}/users/nobody/credits", json={"add": 1}), 404, "not_found")
+
+
 def test_keys_lifecycle_and_revocation_on_the_next_public_request(gw: GatewayProcess, admin: httpx.Client) -> None:
     admin.post(f"{API}/users", json={"id": "kl-user"})
     created = admin.post(f"{API}/keys", json={"user_id": "kl-user", "name": "web", "expires_in": "30d"})

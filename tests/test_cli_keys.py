@@ -166,7 +166,7 @@ def test_commands_are_pinned() -> None:
     assert groups == {
         "db": ["migrate"],
         "keys": ["create", "list", "revoke", "rotate", "set-limits", "show"],
-        "users": ["add", "list", "set-limits", "set-subscription"],
+        "users": ["add", "credits", "list", "set-limits", "set-subscription"],
     }
 
 

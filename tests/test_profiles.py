@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from gateway.errors import GatewayError, PayloadTooLarge, RateLimited, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    GatewayError,
+    InsufficientCredits,
+    PayloadTooLarge,
+    RateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.profiles import BUILTIN_PROFILES, SITUATIONS, ProfileError, build_profile
 
 
@@ -45,6 +52,23 @@ def test_mockupanda_shapes_with_and_without_details() -> None:
     assert rendered("mockly", limited)[1] == {
         "error": {"code": "rate_limited", "message": "Rate limit of 100 requests per 60s exceeded; retry in 23s"}
     }
+
+
+def test_insufficient_credits_in_both_profiles() -> None:
+    refused = InsufficientCredits(required=3, balance=1)
+    assert rendered("mockupanda", refused) == (
+        402,
+        {"error": "Insufficient credits", "code": "INSUFFICIENT_CREDITS", "details": {"required": 3, "balance": 1}},
+    )
+    assert rendered("mockly", refused) == (
+        402,
+        {
+            "error": {
+                "code": "insufficient_credits",
+                "message": "Not enough credits: this request costs 3, the balance is 1",
+            }
+        },
+    )
 
 
 @pytest.mark.parametrize("profile", sorted(BUILTIN_PROFILES))

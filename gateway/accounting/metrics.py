@@ -24,6 +24,7 @@ OUTCOMES = (
     "rate_limited",
     "auth_throttled",
     "concurrency_limited",
+    "insufficient_credits",
     "too_large",
     "upstream_unavailable",
     "upstream_timeout",

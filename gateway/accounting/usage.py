@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.accounting.metrics import Metrics
+from gateway.accounting.wallet import Wallet
 from gateway.config import CreditRule
 from gateway.routes import matches, normalized_path
 from gateway.store import KeyStore, UsageDelta, WindowCount
@@ -59,9 +60,11 @@ class UsageRecorder:
         metrics: Metrics | None = None,
         windows: WindowSource | None = None,
         history_days: int = 400,
+        wallet: Wallet | None = None,
     ) -> None:
         self._store = store
         self._windows = windows
+        self._wallet = wallet
         self._metrics = metrics
         self._clock = clock
         self._history_days = history_days
@@ -113,10 +116,19 @@ class UsageRecorder:
     def charge(self, key_id: str, credits: int) -> None:
         self._delta(key_id, self._clock()).credits += credits
 
+    def refused_credits(self, key_id: str) -> None:
+        """A request refused because its user's credits could not pay for it (402)."""
+        now = self._clock()
+        delta = self._delta(key_id, now)
+        delta.refused_credits += 1
+        delta.last_used_at = now
+
     async def flush(self) -> None:
-        """Write what is pending, then the windows charged since the last flush; on failure keep
-        what was not written for the next flush, and raise."""
+        """Write what is pending, the credits spent and the windows charged since the last flush;
+        on failure keep what was not written for the next flush, and raise."""
         await self._flush_usage()
+        if self._wallet is not None:
+            await self._wallet.flush()
         if self._windows is not None:
             windows = self._windows.take_changed()
             if windows:

@@ -215,6 +215,17 @@ class AdminApi:
             raise BadRequest(422, "validation_failed", str(exc), "status") from None
         return JSONResponse(user_document(user))
 
+    async def user_credits(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        add = set_to = None
+        if request.method == "POST":
+            body = await _json_object(request, {"add", "set"})
+            add, set_to = body.get("add"), body.get("set")
+            if (add is None) == (set_to is None):
+                raise BadRequest(422, "validation_failed", 'give "add" or "set" (a whole number)', "add")
+        balance = await self.keys.credits(user_id, add=add, set_to=set_to)
+        return JSONResponse({"user_id": user_id, "balance": balance})
+
     async def set_user_rate_limits(self, request: Request) -> Response:
         body = await _json_object(request, {"rate_limits"})
         user = await self.keys.set_user_rate_limits(request.path_params["user_id"], _limits(body))
@@ -356,6 +367,7 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
         Route(f"{API}/users/{{user_id}}", api.get_user, methods=["GET"]),
         Route(f"{API}/users/{{user_id}}/subscription", api.set_subscription, methods=["PUT"]),
         Route(f"{API}/users/{{user_id}}/rate-limits", api.set_user_rate_limits, methods=["PUT"]),
+        Route(f"{API}/users/{{user_id}}/credits", api.user_credits, methods=["GET", "POST"]),
         Route(f"{API}/keys", api.create_key, methods=["POST"]),
         Route(f"{API}/keys", api.list_keys, methods=["GET"]),
         Route(f"{API}/keys/{{key_id}}", api.get_key, methods=["GET"]),

@@ -116,6 +116,19 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("User"), "Changed"), **_errors(400, 401, 404, 422)},
             }
         },
+        "/admin/v1/users/{user_id}/credits": {
+            "get": {
+                "operationId": "getCredits",
+                "parameters": [_PATH_USER],
+                "responses": {"200": _json(_ref("Credits"), "The user's credit balance"), **_errors(401, 404)},
+            },
+            "post": {
+                "operationId": "changeCredits",
+                "parameters": [_PATH_USER],
+                "requestBody": _body(_ref("CreditsChange")),
+                "responses": {"200": _json(_ref("Credits"), "Changed (recorded)"), **_errors(400, 401, 404, 422)},
+            },
+        },
         "/admin/v1/keys": {
             "post": {
                 "operationId": "createKey",
@@ -366,6 +379,18 @@ OPENAPI: dict[str, Any] = {
                     "items": {"type": "array", "items": _ref("Key")},
                     "next_cursor": {"type": ["string", "null"]},
                 },
+            },
+            "Credits": {
+                "type": "object",
+                "required": ["user_id", "balance"],
+                "properties": {"user_id": {"type": "string"}, "balance": {"type": "integer"}},
+            },
+            "CreditsChange": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "either add (may be negative) or set (at least 0)",
+                "properties": {"add": {"type": "integer"}, "set": {"type": "integer", "minimum": 0}},
+                "oneOf": [{"required": ["add"]}, {"required": ["set"]}],
             },
             "DailyUsage": {
                 "type": "object",

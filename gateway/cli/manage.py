@@ -151,6 +151,22 @@ def users_set_limits(
     emit(as_json, user_document(user), f"user {user.id}: rate limits {shown}")
 
 
+@users.command("credits")
+@config_option
+@click.argument("user_id")
+@click.option("--add", "add", type=int, default=None, help="Add N credits (negative: take them off).")
+@click.option("--set", "set_to", type=click.IntRange(min=0), default=None, help="Set the balance to N.")
+@json_option
+@click.pass_context
+def users_credits(ctx: click.Context, user_id: str, add: int | None, set_to: int | None, as_json: bool) -> None:
+    """A user's credit balance (credits.wallet), or --add N / --set N; every change is recorded."""
+    if add is not None and set_to is not None:
+        raise click.UsageError("give --add N or --set N, not both")
+    hint = f": add it first with `gateway users add {user_id}`"
+    balance = run(ctx, lambda service: service.credits(user_id, add=add, set_to=set_to), hint=hint)
+    emit(as_json, {"user_id": user_id, "balance": balance}, f"user {user_id}: {balance} credits")
+
+
 @users.command("list")
 @config_option
 @json_option

@@ -18,6 +18,7 @@ OUTCOME_OF = {
     "subscription_inactive": "subscription_inactive",
     "rate_limited": "rate_limited",
     "concurrency_limited": "concurrency_limited",
+    "insufficient_credits": "insufficient_credits",
     "payload_too_large": "too_large",
     "upstream_unavailable": "upstream_unavailable",
     "upstream_timeout": "upstream_timeout",

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from gateway.accounting.access_log import AccessLog
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.usage import UsageRecorder
+from gateway.accounting.wallet import Wallet
 from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
@@ -128,11 +129,13 @@ class GatewayApp:
         if shared is None:
             # Limits counted in this process alone: resume the windows the last run saved.
             limiter.restore(await store.load_windows(limiter.clock()))
+        wallet = Wallet(store, refill=config.credits.refill) if config.credits.wallet else None
         usage = UsageRecorder(
             store,
             metrics=self.metrics,
             windows=limiter if shared is None else None,
             history_days=config.usage.history_days,
+            wallet=wallet,
         )
         flusher = asyncio.create_task(usage.run(config.usage.flush_seconds))
         resources.push_async_callback(_stop_usage, usage, flusher)
@@ -150,6 +153,7 @@ class GatewayApp:
             shared_limiter=shared,
             usage=usage,
             client=client,
+            wallet=wallet,
         )
 
 

@@ -11,17 +11,20 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.accounting.usage import CreditRules, UsageRecorder
+from gateway.accounting.wallet import Wallet
 from gateway.auth.verify import Identity, Verifier
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
     ConcurrencyLimited,
     GatewayError,
+    InsufficientCredits,
     InternalError,
     MethodNotAllowed,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    StoreUnavailable,
     UpstreamAborted,
     UpstreamBusy,
     UpstreamError,
@@ -35,6 +38,7 @@ from gateway.http.request_id import HEADER as REQUEST_ID
 from gateway.ratelimit.charges import ChargePlan
 from gateway.ratelimit.headers import RateLimitHeaderWriter
 from gateway.ratelimit.limiter import Charge, Decision, Limiter
+from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
 
@@ -99,6 +103,31 @@ class _InFlight:
             del self._counts[holder]
 
 
+class _Spend:
+    """A request's credits held in its user's wallet: paid (``commit``) or given back
+    (``release``), whichever comes first; the other is then a no-op."""
+
+    __slots__ = ("_header", "_wallet", "cost", "settled", "user_id")
+
+    def __init__(self, wallet: Wallet, user_id: str, cost: int, header: bytes) -> None:
+        self._wallet, self.user_id, self.cost, self._header = wallet, user_id, cost, header
+        self.settled = False
+
+    def commit(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._wallet.commit(self.user_id, self.cost)
+
+    def release(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._wallet.release(self.user_id, self.cost)
+
+    def header(self) -> tuple[bytes, bytes]:
+        """X-Credits-Remaining (credits.header): what the user can still spend."""
+        return self._header, str(max(0, self._wallet.available(self.user_id))).encode()
+
+
 async def _shared_hit(
     shared: SharedLimiter, identity: Identity, charges: tuple[Charge, ...] | None
 ) -> tuple[Decision, bytes | None]:
@@ -133,6 +162,7 @@ class Proxy:
         shared_limiter: SharedLimiter | None,
         usage: UsageRecorder,
         client: UpstreamClient,
+        wallet: Wallet | None = None,
     ) -> None:
         """``shared_limiter`` is the limits every worker and replica share (with ``redis.url``)."""
         self._rules = rules
@@ -163,6 +193,8 @@ class Proxy:
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._plan = ChargePlan(config.rate_limits)
         self._credits = CreditRules(config.credits.rules)
+        self._wallet = wallet
+        self._credits_header = config.credits.header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -221,14 +253,20 @@ class Proxy:
             answer_headers.append(request_id)
             self._enforce_limits(identity, decision, forwarded.content_length)
             self._hold(identity)
+            spend = None
             try:
+                spend = await self._reserve(scope, identity, answer_headers) if self._wallet is not None else None
                 body = await self._read_body(receive, forwarded, exchange)
                 try:
-                    await self._forward(scope, receive, send, forwarded, identity, body, answer_headers, exchange)
+                    await self._forward(
+                        scope, receive, send, forwarded, identity, body, answer_headers, exchange, spend
+                    )
                 finally:
                     if body is not None:
                         body.close()
             finally:
+                if spend is not None:
+                    spend.release()  # unless paid for: the request never got a 2xx
                 self._release(identity)
         except ClientDisconnected:
             return  # nobody to answer
@@ -325,6 +363,7 @@ class Proxy:
         body: BufferedBody | None,
         answer_headers: list[tuple[bytes, bytes]],
         exchange: Exchange,
+        spend: _Spend | None,
     ) -> None:
         """Send the request upstream on a free connection, and answer with what comes back."""
         target = scope["raw_path"].decode("latin-1")
@@ -355,7 +394,7 @@ class Proxy:
                 if scope.get("state", {}).get(CLIENT_GONE):
                     # The client left with its request in the upstream's hands: the work may be
                     # done all the same, so it is paid for (leaving early must not dodge a charge).
-                    self._charge(scope, identity.key_id)
+                    self._charge(scope, identity.key_id, spend)
                 raise
             exchange.upstream = time.perf_counter() - sent_at
             try:
@@ -364,17 +403,41 @@ class Proxy:
                     error = UpstreamUnavailable("the upstream's answer does not carry this request's X-Request-Id")
                     self._failures.note(scope["method"], scope["path"], error)
                     raise error
-                await self._respond(scope, receive, send, response, answer_headers, exchange, identity.key_id)
+                await self._respond(scope, receive, send, response, answer_headers, exchange, identity.key_id, spend)
             finally:
                 await response.aclose()
         finally:
             self._slots.release()
 
-    def _charge(self, scope: Scope, key_id: str) -> None:
-        """The credits of the request's route (``credits.rules``), if it costs any."""
+    def _charge(self, scope: Scope, key_id: str, spend: _Spend | None) -> None:
+        """The credits of the request's route (``credits.rules``), if it costs any: counted, and
+        paid from the wallet's reservation."""
+        if spend is not None:
+            spend.commit()
         cost = self._credits.cost(scope["method"], scope["path"])
         if cost:
             self._usage.charge(key_id, cost)
+
+    async def _reserve(
+        self, scope: Scope, identity: Identity, answer_headers: list[tuple[bytes, bytes]]
+    ) -> _Spend | None:
+        """Hold the route's cost in the user's wallet, or refuse the request (402) before it is forwarded."""
+        cost = self._credits.cost(scope["method"], scope["path"])
+        wallet = self._wallet
+        if not cost or wallet is None:
+            return None
+        try:
+            paid = await wallet.reserve(identity.user_id, cost)
+        except Exception as exc:
+            if not is_store_failure(exc):
+                raise
+            raise StoreUnavailable(f"credit balance: {type(exc).__name__}", retry_after=1) from None
+        if not paid:
+            self._usage.refused_credits(identity.key_id)
+            balance = max(0, wallet.available(identity.user_id))
+            answer_headers.append((self._credits_header, str(balance).encode()))
+            raise InsufficientCredits(required=cost, balance=balance)
+        return _Spend(wallet, identity.user_id, cost, self._credits_header)
 
     async def _take_slot(self) -> bool:
         """One of the upstream.max_connections, waiting at most upstream.pool_timeout (False then)."""
@@ -396,6 +459,7 @@ class Proxy:
         answer_headers: list[tuple[bytes, bytes]],
         exchange: Exchange,
         key_id: str,
+        spend: _Spend | None,
     ) -> None:
         strip_cors = bool(self._cors_prefixes) and (
             scope["path"].startswith(self._cors_prefixes) or scope["raw_path"].startswith(self._cors_raw_prefixes)
@@ -410,6 +474,12 @@ class Proxy:
             self._failures.note(scope["method"], scope["path"], error)
             raise
         headers += answer_headers
+        if spend is not None:
+            if not 200 <= response.status < 300:
+                spend.release()
+            else:
+                spend.commit()  # (before the header: it says what is left after this request)
+            headers.append(spend.header())
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
         content = None
@@ -425,7 +495,7 @@ class Proxy:
         # From here on the answer is the upstream's (a client that leaves still paid for it).
         exchange.outcome, exchange.status = "forwarded", response.status
         if 200 <= response.status < 300:
-            self._charge(scope, key_id)
+            self._charge(scope, key_id, spend)
         if content is not None:
             await send(start)
             await send({"type": "http.response.body", "body": content})

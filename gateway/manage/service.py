@@ -141,6 +141,29 @@ class ManagementService:
         assert user is not None
         return user
 
+    async def credits(self, user_id: str, *, add: int | None = None, set_to: int | None = None) -> int:
+        """The user's credit balance, after adding ``add`` or setting it to ``set_to`` (recorded)."""
+        if add is not None and set_to is not None:
+            raise InvalidField("add credits or set them, not both", "add")
+        for name, value in (("add", add), ("set", set_to)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidField(f"{name}: a whole number of credits", name)
+        if set_to is not None and set_to < 0:
+            raise InvalidField("set: a balance cannot be below zero", "set")
+        if add is None and set_to is None:
+            found = await self.store.credit_balance(user_id)
+            if found is None:
+                raise NotFound(f"no user {user_id!r}")
+            return found[0]
+        reason = f"set to {set_to}" if set_to is not None else f"added {add}"
+        at = self._clock()
+        balance = await self._write(
+            lambda: self.store.change_credits(user_id, add=add or 0, set_to=set_to, reason=reason, at=at)
+        )
+        if balance is None:
+            raise NotFound(f"no user {user_id!r}")
+        return balance
+
     async def list_users(self) -> Sequence[User]:
         return await self.store.list_users()
 

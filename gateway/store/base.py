@@ -138,6 +138,17 @@ def daily_from_row(row: Sequence[Any]) -> DailyUsage:
     return DailyUsage(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
+# The credit wallet (both stores; "?" placeholders).
+CREDIT_BALANCE = "SELECT credit_balance, credits_refilled FROM users WHERE id = ?"
+RECORD_CREDIT_CHANGE = "INSERT INTO credit_changes (user_id, at, change, balance, reason) VALUES (?, ?, ?, ?, ?)"
+ADD_CREDITS = "UPDATE users SET credit_balance = credit_balance + ? WHERE id = ? RETURNING credit_balance"
+REFILL_CREDITS = (
+    "UPDATE users SET credits_refilled = ?,"
+    " credit_balance = CASE WHEN credit_balance < ? THEN ? ELSE credit_balance END"
+    " WHERE id = ? AND (credits_refilled IS NULL OR credits_refilled <> ?) RETURNING credit_balance"
+)
+
+
 # Usage summed per user (both stores; legacy is 0/1 in SQLite, a boolean in PostgreSQL).
 USAGE_BY_USER = (
     "SELECT user_id, sum(requests), sum(rate_limited), sum(credits), max(last_used_at),"
@@ -292,6 +303,24 @@ class KeyStore(Protocol):
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         """Add each key's usage to its counters and to its counts of ``day`` (UTC, 'YYYY-MM-DD'),
         in one transaction. Not a change: it leaves the change counter alone, so caches stay warm."""
+        ...
+
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
+        """The user's credit balance and the refill period last applied; None if no such user."""
+        ...
+
+    async def change_credits(
+        self, user_id: str, *, add: int = 0, set_to: int | None = None, reason: str, at: float
+    ) -> int | None:
+        """Add to the balance, or set it; the change is recorded. The new balance (None: no user)."""
+        ...
+
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
+        """Raise the balance to ``amount`` unless ``period``'s refill is applied already (recorded)."""
+        ...
+
+    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
+        """Take each user's spent credits off its balance, recorded, in one transaction."""
         ...
 
     async def daily_usage(

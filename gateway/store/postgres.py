@@ -15,13 +15,17 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.store.base import (
+    ADD_CREDITS,
     ADD_DAILY_USAGE,
+    CREDIT_BALANCE,
     DROP_CLOSED_WINDOWS,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     KEY_DAILY_USAGE,
     LOAD_WINDOWS,
+    RECORD_CREDIT_CHANGE,
+    REFILL_CREDITS,
     SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
@@ -85,6 +89,10 @@ _ADD_DAILY_USAGE = _numbered(ADD_DAILY_USAGE)
 _KEY_DAILY_USAGE = _numbered(KEY_DAILY_USAGE)
 _USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
 _DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
+_CREDIT_BALANCE = _numbered(CREDIT_BALANCE)
+_ADD_CREDITS = _numbered(ADD_CREDITS)
+_REFILL_CREDITS = _numbered(REFILL_CREDITS)
+_RECORD_CREDIT_CHANGE = _numbered(RECORD_CREDIT_CHANGE)
 
 
 def redact(url: str) -> str:
@@ -305,6 +313,39 @@ class PostgresStore:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_ADD_USAGE, rows)
             await connection.executemany(_ADD_DAILY_USAGE, daily_rows(deltas, day))
+
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
+        row = await self._pool.fetchrow(_CREDIT_BALANCE, user_id)
+        return None if row is None else (int(row[0]), row[1])
+
+    async def change_credits(
+        self, user_id: str, *, add: int = 0, set_to: int | None = None, reason: str, at: float
+    ) -> int | None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(_CREDIT_BALANCE + " FOR UPDATE", user_id)
+            if row is None:
+                return None
+            change = add if set_to is None else set_to - int(row[0])
+            balance = await connection.fetchval(_ADD_CREDITS, change, user_id)
+            await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, change, balance, reason)
+            await connection.execute(f"NOTIFY {CHANNEL}")
+        self._changes += 1
+        return int(balance)
+
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            before = await connection.fetchrow(_CREDIT_BALANCE + " FOR UPDATE", user_id)
+            balance = await connection.fetchval(_REFILL_CREDITS, period, amount, amount, user_id, period)
+            if balance is not None and before is not None:
+                change = int(balance) - int(before[0])
+                await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, change, balance, f"refill {period}")
+
+    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            for user_id, credits in spent.items():
+                balance = await connection.fetchval(_ADD_CREDITS, -credits, user_id)
+                if balance is not None:
+                    await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, -credits, balance, "spent")
 
     async def daily_usage(
         self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str

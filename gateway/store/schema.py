@@ -78,6 +78,20 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             )""",
             "CREATE INDEX usage_daily_day ON usage_daily (day)",
         ],
+        [
+            # The credit wallet: each user's balance, and every change to it (credits.wallet).
+            f"ALTER TABLE users ADD COLUMN credit_balance {big_integer} NOT NULL DEFAULT 0",
+            # The refill period ('2026-12' for a month) last applied (credits.refill).
+            "ALTER TABLE users ADD COLUMN credits_refilled TEXT",
+            f"""CREATE TABLE credit_changes (
+                user_id TEXT NOT NULL,
+                at {real} NOT NULL,
+                change {big_integer} NOT NULL,
+                balance {big_integer} NOT NULL,
+                reason TEXT NOT NULL
+            )""",
+            "CREATE INDEX credit_changes_user ON credit_changes (user_id, at)",
+        ],
     ]
 
 

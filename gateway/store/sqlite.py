@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from gateway.store.base import (
+    ADD_CREDITS,
     ADD_DAILY_USAGE,
+    CREDIT_BALANCE,
     DROP_CLOSED_WINDOWS,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     KEY_DAILY_USAGE,
     LOAD_WINDOWS,
+    RECORD_CREDIT_CHANGE,
+    REFILL_CREDITS,
     SAVE_WINDOW,
     USAGE_BY_USER,
     USER_COLUMNS,
@@ -309,6 +313,59 @@ class SQLiteStore:
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
+
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
+        row = await self._one(CREDIT_BALANCE, (user_id,))
+        return None if row is None else (int(row[0]), row[1])
+
+    async def change_credits(
+        self, user_id: str, *, add: int = 0, set_to: int | None = None, reason: str, at: float
+    ) -> int | None:
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = await self._one(CREDIT_BALANCE, (user_id,))
+                if row is None:
+                    await self._db.execute("ROLLBACK")
+                    return None
+                change = add if set_to is None else set_to - int(row[0])
+                [[balance]] = await self._db.execute_fetchall(ADD_CREDITS, (change, user_id))
+                await self._db.execute(RECORD_CREDIT_CHANGE, (user_id, at, change, balance, reason))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        self._counter.bump()  # a change the running gateways must see
+        return int(balance)
+
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = await self._one(CREDIT_BALANCE, (user_id,))
+                rows = await self._db.execute_fetchall(REFILL_CREDITS, (period, amount, amount, user_id, period))
+                if rows and before is not None:
+                    balance = int(next(iter(rows))[0])
+                    await self._db.execute(
+                        RECORD_CREDIT_CHANGE, (user_id, at, balance - int(before[0]), balance, f"refill {period}")
+                    )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for user_id, credits in spent.items():
+                    rows = await self._db.execute_fetchall(ADD_CREDITS, (-credits, user_id))
+                    for (balance,) in rows:
+                        await self._db.execute(RECORD_CREDIT_CHANGE, (user_id, at, -credits, balance, "spent"))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
 
     async def daily_usage(
         self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str

@@ -1,0 +1,74 @@
+"""The credit wallet in process, on a real SQLite store, with a clock that moves only when told."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+
+from gateway.accounting.wallet import Wallet, refill_period
+from gateway.config import CreditRefill
+from gateway.manage.service import ManagementService
+from gateway.store import KeyStore
+from tests.fakes import Clock
+
+MONTHLY = CreditRefill(amount=1000, every="month")
+
+
+async def user_with(store: KeyStore, balance: int) -> ManagementService:
+    service = ManagementService(store, key_prefix="mk_live_")
+    await service.add_user("alice")
+    await service.credits("alice", set_to=balance)
+    return service
+
+
+async def test_reservations_forward_exactly_what_the_balance_pays_for(store: KeyStore) -> None:
+    service = await user_with(store, 50)
+    wallet = Wallet(store)
+    paid = await asyncio.gather(*(wallet.reserve("alice", 1) for _ in range(200)))
+    assert paid.count(True) == 50 and wallet.available("alice") == 0
+    for _ in range(10):
+        wallet.release("alice", 1)  # not 2xx: given back
+    for _ in range(40):
+        wallet.commit("alice", 1)
+    assert wallet.available("alice") == 10
+    await wallet.flush()
+    assert await service.credits("alice") == 10  # the 40 spent are off the stored balance
+    assert wallet.available("alice") == 10  # and counted once, not twice
+
+
+async def test_an_operators_change_counts_at_the_next_request(store: KeyStore) -> None:
+    service = await user_with(store, 1)
+    wallet = Wallet(store)
+    assert await wallet.reserve("alice", 1)
+    wallet.commit("alice", 1)
+    assert not await wallet.reserve("alice", 1)
+    await service.credits("alice", add=5)  # another process's write: the change counter moves
+    assert await wallet.reserve("alice", 5)  # 1 + 5 stored, 1 spent but not yet written
+    assert not await wallet.reserve("alice", 1)
+
+
+async def test_a_refill_at_the_month_boundary(store: KeyStore) -> None:
+    service = await user_with(store, 0)
+    december = calendar.timegm((2026, 12, 31, 23, 59, 0, 0, 0, 0))
+    clock = Clock(float(december))
+    wallet = Wallet(store, refill=MONTHLY, clock=clock)
+    assert await wallet.reserve("alice", 999)  # December's refill, applied at the first request
+    wallet.commit("alice", 999)
+    await wallet.flush()
+    assert await service.credits("alice") == 1
+    assert not await wallet.reserve("alice", 2)
+    clock.tick(60)  # 2027-01-01T00:00:00Z
+    assert await wallet.reserve("alice", 1000)  # raised to 1,000 again, once
+    wallet.commit("alice", 1000)
+    await wallet.flush()
+    assert await service.credits("alice") == 0
+    assert not await Wallet(store, refill=MONTHLY, clock=clock).reserve("alice", 1)  # not twice in January
+
+
+def test_refill_periods() -> None:
+    assert refill_period(MONTHLY, calendar.timegm((2026, 12, 6, 21, 0, 0, 0, 0, 0))) == (
+        "2026-12",
+        float(calendar.timegm((2027, 1, 1, 0, 0, 0, 0, 0, 0))),
+    )
+    daily = CreditRefill(amount=5, every="day")
+    assert refill_period(daily, calendar.timegm((2026, 2, 28, 12, 0, 0, 0, 0, 0)))[0] == "2026-02-28"
