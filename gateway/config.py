@@ -623,12 +623,6 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if profile_name not in profiles:
         raise ConfigError(f"{source}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
 
-    if values.get("credits.wallet") and values.get("redis.url"):
-        where = origins.get("credits.wallet", source)
-        raise ConfigError(
-            f"{where}: credits.wallet: the wallet counts balances in one gateway process for now;"
-            " turn it off or unset redis.url"
-        )
     sections: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         prefix = section + "."

@@ -179,11 +179,6 @@ def test_custom_profile_from_the_file(tmp_path: Path) -> None:
             {"rate_limits": {"per_user": ["lots"]}}, "rate_limits.per_user: expected a list of limits", id="per-user"
         ),
         pytest.param(
-            {"credits": {"wallet": True}, "redis": {"url": "redis://127.0.0.1:6379/0"}},
-            "credits.wallet: the wallet counts balances in one gateway process for now",
-            id="wallet-with-redis",
-        ),
-        pytest.param(
             {"credits": {"refill": {"amount": 1000, "every": "week"}}},
             "credits.refill: expected {amount, every}",
             id="refill-every-week",

@@ -77,6 +77,40 @@ def test_a_user_limit_is_exact_across_two_replicas_and_all_its_keys(
     assert denied.status_code == 429 and "per 60s" in denied.json()["error"]["message"]
 
 
+def test_a_wallet_is_exact_across_two_replicas(gateway_factory: GatewayFactory, request: pytest.FixtureRequest) -> None:
+    limits = {"max_concurrent_per_key": 1000, "max_concurrent_per_user": 1000, "max_connections_per_address": 1000}
+    a = gateway_factory(
+        {
+            "redis": {"url": machine_redis_url()},
+            "credits": {"wallet": True},
+            "limits": limits,
+            "usage": {"flush_seconds": "100ms"},
+        }
+    )
+    b = replica(a, request)
+    assert cli_json(a, "users", "credits", a.user_id, "--set", "30")["balance"] == 30
+    order = {"template_id": "tpl_mug", "artwork_url": "https://example.com/a.png"}
+
+    def generate(url: str) -> int:
+        return httpx.post(f"{url}/api/v1/mockups/generate", headers=a.auth, json=order, timeout=30).status_code
+
+    start = threading.Barrier(120)
+
+    def together(url: str) -> int:
+        start.wait()
+        return generate(url)
+
+    with concurrent.futures.ThreadPoolExecutor(120) as pool:
+        statuses = list(pool.map(together, [(a, b)[i % 2].url for i in range(120)]))
+    assert sorted(statuses) == [201] * 30 + [402] * 90
+    deadline = time.monotonic() + 10
+    while cli_json(a, "users", "credits", a.user_id)["balance"] != 0:  # both replicas' spending written
+        assert time.monotonic() < deadline, "the spent credits never reached the store"
+    # An operator's top-up counts at once on both replicas, and only once.
+    cli_json(a, "users", "credits", a.user_id, "--add", "1")
+    assert sorted([generate(a.url), generate(b.url)]) == [201, 402]
+
+
 def test_redis_down_fails_open_and_counts_nothing_twice(
     gateway_factory: GatewayFactory, own_redis: RedisServer
 ) -> None:

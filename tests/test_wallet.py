@@ -24,8 +24,8 @@ async def user_with(store: KeyStore, balance: int) -> ManagementService:
 async def test_reservations_forward_exactly_what_the_balance_pays_for(store: KeyStore) -> None:
     service = await user_with(store, 50)
     wallet = Wallet(store)
-    paid = await asyncio.gather(*(wallet.reserve("alice", 1) for _ in range(200)))
-    assert paid.count(True) == 50 and wallet.available("alice") == 0
+    tokens = await asyncio.gather(*(wallet.reserve("alice", 1) for _ in range(200)))
+    assert sum(token is not None for token in tokens) == 50 and wallet.available("alice") == 0
     for _ in range(10):
         wallet.release("alice", 1)  # not 2xx: given back
     for _ in range(40):
@@ -39,12 +39,12 @@ async def test_reservations_forward_exactly_what_the_balance_pays_for(store: Key
 async def test_an_operators_change_counts_at_the_next_request(store: KeyStore) -> None:
     service = await user_with(store, 1)
     wallet = Wallet(store)
-    assert await wallet.reserve("alice", 1)
+    assert await wallet.reserve("alice", 1) is not None
     wallet.commit("alice", 1)
-    assert not await wallet.reserve("alice", 1)
+    assert await wallet.reserve("alice", 1) is None
     await service.credits("alice", add=5)  # another process's write: the change counter moves
-    assert await wallet.reserve("alice", 5)  # 1 + 5 stored, 1 spent but not yet written
-    assert not await wallet.reserve("alice", 1)
+    assert await wallet.reserve("alice", 5) is not None  # 1 + 5 stored, 1 spent but not yet written
+    assert await wallet.reserve("alice", 1) is None
 
 
 async def test_a_refill_at_the_month_boundary(store: KeyStore) -> None:
@@ -52,17 +52,17 @@ async def test_a_refill_at_the_month_boundary(store: KeyStore) -> None:
     december = calendar.timegm((2026, 12, 31, 23, 59, 0, 0, 0, 0))
     clock = Clock(float(december))
     wallet = Wallet(store, refill=MONTHLY, clock=clock)
-    assert await wallet.reserve("alice", 999)  # December's refill, applied at the first request
+    assert await wallet.reserve("alice", 999) is not None  # December's refill, applied at the first request
     wallet.commit("alice", 999)
     await wallet.flush()
     assert await service.credits("alice") == 1
-    assert not await wallet.reserve("alice", 2)
+    assert await wallet.reserve("alice", 2) is None
     clock.tick(60)  # 2027-01-01T00:00:00Z
-    assert await wallet.reserve("alice", 1000)  # raised to 1,000 again, once
+    assert await wallet.reserve("alice", 1000) is not None  # raised to 1,000 again, once
     wallet.commit("alice", 1000)
     await wallet.flush()
     assert await service.credits("alice") == 0
-    assert not await Wallet(store, refill=MONTHLY, clock=clock).reserve("alice", 1)  # not twice in January
+    assert await Wallet(store, refill=MONTHLY, clock=clock).reserve("alice", 1) is None  # not twice in January
 
 
 def test_refill_periods() -> None:

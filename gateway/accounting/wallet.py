@@ -19,11 +19,24 @@ import asyncio
 import calendar
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from gateway.config import CreditRefill
 from gateway.store import KeyStore
 
-__all__ = ["Wallet", "refill_period"]
+__all__ = ["CreditWallet", "Wallet", "refill_period"]
+
+
+class CreditWallet(Protocol):
+    """What the proxy needs of a wallet: this process's (``Wallet``), or one shared through Redis."""
+
+    async def reserve(self, user_id: str, cost: int) -> int | None: ...
+
+    def commit(self, user_id: str, cost: int, token: int = 0) -> None: ...
+
+    def release(self, user_id: str, cost: int, token: int = 0) -> None: ...
+
+    def available(self, user_id: str) -> int: ...
 
 
 def refill_period(refill: CreditRefill, now: float) -> tuple[str, float]:
@@ -62,26 +75,42 @@ class Wallet:
             - self._reserved.get(user_id, 0)
         )
 
-    async def reserve(self, user_id: str, cost: int) -> bool:
-        """Hold ``cost`` credits for a request about to be forwarded; False when the balance cannot pay."""
-        if self._store.changes() != self._changes or self._clock() >= self._period_ends:
-            self._forget()
-        if user_id not in self._known:
+    async def reserve(self, user_id: str, cost: int) -> int | None:
+        """Hold ``cost`` credits for a request about to be forwarded: a token for ``commit`` or
+        ``release``, or None when the balance cannot pay."""
+        if user_id not in self._known or self._stale():
             await self._load(user_id)
         # From here to the reservation nothing awaits: the test and the hold are one step.
         if self.available(user_id) < cost:
-            return False
+            return None
         self._reserved[user_id] = self._reserved.get(user_id, 0) + cost
-        return True
+        return 0
 
-    def commit(self, user_id: str, cost: int) -> None:
+    def commit(self, user_id: str, cost: int, token: int = 0) -> None:
         """The reserved request was paid for (a 2xx, or the upstream had it when its client left)."""
         self._unreserve(user_id, cost)
-        self._spent[user_id] = self._spent.get(user_id, 0) + cost
+        self.record_spent(user_id, cost)
 
-    def release(self, user_id: str, cost: int) -> None:
+    def release(self, user_id: str, cost: int, token: int = 0) -> None:
         """The reserved request was not paid for."""
         self._unreserve(user_id, cost)
+
+    def record_spent(self, user_id: str, cost: int) -> None:
+        """Credits spent, to be taken off the stored balance at the next flush."""
+        self._spent[user_id] = self._spent.get(user_id, 0) + cost
+
+    async def stored_balance(self, user_id: str) -> int:
+        """The stored balance (refilled if a period began) less what this process spent and has
+        not written yet: where a balance shared through Redis starts."""
+        if user_id not in self._known or self._stale():
+            await self._load(user_id)
+        return self._known[user_id] - self._spent.get(user_id, 0) - self._writing.get(user_id, 0)
+
+    def _stale(self) -> bool:
+        if self._store.changes() != self._changes or self._clock() >= self._period_ends:
+            self._forget()
+            return True
+        return False
 
     def _unreserve(self, user_id: str, cost: int) -> None:
         left = self._reserved[user_id] - cost

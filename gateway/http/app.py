@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from gateway.accounting.access_log import AccessLog
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.usage import UsageRecorder
-from gateway.accounting.wallet import Wallet
+from gateway.accounting.wallet import CreditWallet, Wallet
 from gateway.auth.throttle import LookupThrottle
 from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
@@ -130,6 +130,14 @@ class GatewayApp:
             # Limits counted in this process alone: resume the windows the last run saved.
             limiter.restore(await store.load_windows(limiter.clock()))
         wallet = Wallet(store, refill=config.credits.refill) if config.credits.wallet else None
+        credit_wallet: CreditWallet | None = wallet
+        if wallet is not None and shared is not None:
+            from gateway.ratelimit.shared_wallet import SharedWallet
+
+            credit_wallet = shared_wallet = SharedWallet(
+                shared.state, wallet, refill=config.credits.refill, fail_open=config.redis.on_failure == "open"
+            )
+            resources.push_async_callback(shared_wallet.aclose)  # before Redis closes
         usage = UsageRecorder(
             store,
             metrics=self.metrics,
@@ -153,7 +161,7 @@ class GatewayApp:
             shared_limiter=shared,
             usage=usage,
             client=client,
-            wallet=wallet,
+            wallet=credit_wallet,
         )
 
 

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.accounting.usage import CreditRules, UsageRecorder
-from gateway.accounting.wallet import Wallet
+from gateway.accounting.wallet import CreditWallet
 from gateway.auth.verify import Identity, Verifier
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -107,21 +107,21 @@ class _Spend:
     """A request's credits held in its user's wallet: paid (``commit``) or given back
     (``release``), whichever comes first; the other is then a no-op."""
 
-    __slots__ = ("_header", "_wallet", "cost", "settled", "user_id")
+    __slots__ = ("_header", "_wallet", "cost", "settled", "token", "user_id")
 
-    def __init__(self, wallet: Wallet, user_id: str, cost: int, header: bytes) -> None:
-        self._wallet, self.user_id, self.cost, self._header = wallet, user_id, cost, header
+    def __init__(self, wallet: CreditWallet, user_id: str, cost: int, token: int, header: bytes) -> None:
+        self._wallet, self.user_id, self.cost, self.token, self._header = wallet, user_id, cost, token, header
         self.settled = False
 
     def commit(self) -> None:
         if not self.settled:
             self.settled = True
-            self._wallet.commit(self.user_id, self.cost)
+            self._wallet.commit(self.user_id, self.cost, self.token)
 
     def release(self) -> None:
         if not self.settled:
             self.settled = True
-            self._wallet.release(self.user_id, self.cost)
+            self._wallet.release(self.user_id, self.cost, self.token)
 
     def header(self) -> tuple[bytes, bytes]:
         """X-Credits-Remaining (credits.header): what the user can still spend."""
@@ -162,7 +162,7 @@ class Proxy:
         shared_limiter: SharedLimiter | None,
         usage: UsageRecorder,
         client: UpstreamClient,
-        wallet: Wallet | None = None,
+        wallet: CreditWallet | None = None,
     ) -> None:
         """``shared_limiter`` is the limits every worker and replica share (with ``redis.url``)."""
         self._rules = rules
@@ -427,17 +427,17 @@ class Proxy:
         if not cost or wallet is None:
             return None
         try:
-            paid = await wallet.reserve(identity.user_id, cost)
+            token = await wallet.reserve(identity.user_id, cost)
         except Exception as exc:
             if not is_store_failure(exc):
                 raise
             raise StoreUnavailable(f"credit balance: {type(exc).__name__}", retry_after=1) from None
-        if not paid:
+        if token is None:
             self._usage.refused_credits(identity.key_id)
             balance = max(0, wallet.available(identity.user_id))
             answer_headers.append((self._credits_header, str(balance).encode()))
             raise InsufficientCredits(required=cost, balance=balance)
-        return _Spend(wallet, identity.user_id, cost, self._credits_header)
+        return _Spend(wallet, identity.user_id, cost, token, self._credits_header)
 
     async def _take_slot(self) -> bool:
         """One of the upstream.max_connections, waiting at most upstream.pool_timeout (False then)."""

@@ -76,12 +76,15 @@ class ManagementService:
         key_prefix: str,
         clock: Callable[[], float] = time.time,
         announce: Callable[[], Awaitable[object]] | None = None,
+        forget_credits: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
-        """``announce`` tells every gateway process of a change (RedisState.announce_change)."""
+        """``announce`` tells every gateway process of a change (RedisState.announce_change);
+        ``forget_credits`` makes them read a user's credit balance again (RedisState)."""
         self.store = store
         self._prefix = key_prefix
         self._clock = clock
         self._announce = announce
+        self._forget_credits = forget_credits
 
     async def _write(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run a store write, announced before (an unreachable Redis stops it before anything is
@@ -162,6 +165,15 @@ class ManagementService:
         )
         if balance is None:
             raise NotFound(f"no user {user_id!r}")
+        if self._forget_credits is not None:
+            try:
+                await self._forget_credits(user_id)
+            except Exception as exc:
+                raise ChangeNotAnnounced(
+                    f"the balance was written, but Redis stopped answering before the running gateways were told"
+                    f" ({type(exc).__name__}: {exc}): they keep spending the old one until Redis answers; then run"
+                    f" `gateway users credits {user_id} --add 0` to make them read it"
+                ) from None
         return balance
 
     async def list_users(self) -> Sequence[User]:
@@ -295,7 +307,12 @@ async def open_service(
 
         state = RedisState(config.redis.url, timeout=redis_timeout or config.redis.timeout)
         try:
-            yield ManagementService(store, key_prefix=config.keys.prefix, announce=state.announce_change)
+            yield ManagementService(
+                store,
+                key_prefix=config.keys.prefix,
+                announce=state.announce_change,
+                forget_credits=state.forget_credits,
+            )
         finally:
             await state.aclose()
     finally:

@@ -77,6 +77,41 @@ return redis.call('INCR', KEYS[1])
 )
 
 
+# The credit wallet shared by every replica: per user a hash of its spendable balance ("bal", the
+# stored balance less what is spent and reserved), the refill period it was read in, and a
+# generation ("gen", new at each read from the store) that reservations carry.
+WALLET_PREFIX = "gateway-wallet:"
+_WALLET_GENERATION = "gateway-wallet-generation"
+
+# KEYS: the hash. ARGV: the cost, the refill period. {-1}: not known (or from another period):
+# read it from the store first; {0, bal}: refused; {1, bal left, gen}: reserved.
+_WALLET_RESERVE = """
+local bal = redis.call('HGET', KEYS[1], 'bal')
+if not bal or redis.call('HGET', KEYS[1], 'period') ~= ARGV[2] then return {-1} end
+bal = tonumber(bal)
+if bal < tonumber(ARGV[1]) then return {0, bal} end
+bal = redis.call('HINCRBY', KEYS[1], 'bal', -tonumber(ARGV[1]))
+return {1, bal, tonumber(redis.call('HGET', KEYS[1], 'gen'))}
+"""
+
+# KEYS: the hash, the generation counter. ARGV: the balance read from the store, its period.
+# Another replica's read of the same period stands (its reservations are in it already).
+_WALLET_START = """
+if redis.call('HGET', KEYS[1], 'period') == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'period', ARGV[2], 'gen', redis.call('INCR', KEYS[2]))
+return 1
+"""
+
+# KEYS: the hash. ARGV: the cost, the reservation's generation: given back only to the balance it
+# was taken from (a balance read again since already has it).
+_WALLET_RELEASE = """
+if tonumber(redis.call('HGET', KEYS[1], 'gen')) == tonumber(ARGV[2]) then
+  redis.call('HINCRBY', KEYS[1], 'bal', ARGV[1])
+end
+return 0
+"""
+
+
 def is_redis_failure(exc: BaseException) -> bool:
     """Redis could not be used: refused, reset, timed out, or an error it answered. uvloop raises
     RuntimeError for a write to a connection the peer has reset, which redis-py lets through."""
@@ -93,6 +128,9 @@ class RedisState:
         )
         self._hit: Any = self.client.register_script(_HIT)
         self._announce: Any = self.client.register_script(_ANNOUNCE)
+        self._wallet_reserve: Any = self.client.register_script(_WALLET_RESERVE)
+        self._wallet_start: Any = self.client.register_script(_WALLET_START)
+        self._wallet_release: Any = self.client.register_script(_WALLET_RELEASE)
         # Per API key: its limits, and the script's keys and arguments for them. Found by the key's
         # id and checked by identity first: hashing limits costs microseconds (Python __hash__).
         self._calls: dict[str, tuple[Limits, list[str], list[int]]] = {}
@@ -148,6 +186,20 @@ class RedisState:
     async def announce_change(self) -> int:
         """Advance the epoch: every process drops its cached verdicts at its next request."""
         return int(await self._announce(keys=[EPOCH_KEY]))
+
+    async def reserve_credits(self, user_id: str, cost: int, period: str) -> list[int]:
+        """[-1]: the balance is not known for this period; [0, balance]: refused; [1, left, gen]."""
+        return list(await self._wallet_reserve(keys=[WALLET_PREFIX + user_id], args=[cost, period]))
+
+    async def start_credits(self, user_id: str, balance: int, period: str) -> None:
+        await self._wallet_start(keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[balance, period])
+
+    async def release_credits(self, user_id: str, cost: int, generation: int) -> None:
+        await self._wallet_release(keys=[WALLET_PREFIX + user_id], args=[cost, generation])
+
+    async def forget_credits(self, user_id: str) -> None:
+        """An operator changed the stored balance: every replica reads it again at its next request."""
+        await self.client.delete(WALLET_PREFIX + user_id)
 
     async def ping(self) -> None:
         await self.client.ping()
