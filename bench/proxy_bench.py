@@ -68,7 +68,8 @@ TARGETS: dict[str, str] = {
     "gateway-httpx": "the product: gateway serve, upstream.client = httpx",
     "gateway-builtin": "the product: gateway serve, upstream.client = builtin (its own client)",
     "gateway-aiohttp-no-access-log": "gateway-aiohttp with logging.access: false",
-    "gateway-builtin-quotas": "gateway-builtin with per-user limits and a route limit per key and per user on the GET",
+    "gateway-builtin-quotas": "gateway-builtin with per-user limits, a route limit per key and per user on the GET,"
+    " and the credit wallet paying 1 credit for each GET",
 }
 # Ratios are taken against these, when they ran in the same round.
 REFERENCES = ("direct", "raw-asgi-aiohttp", "asgiproxy")
@@ -129,10 +130,12 @@ def write_gateway_config(
         if quotas
         else ""
     )
+    wallet = f"credits:\n  wallet: true\n  rules: [{{method: GET, path: {GET_PATH}, cost: 1}}]\n" if quotas else ""
     path.write_text(
         f"upstream:\n  url: {upstream_url}\n  client: {client}\nstore:\n  url: sqlite:///{tmp}/{name}.db\n"
         'rate_limits:\n  default: ["1000000000/minute", "10000000000/day"]\n'
         + extra
+        + wallet
         + f"logging:\n  level: warning\n  access: {str(access_log).lower()}\n"
     )
     return path
@@ -144,6 +147,9 @@ def gateway_api_key(client: str, config: Path, tmp: Path) -> str | None:
     whole hot path (key check from its cache) on each."""
     gateway = str(VENV_BIN / "gateway")
     subprocess.run([gateway, "users", "add", "bench", "--config", str(config)], cwd=tmp, check=True, timeout=60)
+    # Credits for a wallet's costed GET that the run can never spend (the quotas target).
+    credits = [gateway, "users", "credits", "bench", "--set", "1000000000000", "--config", str(config)]
+    subprocess.run(credits, cwd=tmp, check=True, timeout=60, capture_output=True)
     created = subprocess.run(
         [gateway, "keys", "create", "--user", "bench", "--json", "--config", str(config)],
         cwd=tmp,
