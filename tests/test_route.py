@@ -64,6 +64,24 @@ async def test_a_key_holder_is_forwarded_with_its_identity(gw: AppGateway) -> No
     assert sent.header(b"authorization") == []
 
 
+async def test_the_upstreams_own_rate_limit_headers_are_replaced_not_doubled(
+    app_gateway_factory: AppGatewayFactory,
+) -> None:
+    own = [(b"X-RateLimit-Limit", b"7"), (b"x-ratelimit-remaining", b"6"), (b"X-Request-Id", b"theirs"), (b"x-a", b"1")]
+    gw = await app_gateway_factory(
+        {"rate_limits": {"default": ["5/minute"]}}, upstream=FakeUpstream(lambda sent: UpstreamAnswer(headers=own))
+    )
+    answer = await gw.request(headers=bearer(gw.key))
+    # Answer.header asserts each name comes once: the gateway's values, never beside the upstream's.
+    assert (answer.header("x-ratelimit-limit"), answer.header("x-ratelimit-remaining")) == ("5", "4")
+    assert answer.header("x-request-id") != "theirs" and answer.header("x-a") == "1"
+    quiet = await app_gateway_factory(
+        {"rate_limits": {"headers": "none"}}, upstream=FakeUpstream(lambda sent: UpstreamAnswer(headers=own))
+    )
+    passed = await quiet.request(headers=bearer(quiet.key))
+    assert passed.header("X-RateLimit-Limit") == "7"  # the gateway writes none: the upstream's pass
+
+
 async def test_a_chunked_upload_gets_its_length_after_the_identity_headers(app_gateway: AppGateway) -> None:
     chunked = [app_gateway.auth, (b"x-request-id", b"chunked-1"), (b"transfer-encoding", b"chunked")]
     assert (await app_gateway.request("POST", headers=chunked, body=b"abc")).status == 200

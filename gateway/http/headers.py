@@ -200,9 +200,16 @@ def _canonical(name: bytes) -> bytes:
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]], *, strip_cors: bool = False) -> Headers:
-    """The upstream's response headers minus hop-by-hop ones (and CORS ones if asked), names and
-    order as the upstream sent them; UpstreamUnavailable if a value holds a control byte."""
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    strip_cors: bool = False,
+    replaced: frozenset[bytes] = frozenset({REQUEST_ID}),
+) -> Headers:
+    """The upstream's response headers minus hop-by-hop ones, those the gateway writes itself
+    (``replaced``, lower case: X-Request-Id, its rate-limit and credits headers) and CORS ones if
+    asked; names and order as the upstream sent them. UpstreamUnavailable if a value holds a
+    control byte."""
     kept: Headers = []
     connection: list[bytes] = []
     for name, value in raw:
@@ -215,8 +222,8 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], *, strip_cors: bool = F
             continue
         if strip_cors and lowered.startswith(b"access-control-"):
             continue
-        if lowered == REQUEST_ID:
-            continue
+        if lowered in replaced:
+            continue  # the gateway's own value is sent instead, never beside it
         kept.append((name, value))
     nominated = _nominated(connection) if connection else None
     if nominated:

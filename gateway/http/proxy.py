@@ -36,7 +36,7 @@ from gateway.http.ledger import Exchange, Ledger
 from gateway.http.request_body import BufferedBody, ClientDisconnected, read_body
 from gateway.http.request_id import HEADER as REQUEST_ID
 from gateway.ratelimit.charges import ChargePlan
-from gateway.ratelimit.headers import RateLimitHeaderWriter
+from gateway.ratelimit.headers import RATE_LIMIT_HEADERS, RateLimitHeaderWriter
 from gateway.ratelimit.limiter import Charge, Decision, Limiter
 from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
@@ -192,6 +192,12 @@ class Proxy:
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._plan = ChargePlan(config.rate_limits)
+        # The response header names the gateway writes itself, by whether the rate-limit headers
+        # (all but X-Request-Id in the answer's own headers) and the credits header are on it.
+        rate_names = frozenset(RATE_LIMIT_HEADERS[config.rate_limits.headers])
+        plain = frozenset({REQUEST_ID})
+        credits = frozenset({config.credits.header.lower().encode("latin-1")})
+        self._replaced = ((plain, plain | credits), (plain | rate_names, plain | rate_names | credits))
         self._credits = CreditRules(config.credits.rules)
         self._wallet = wallet
         self._credits_header = config.credits.header.lower().encode("latin-1")
@@ -469,7 +475,9 @@ class Proxy:
                 # 1xx are the client library's to handle; 101 would switch to a protocol the
                 # gateway does not carry; above 599 is no HTTP status.
                 raise UpstreamUnavailable(f"the upstream answered with status {response.status}")
-            headers = response_headers(response.headers, strip_cors=strip_cors)
+            # The names the gateway writes on this answer: the upstream's own are dropped.
+            replaced = self._replaced[len(answer_headers) > 1][spend is not None]
+            headers = response_headers(response.headers, strip_cors=strip_cors, replaced=replaced)
         except GatewayError as error:
             self._failures.note(scope["method"], scope["path"], error)
             raise

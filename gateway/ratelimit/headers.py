@@ -16,7 +16,17 @@ from gateway.config import RateLimitHeaders
 from gateway.ratelimit.limiter import KEY, Decision, Window
 from gateway.units import window_name
 
-__all__ = ["RateLimitHeaderWriter"]
+__all__ = ["RATE_LIMIT_HEADERS", "RateLimitHeaderWriter"]
+
+_LEGACY = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+_IETF = (b"ratelimit-policy", b"ratelimit")
+# The header names each rate_limits.headers mode writes.
+RATE_LIMIT_HEADERS: dict[str, tuple[bytes, ...]] = {
+    "x-ratelimit": _LEGACY,
+    "ietf": _IETF,
+    "both": _LEGACY + _IETF,
+    "none": (),
+}
 
 Headers = list[tuple[bytes, bytes]]
 
