@@ -83,3 +83,12 @@ async def test_an_observed_window_never_refuses_in_redis_either(state: RedisStat
     assert all(d.allowed for d in decisions)
     assert sum(len(d.observed) for d in decisions) == 7  # exactly what 3/minute would have refused
     assert all(w.scope == KEY for d in decisions for w in d.windows)
+
+
+async def test_route_and_user_names_cannot_run_into_each_other(state: RedisState) -> None:
+    # limits joins a window's name with "/": a route and a user id with "/" in them must stay apart.
+    limit = parse_limits("1/minute")
+    first = Charge("user:POST /api/v1/mockups", "generate/alice", limit)
+    second = Charge("user:POST /api/v1/mockups/generate", "alice", limit)
+    assert (await state.hit_all((first,)))[0].allowed
+    assert (await state.hit_all((second,)))[0].allowed  # a window of its own, not the first's

@@ -14,8 +14,8 @@ from tests.fakes import Clock
 MONTHLY = CreditRefill(amount=1000, every="month")
 
 
-async def user_with(store: KeyStore, balance: int) -> ManagementService:
-    service = ManagementService(store, key_prefix="mk_live_")
+async def user_with(store: KeyStore, balance: int, clock: Clock | None = None) -> ManagementService:
+    service = ManagementService(store, key_prefix="mk_live_", clock=clock or Clock(1_000.0))
     await service.add_user("alice")
     await service.credits("alice", set_to=balance)
     return service
@@ -45,6 +45,34 @@ async def test_an_operators_change_counts_at_the_next_request(store: KeyStore) -
     await service.credits("alice", add=5)  # another process's write: the change counter moves
     assert await wallet.reserve("alice", 5) is not None  # 1 + 5 stored, 1 spent but not yet written
     assert await wallet.reserve("alice", 1) is None
+
+
+async def test_an_operators_set_balance_stands_whatever_was_spent_before_it(store: KeyStore) -> None:
+    clock = Clock(1_000.0)
+    service = await user_with(store, 100, clock)  # the operator's clock and the gateway's agree
+    wallet = Wallet(store, clock=clock)
+    for _ in range(30):
+        assert await wallet.reserve("alice", 1) is not None
+        wallet.commit("alice", 1)  # spent, not yet written
+    clock.tick(1)
+    await service.credits("alice", set_to=10)  # the operator says: 10, from now on
+    clock.tick(1)
+    assert await wallet.reserve("alice", 1) is not None
+    wallet.commit("alice", 1)  # spent after the set: taken off it
+    await wallet.flush()
+    assert await service.credits("alice") == 9  # not 10 - 31 = -21
+    assert wallet.available("alice") == 9
+
+
+async def test_an_operators_top_up_adds_to_what_is_left(store: KeyStore) -> None:
+    service = await user_with(store, 100)
+    wallet = Wallet(store)
+    for _ in range(30):
+        assert await wallet.reserve("alice", 1) is not None
+        wallet.commit("alice", 1)
+    await service.credits("alice", add=5)
+    await wallet.flush()
+    assert await service.credits("alice") == 75
 
 
 async def test_a_refill_at_the_month_boundary(store: KeyStore) -> None:

@@ -26,6 +26,9 @@ from gateway.store import KeyStore
 
 __all__ = ["CreditWallet", "Wallet", "refill_period"]
 
+# Reads of a balance before one is kept though writes keep landing meanwhile (each is rare).
+_LOAD_ATTEMPTS = 3
+
 
 class CreditWallet(Protocol):
     """What the proxy needs of a wallet: this process's (``Wallet``), or one shared through Redis."""
@@ -57,23 +60,21 @@ class Wallet:
         self._refill = refill
         self._clock = clock
         self._known: dict[str, int] = {}  # balances as the store last said
-        self._spent: dict[str, int] = {}  # committed, not yet written
-        self._writing: dict[str, int] = {}  # being written
+        # Spent and not yet written, by user and since when (the last store change this process
+        # saw before the spending): an operator's --set after that time drops them.
+        self._spent: dict[tuple[str, float], int] = {}
+        self._unwritten: dict[str, int] = {}  # the same by user, being written included
         self._reserved: dict[str, int] = {}  # requests in flight
         # Loads and writes of balances one at a time: a balance read while spent credits are
         # being written would count them twice, or not at all.
         self._lock = asyncio.Lock()
         self._changes = store.changes()
+        self._since = clock()
         self._period_ends = refill_period(refill, clock())[1] if refill is not None else float("inf")
 
     def available(self, user_id: str) -> int:
         """What the user can spend now (0 for a balance not read yet)."""
-        return (
-            self._known.get(user_id, 0)
-            - self._spent.get(user_id, 0)
-            - self._writing.get(user_id, 0)
-            - self._reserved.get(user_id, 0)
-        )
+        return self._known.get(user_id, 0) - self._unwritten.get(user_id, 0) - self._reserved.get(user_id, 0)
 
     async def reserve(self, user_id: str, cost: int) -> int | None:
         """Hold ``cost`` credits for a request about to be forwarded: a token for ``commit`` or
@@ -96,15 +97,19 @@ class Wallet:
         self._unreserve(user_id, cost)
 
     def record_spent(self, user_id: str, cost: int) -> None:
-        """Credits spent, to be taken off the stored balance at the next flush."""
-        self._spent[user_id] = self._spent.get(user_id, 0) + cost
+        """Credits spent, to be taken off the stored balance at the next flush (unless an operator
+        sets the balance since: see ``_since``)."""
+        self._stale()  # an operator's change is seen before the spending is dated
+        key = (user_id, self._since)
+        self._spent[key] = self._spent.get(key, 0) + cost
+        self._unwritten[user_id] = self._unwritten.get(user_id, 0) + cost
 
     async def stored_balance(self, user_id: str) -> int:
         """The stored balance (refilled if a period began) less what this process spent and has
         not written yet: where a balance shared through Redis starts."""
         if user_id not in self._known or self._stale():
             await self._load(user_id)
-        return self._known[user_id] - self._spent.get(user_id, 0) - self._writing.get(user_id, 0)
+        return self._known[user_id] - self._unwritten.get(user_id, 0)
 
     def _stale(self) -> bool:
         if self._store.changes() != self._changes or self._clock() >= self._period_ends:
@@ -122,22 +127,48 @@ class Wallet:
     def _forget(self) -> None:
         """Read every balance again at its next request (the store changed, or a period began)."""
         self._changes = self._store.changes()
+        self._since = self._clock()
         if self._refill is not None:
             self._period_ends = refill_period(self._refill, self._clock())[1]
         self._known.clear()
 
     async def _load(self, user_id: str) -> None:
         async with self._lock:
-            if user_id in self._known:  # another request read it meanwhile
-                return
-            now = self._clock()
-            if self._refill is not None:
-                period = refill_period(self._refill, now)[0]
-                found = await self._store.credit_balance(user_id)
-                if found is not None and found[1] != period:
-                    await self._store.refill_credits(user_id, amount=self._refill.amount, period=period, at=now)
+            for _ in range(_LOAD_ATTEMPTS):
+                if user_id in self._known:  # another request read it meanwhile
+                    return
+                changes = self._store.changes()
+                if changes != self._changes:
+                    self._forget()
+                balance = await self._read(user_id)
+                # A write landed while it was read (an operator's --set): the value may be from
+                # before it, and would outlive it; read again.
+                if self._store.changes() == changes:
+                    break
+            self._known[user_id] = balance
+
+    async def _read(self, user_id: str) -> int:
+        """The stored balance, refilled first if a period began since it last was. Credits spent
+        before an operator last set it will not be taken off it: they are forgotten here."""
+        now = self._clock()
+        if self._refill is not None:
+            period = refill_period(self._refill, now)[0]
             found = await self._store.credit_balance(user_id)
-            self._known[user_id] = 0 if found is None else found[0]
+            if found is not None and found[1] != period:
+                await self._store.refill_credits(user_id, amount=self._refill.amount, period=period, at=now)
+        found = await self._store.credit_balance(user_id)
+        if found is None:
+            return 0
+        balance, _, set_at = found
+        if set_at is not None:
+            for key in [key for key in self._spent if key[0] == user_id and key[1] < set_at]:
+                spent = self._spent.pop(key)
+                left = self._unwritten[user_id] - spent
+                if left:
+                    self._unwritten[user_id] = left
+                else:
+                    del self._unwritten[user_id]
+        return balance
 
     async def flush(self) -> None:
         """Take the credits spent since the last flush off the stored balances, recorded; on
@@ -146,16 +177,19 @@ class Wallet:
             return
         async with self._lock:
             batch, self._spent = self._spent, {}
-            self._writing = batch
+            rows = [(user_id, since, spent) for (user_id, since), spent in batch.items()]
             try:
-                await self._store.spend_credits(batch, self._clock())
+                taken = await self._store.spend_credits(rows, self._clock())
             except BaseException:
-                for user_id, spent in batch.items():
-                    self._spent[user_id] = self._spent.get(user_id, 0) + spent
+                for key, spent in batch.items():
+                    self._spent[key] = self._spent.get(key, 0) + spent
                 raise
-            finally:
-                self._writing = {}
-            # Balances read before this write do not include it yet (none is read meanwhile).
-            for user_id, spent in batch.items():
-                if user_id in self._known:
+            for (user_id, _, spent), was_taken in zip(rows, taken, strict=True):
+                left = self._unwritten[user_id] - spent
+                if left:
+                    self._unwritten[user_id] = left
+                else:
+                    del self._unwritten[user_id]
+                # Balances read before this write do not include it yet (none is read meanwhile).
+                if was_taken and user_id in self._known:
                     self._known[user_id] -= spent

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.usage import CreditRules, UsageRecorder
 from gateway.accounting.wallet import CreditWallet
@@ -410,6 +410,13 @@ class Proxy:
                     self._failures.note(scope["method"], scope["path"], error)
                     raise error
                 await self._respond(scope, receive, send, response, answer_headers, exchange, identity.key_id, spend)
+            except asyncio.CancelledError:
+                # The client left after a 2xx head came, before its answer was charged (its body
+                # was being read): the work is done, so it is paid for, as above.
+                gone = scope.get("state", {}).get(CLIENT_GONE)
+                if gone and exchange.outcome != "forwarded" and 200 <= response.status < 300:
+                    self._charge(scope, identity.key_id, spend)
+                raise
             finally:
                 await response.aclose()
         finally:
@@ -482,13 +489,7 @@ class Proxy:
             self._failures.note(scope["method"], scope["path"], error)
             raise
         headers += answer_headers
-        if spend is not None:
-            if not 200 <= response.status < 300:
-                spend.release()
-            else:
-                spend.commit()  # (before the header: it says what is left after this request)
-            headers.append(spend.header())
-        start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        start: dict[str, Any] = {"type": "http.response.start", "status": response.status, "headers": headers}
         length = response.content_length
         content = None
         if response.status in _NO_BODY_STATUSES:
@@ -500,10 +501,14 @@ class Proxy:
             content = b""
         elif length is not None and length <= SMALL_BODY:
             content = await response.read()  # its errors are answered in the route: nothing is sent yet
-        # From here on the answer is the upstream's (a client that leaves still paid for it).
+        # From here on the answer is the upstream's (a client that leaves still paid for it): the
+        # usage and the wallet are charged at this one point, so they always agree.
         exchange.outcome, exchange.status = "forwarded", response.status
         if 200 <= response.status < 300:
             self._charge(scope, key_id, spend)
+        if spend is not None:
+            spend.release()  # (a no-op once paid)
+            start["headers"].append(spend.header())  # what is left after this request
         if content is not None:
             await send(start)
             await send({"type": "http.response.body", "body": content})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -161,7 +162,13 @@ class RedisState:
         observes: list[int] = []
         for scope, owner, limits, observe in charges:
             # A key's windows keep the names they have always had; the others' are apart from them.
-            namespace = _LIMIT_NAMESPACE if scope == KEY else f"{_LIMIT_NAMESPACE}-{scope}"
+            # Their scope (a route's has "/" in it) and owner (a user id may) are escaped, since
+            # limits joins a name's parts with "/": "user:POST /a" + "b/c" must not be "user:POST /a/b" + "c".
+            if scope != KEY:
+                scope_name, owner = quote(scope, safe=""), quote(owner, safe="")
+                namespace = f"{_LIMIT_NAMESPACE}-{scope_name}"
+            else:
+                namespace = _LIMIT_NAMESPACE
             keys += [item.key_for(namespace, owner) for item in limits]
             amounts += [item.amount for item in limits]
             lengths += [item.get_expiry() * 1000 for item in limits]

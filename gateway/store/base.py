@@ -139,9 +139,14 @@ def daily_from_row(row: Sequence[Any]) -> DailyUsage:
 
 
 # The credit wallet (both stores; "?" placeholders).
-CREDIT_BALANCE = "SELECT credit_balance, credits_refilled FROM users WHERE id = ?"
+CREDIT_BALANCE = "SELECT credit_balance, credits_refilled, credits_set_at FROM users WHERE id = ?"
 RECORD_CREDIT_CHANGE = "INSERT INTO credit_changes (user_id, at, change, balance, reason) VALUES (?, ?, ?, ?, ?)"
 ADD_CREDITS = "UPDATE users SET credit_balance = credit_balance + ? WHERE id = ? RETURNING credit_balance"
+SET_CREDITS = "UPDATE users SET credit_balance = ?, credits_set_at = ? WHERE id = ? RETURNING credit_balance"
+SPEND_CREDITS = (
+    "UPDATE users SET credit_balance = credit_balance - ?"
+    " WHERE id = ? AND (credits_set_at IS NULL OR credits_set_at <= ?) RETURNING credit_balance"
+)
 REFILL_CREDITS = (
     "UPDATE users SET credits_refilled = ?,"
     " credit_balance = CASE WHEN credit_balance < ? THEN ? ELSE credit_balance END"
@@ -305,8 +310,9 @@ class KeyStore(Protocol):
         in one transaction. Not a change: it leaves the change counter alone, so caches stay warm."""
         ...
 
-    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
-        """The user's credit balance and the refill period last applied; None if no such user."""
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None, float | None] | None:
+        """The user's credit balance, the refill period last applied, and when an operator last
+        set it; None if no such user."""
         ...
 
     async def change_credits(
@@ -319,8 +325,10 @@ class KeyStore(Protocol):
         """Raise the balance to ``amount`` unless ``period``'s refill is applied already (recorded)."""
         ...
 
-    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
-        """Take each user's spent credits off its balance, recorded, in one transaction."""
+    async def spend_credits(self, spent: Sequence[tuple[str, float, int]], at: float) -> list[bool]:
+        """Take spent credits, (user, since, credits), off the balances, recorded, in one
+        transaction; credits spent since a time before the balance was last set are dropped (the
+        operator's balance stands). Whether each was taken off."""
         ...
 
     async def daily_usage(

@@ -27,6 +27,8 @@ from gateway.store.base import (
     RECORD_CREDIT_CHANGE,
     REFILL_CREDITS,
     SAVE_WINDOW,
+    SET_CREDITS,
+    SPEND_CREDITS,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -91,6 +93,8 @@ _USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
 _DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
 _CREDIT_BALANCE = _numbered(CREDIT_BALANCE)
 _ADD_CREDITS = _numbered(ADD_CREDITS)
+_SET_CREDITS = _numbered(SET_CREDITS)
+_SPEND_CREDITS = _numbered(SPEND_CREDITS)
 _REFILL_CREDITS = _numbered(REFILL_CREDITS)
 _RECORD_CREDIT_CHANGE = _numbered(RECORD_CREDIT_CHANGE)
 
@@ -314,9 +318,9 @@ class PostgresStore:
             await connection.executemany(_ADD_USAGE, rows)
             await connection.executemany(_ADD_DAILY_USAGE, daily_rows(deltas, day))
 
-    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None, float | None] | None:
         row = await self._pool.fetchrow(_CREDIT_BALANCE, user_id)
-        return None if row is None else (int(row[0]), row[1])
+        return None if row is None else (int(row[0]), row[1], row[2])
 
     async def change_credits(
         self, user_id: str, *, add: int = 0, set_to: int | None = None, reason: str, at: float
@@ -326,7 +330,10 @@ class PostgresStore:
             if row is None:
                 return None
             change = add if set_to is None else set_to - int(row[0])
-            balance = await connection.fetchval(_ADD_CREDITS, change, user_id)
+            if set_to is None:
+                balance = await connection.fetchval(_ADD_CREDITS, change, user_id)
+            else:
+                balance = await connection.fetchval(_SET_CREDITS, set_to, at, user_id)
             await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, change, balance, reason)
             await connection.execute(f"NOTIFY {CHANNEL}")
         self._changes += 1
@@ -340,12 +347,15 @@ class PostgresStore:
                 change = int(balance) - int(before[0])
                 await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, change, balance, f"refill {period}")
 
-    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
+    async def spend_credits(self, spent: Sequence[tuple[str, float, int]], at: float) -> list[bool]:
+        taken = []
         async with self._pool.acquire() as connection, connection.transaction():
-            for user_id, credits in spent.items():
-                balance = await connection.fetchval(_ADD_CREDITS, -credits, user_id)
+            for user_id, since, credits in spent:
+                balance = await connection.fetchval(_SPEND_CREDITS, credits, user_id, since)
                 if balance is not None:
                     await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, -credits, balance, "spent")
+                taken.append(balance is not None)
+        return taken
 
     async def daily_usage(
         self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str

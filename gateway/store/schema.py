@@ -92,6 +92,10 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             )""",
             "CREATE INDEX credit_changes_user ON credit_changes (user_id, at)",
         ],
+        [
+            # When an operator last set the balance: credits spent before it are not taken off it.
+            f"ALTER TABLE users ADD COLUMN credits_set_at {real}",
+        ],
     ]
 
 

@@ -30,6 +30,8 @@ from gateway.store.base import (
     RECORD_CREDIT_CHANGE,
     REFILL_CREDITS,
     SAVE_WINDOW,
+    SET_CREDITS,
+    SPEND_CREDITS,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -314,9 +316,9 @@ class SQLiteStore:
             await self._db.execute("ROLLBACK")
             raise
 
-    async def credit_balance(self, user_id: str) -> tuple[int, str | None] | None:
+    async def credit_balance(self, user_id: str) -> tuple[int, str | None, float | None] | None:
         row = await self._one(CREDIT_BALANCE, (user_id,))
-        return None if row is None else (int(row[0]), row[1])
+        return None if row is None else (int(row[0]), row[1], row[2])
 
     async def change_credits(
         self, user_id: str, *, add: int = 0, set_to: int | None = None, reason: str, at: float
@@ -329,7 +331,10 @@ class SQLiteStore:
                     await self._db.execute("ROLLBACK")
                     return None
                 change = add if set_to is None else set_to - int(row[0])
-                [[balance]] = await self._db.execute_fetchall(ADD_CREDITS, (change, user_id))
+                if set_to is None:
+                    [[balance]] = await self._db.execute_fetchall(ADD_CREDITS, (change, user_id))
+                else:
+                    [[balance]] = await self._db.execute_fetchall(SET_CREDITS, (set_to, at, user_id))
                 await self._db.execute(RECORD_CREDIT_CHANGE, (user_id, at, change, balance, reason))
                 await self._db.execute("COMMIT")
             except BaseException:
@@ -354,18 +359,21 @@ class SQLiteStore:
                 await self._db.execute("ROLLBACK")
                 raise
 
-    async def spend_credits(self, spent: Mapping[str, int], at: float) -> None:
+    async def spend_credits(self, spent: Sequence[tuple[str, float, int]], at: float) -> list[bool]:
+        taken = []
         async with self._writing:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                for user_id, credits in spent.items():
-                    rows = await self._db.execute_fetchall(ADD_CREDITS, (-credits, user_id))
+                for user_id, since, credits in spent:
+                    rows = list(await self._db.execute_fetchall(SPEND_CREDITS, (credits, user_id, since)))
                     for (balance,) in rows:
                         await self._db.execute(RECORD_CREDIT_CHANGE, (user_id, at, -credits, balance, "spent"))
+                    taken.append(bool(rows))
                 await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
+        return taken
 
     async def daily_usage(
         self, *, key_id: str | None = None, user_id: str | None = None, since: str, until: str

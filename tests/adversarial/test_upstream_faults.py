@@ -14,7 +14,7 @@ import pytest
 from tests.adversarial.fake_upstream import BIG, FakeUpstream
 from tests.conftest import GatewayFactory
 from tests.rawhttp import connect, exchange
-from tests.servers import GatewayProcess
+from tests.servers import GatewayProcess, cli_json
 
 # Every test here runs with each upstream client: the default and aiohttp.
 UPSTREAM_CLIENTS = ("builtin", "aiohttp")
@@ -239,3 +239,24 @@ def test_a_no_content_answer_that_announces_a_body_leaves_its_connection(
         assert upstream.recording.late_extra_sent.wait(5)
         answer = slow.result()
     assert (answer.status_code, answer.content) == (200, b"slow") and "x-forged" not in answer.headers
+
+
+def test_an_answer_that_breaks_off_is_not_paid_for(gateway_factory: GatewayFactory, upstream: FakeUpstream) -> None:
+    # A 2xx head whose body never comes whole: the client gets 502, so neither the wallet nor the
+    # usage counters charge it (they are charged at one point, and agree).
+    rules = [{"method": "GET", "path": "/stalled-body", "cost": 1}, {"method": "GET", "path": "/ok", "cost": 1}]
+    gw = gateway_factory(
+        {
+            "upstream": {"url": upstream.url, "read_timeout": "1s"},
+            "credits": {"wallet": True, "rules": rules},
+            "usage": {"flush_seconds": "100ms"},
+        }
+    )
+    cli_json(gw, "users", "credits", gw.user_id, "--set", "10")
+    assert httpx.get(f"{gw.url}/stalled-body", headers=gw.auth, timeout=30).status_code == 502
+    paid = httpx.get(f"{gw.url}/ok", headers=gw.auth)
+    assert paid.status_code == 200 and paid.headers["x-credits-remaining"] == "9"
+    deadline = time.monotonic() + 10
+    while cli_json(gw, "users", "credits", gw.user_id)["balance"] != 9:
+        assert time.monotonic() < deadline, "the spent credit never reached the store"
+    assert cli_json(gw, "keys", "show", gw.key_id)["credits"] == 1
