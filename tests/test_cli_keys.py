@@ -122,6 +122,15 @@ def test_key_errors(gateway: Gateway) -> None:
     fails_with(gateway("keys", "list", "--user", "nobody"), 1, "no user 'nobody'")
 
 
+def test_a_full_key_given_for_an_id_is_never_echoed(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    key = ok_json(gateway("keys", "create", "--user", "alice", "--json"))["key"]
+    for command in ("show", "revoke", "rotate"):
+        result = gateway("keys", command, key)
+        fails_with(result, 1, "that looks like a full key (mk_live_...), not its id")
+        assert key not in result.stderr and key[8:20] not in result.stderr
+
+
 def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
     gateway("users", "add", "alice")
     created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "ci", "--json"))

@@ -237,6 +237,10 @@ class ManagementService:
     async def get_key(self, key_id: str) -> ApiKey:
         key = await self.store.get_key(key_id)
         if key is None:
+            if key_id.startswith(self._prefix) and len(key_id) > len(self._prefix) + 8:
+                # A full key given for its id: never echoed (it would land in a terminal's
+                # scrollback, a shell history's neighbour, an admin API log).
+                raise NotFound(f"no such key id: that looks like a full key ({self._prefix}...), not its id")
             raise NotFound(f"no key {key_id!r}")
         return key
 
