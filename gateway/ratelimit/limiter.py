@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from limits import RateLimitItem
 
@@ -54,17 +54,18 @@ class Charge(NamedTuple):
     observe: bool = False
 
 
-class _Windows:
-    """One owner's windows: how many requests each has counted, and when each closes."""
+# One owner's windows, as one plain list: [its limits, their shape, n counts (how many requests
+# each window has counted), n ends (when each closes)]. Not an object holding lists: there is one
+# per key and user in use (half the memory), and a plain list's items are read by the
+# interpreter's fastest path (a list subclass's are not). LIMITS, SHAPE and FIRST name the places.
+_Windows = list[Any]
+LIMITS, SHAPE, FIRST = 0, 1, 2
 
-    __slots__ = ("amounts", "counts", "ends", "lengths", "limits", "specs")
 
-    def __init__(self, limits: Limits, shape: _Shape) -> None:
-        self.limits = limits
-        # Shared by every owner with the same limits: only the counts and ends are per owner.
-        self.amounts, self.lengths, self.specs = shape
-        self.counts = [0] * len(limits)
-        self.ends = [0.0] * len(limits)
+def _windows(limits: Limits, shape: _Shape) -> _Windows:
+    windows: _Windows = [0] * (FIRST + 2 * len(limits))  # (allocated to the item: no spare room)
+    windows[LIMITS], windows[SHAPE] = limits, shape
+    return windows
 
 
 # A set of limits' amounts, lengths in seconds, and specs ("<amount>/<seconds>", as windows are saved).
@@ -96,23 +97,27 @@ class Limiter:
         """Charge one request to every window of the key, or to none if any is full."""
         now = self.clock()
         state = self._keys.get(key_id)
-        if state is None or (state.limits is not limits and state.limits != limits):
+        if state is None or (state[LIMITS] is not limits and state[LIMITS] != limits):
             state = self._new_state(KEY, key_id, limits, now)
-        amounts, lengths, counts, ends = state.amounts, state.lengths, state.counts, state.ends
+        amounts, lengths, _ = state[SHAPE]
+        n = len(amounts)
         allowed = True
-        for i, amount in enumerate(amounts):
-            if ends[i] <= now:
-                counts[i] = 0  # closed: the next request charged opens a new window
-            elif counts[i] >= amount:
+        for i, amount in enumerate(amounts, FIRST):
+            if state[n + i] <= now:
+                state[i] = 0  # closed: the next request charged opens a new window
+            elif state[i] >= amount:
                 allowed = False
         if allowed:
-            for i, length in enumerate(lengths):
-                if counts[i] == 0:
-                    ends[i] = now + length
-                counts[i] += 1
+            for i, length in enumerate(lengths, FIRST):
+                if state[i] == 0:
+                    state[n + i] = now + length
+                state[i] += 1
             self._changed_keys.add(key_id)
         windows = tuple(
-            [Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now) for i, item in enumerate(limits)]
+            [
+                Window(item, amounts[i] - state[FIRST + i], state[FIRST + n + i] if state[FIRST + i] else now)
+                for i, item in enumerate(limits)
+            ]
         )
         return Decision(allowed, choose_shown(allowed, windows), windows)
 
@@ -127,30 +132,34 @@ class Limiter:
         for scope, owner, limits, observe in charges:
             records = self._records.get(scope)
             state = records.get(owner) if records is not None else None
-            if state is None or (state.limits is not limits and state.limits != limits):
+            if state is None or (state[LIMITS] is not limits and state[LIMITS] != limits):
                 state = self._new_state(scope, owner, limits, now)
             states.append(state)
-            counts, ends = state.counts, state.ends
-            for i, amount in enumerate(state.amounts):
-                if ends[i] <= now:
-                    counts[i] = 0
-                elif counts[i] >= amount and not observe:
+            amounts = state[SHAPE][0]
+            n = len(amounts)
+            for i, amount in enumerate(amounts, FIRST):
+                if state[n + i] <= now:
+                    state[i] = 0
+                elif state[i] >= amount and not observe:
                     allowed = False
         windows: list[Window] = []
         observed: list[Window] = []
         for (scope, owner, limits, observe), state in zip(charges, states, strict=True):
-            amounts, counts, ends = state.amounts, state.counts, state.ends
+            amounts, lengths, _ = state[SHAPE]
+            n = len(amounts)
             for i, item in enumerate(limits):
-                if observe and counts[i] >= amounts[i]:
+                count = FIRST + i
+                if observe and state[count] >= amounts[i]:
                     if allowed:
-                        observed.append(Window(item, 0, ends[i], scope))
+                        observed.append(Window(item, 0, state[count + n], scope))
                     continue
                 if allowed:
-                    if counts[i] == 0:
-                        ends[i] = now + state.lengths[i]
-                    counts[i] += 1
+                    if state[count] == 0:
+                        state[count + n] = now + lengths[i]
+                    state[count] += 1
                 if not observe:
-                    windows.append(Window(item, amounts[i] - counts[i], ends[i] if counts[i] else now, scope))
+                    left = amounts[i] - state[count]
+                    windows.append(Window(item, left, state[count + n] if state[count] else now, scope))
             if allowed:
                 self._changed.setdefault(scope, set()).add(owner)
         shown = tuple(windows)
@@ -172,14 +181,15 @@ class Limiter:
                 tuple(item.get_expiry() for item in limits),
                 tuple(f"{item.amount}/{item.get_expiry()}" for item in limits),
             )
-        state = self._records.setdefault(scope, {})[owner] = _Windows(limits, shape)
+        state = self._records.setdefault(scope, {})[owner] = _windows(limits, shape)
         restored = self._restored.get(scope)
         saved = restored.pop(owner, None) if restored else None
         if saved:
-            for i, spec in enumerate(state.specs):
+            specs = shape[2]
+            for i, spec in enumerate(specs):
                 hits, ends_at = saved.get(spec, (0, 0.0))
                 if ends_at > now:  # a window with other limits than today's is not resumed
-                    state.counts[i], state.ends[i] = hits, ends_at
+                    state[FIRST + i], state[FIRST + len(specs) + i] = hits, ends_at
         return state
 
     def take_changed(self) -> list[WindowCount]:
@@ -192,7 +202,9 @@ class Limiter:
                 state = records.get(owner)
                 if state is None:
                     continue
-                for spec, hits, ends_at in zip(state.specs, state.counts, state.ends, strict=True):
+                specs = state[SHAPE][2]
+                n = len(specs)
+                for spec, hits, ends_at in zip(specs, state[FIRST : FIRST + n], state[FIRST + n :], strict=True):
                     if hits and ends_at > now:
                         taken.append(WindowCount(scope, owner, spec, hits, ends_at))
             changed.clear()
@@ -213,7 +225,7 @@ class Limiter:
         """Forget the owners whose windows have all closed."""
         now = self.clock() if now is None else now
         for records in self._records.values():
-            closed = [owner for owner, state in records.items() if max(state.ends) <= now]
+            closed = [owner for owner, state in records.items() if max(state[FIRST + len(state[LIMITS]) :]) <= now]
             for owner in closed:
                 del records[owner]
         for restored in self._restored.values():
