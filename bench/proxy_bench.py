@@ -43,6 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -229,9 +230,8 @@ class Procs:
         self.started.clear()
 
 
-def cpu_ticks_by_pgroup() -> dict[int, int]:
-    """utime + stime of the live processes, summed per process group."""
-    ticks: dict[int, int] = {}
+def process_stats() -> Iterator[tuple[int, int, int, int]]:
+    """(pid, parent pid, process group, utime + stime) of each live process, from /proc."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -241,8 +241,14 @@ def cpu_ticks_by_pgroup() -> dict[int, int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        pgid = int(fields[2])
-        ticks[pgid] = ticks.get(pgid, 0) + int(fields[11]) + int(fields[12])
+        yield int(entry), int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def cpu_ticks_by_pgroup() -> dict[int, int]:
+    """utime + stime of the live processes, summed per process group."""
+    ticks: dict[int, int] = {}
+    for _, _, pgid, used in process_stats():
+        ticks[pgid] = ticks.get(pgid, 0) + used
     return ticks
 
 

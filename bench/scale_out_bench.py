@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from bench.proxy_bench import (
     free_ports,
     gateway_api_key,
     log_tail,
+    process_stats,
     run_wrk,
     wait_ready,
 )
@@ -114,16 +114,7 @@ def serve_argv(config: Path, port: int, workers: int = 1) -> list[str]:
 def tree_cpu_ticks(roots: list[int]) -> int:
     """utime + stime of the processes `roots` and their children (a `--workers N` parent's
     workers each lead a process group of their own)."""
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, ticks)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    return sum(ticks for pid, (parent, ticks) in stats.items() if pid in roots or parent in roots)
+    return sum(used for pid, parent, _, used in process_stats() if pid in roots or parent in roots)
 
 
 def redis_cpu_ticks() -> int:

@@ -9,6 +9,7 @@ limits are ``limits`` library items: ``100/minute``, ``10000/day``, ``5/2minutes
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 
 from limits import RateLimitItem, parse_many
@@ -75,6 +76,12 @@ def format_duration(seconds: float) -> str:
 
 
 Limits = tuple[RateLimitItem, ...]
+
+
+def utc_day(now: float) -> tuple[str, float]:
+    """The UTC day of ``now`` as 'YYYY-MM-DD', and when it ends (Unix seconds)."""
+    start = now - now % 86400
+    return time.strftime("%Y-%m-%d", time.gmtime(start)), start + 86400
 
 
 def parse_limits(text: str | Sequence[str]) -> Limits:

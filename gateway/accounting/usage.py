@@ -16,6 +16,7 @@ from gateway.accounting.wallet import Wallet
 from gateway.config import CreditRule
 from gateway.routes import matches, normalized_path
 from gateway.store import KeyStore, UsageDelta, WindowCount
+from gateway.units import utc_day
 
 __all__ = ["CreditRules", "UsageRecorder", "WindowSource"]
 
@@ -35,12 +36,6 @@ class CreditRules:
             if matches(rule, method, path):
                 return rule.cost
         return 0
-
-
-def _utc_day(now: float) -> tuple[str, float]:
-    """The UTC day of ``now`` ('YYYY-MM-DD'), and when it ends."""
-    start = now - now % 86400
-    return time.strftime("%Y-%m-%d", time.gmtime(start)), start + 86400
 
 
 class WindowSource(Protocol):
@@ -71,7 +66,7 @@ class UsageRecorder:
         # What is pending for the current UTC day; the days before it that are still unwritten
         # (a day ended between two flushes, or writes failed across midnight).
         self._pending: dict[str, UsageDelta] = {}
-        self._day, self._day_ends = _utc_day(clock())
+        self._day, self._day_ends = utc_day(clock())
         self._earlier: dict[str, dict[str, UsageDelta]] = {}
         self._kept_since: str | None = None  # the history last trimmed to start there
         self._stopping = asyncio.Event()
@@ -87,7 +82,7 @@ class UsageRecorder:
     def _next_day(self, now: float) -> None:
         day, batch = self._day, self._pending
         self._pending = {}
-        self._day, self._day_ends = _utc_day(now)
+        self._day, self._day_ends = utc_day(now)
         if batch:
             self._merge(day, batch)  # among the earlier days, to be written with its own
 
@@ -159,7 +154,7 @@ class UsageRecorder:
                 raise
         if batches and self._metrics is not None:
             self._metrics.usage_flush.observe(time.perf_counter() - started)
-        kept_since = _utc_day(now - self._history_days * 86400)[0]
+        kept_since = utc_day(now - self._history_days * 86400)[0]
         if kept_since != self._kept_since:  # once a day (and at the first flush)
             await self._store.drop_usage_before(kept_since)
             self._kept_since = kept_since

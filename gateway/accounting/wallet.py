@@ -23,6 +23,7 @@ from typing import Protocol
 
 from gateway.config import CreditRefill
 from gateway.store import KeyStore
+from gateway.units import utc_day
 
 __all__ = ["CreditWallet", "Wallet", "refill_period"]
 
@@ -44,10 +45,9 @@ class CreditWallet(Protocol):
 
 def refill_period(refill: CreditRefill, now: float) -> tuple[str, float]:
     """The refill period ``now`` is in ('2026-12' for a month, '2026-12-06' for a day), and when it ends (UTC)."""
-    day = time.gmtime(now)
     if refill.every == "day":
-        start = now - now % 86400
-        return time.strftime("%Y-%m-%d", day), start + 86400
+        return utc_day(now)
+    day = time.gmtime(now)
     year, month = (day.tm_year + 1, 1) if day.tm_mon == 12 else (day.tm_year, day.tm_mon + 1)
     return time.strftime("%Y-%m", day), float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0)))
 
@@ -118,11 +118,7 @@ class Wallet:
         return False
 
     def _unreserve(self, user_id: str, cost: int) -> None:
-        left = self._reserved[user_id] - cost
-        if left:
-            self._reserved[user_id] = left
-        else:
-            del self._reserved[user_id]
+        _take(self._reserved, user_id, cost)
 
     def _forget(self) -> None:
         """Read every balance again at its next request (the store changed, or a period began)."""
@@ -163,11 +159,7 @@ class Wallet:
         if set_at is not None:
             for key in [key for key in self._spent if key[0] == user_id and key[1] < set_at]:
                 spent = self._spent.pop(key)
-                left = self._unwritten[user_id] - spent
-                if left:
-                    self._unwritten[user_id] = left
-                else:
-                    del self._unwritten[user_id]
+                _take(self._unwritten, user_id, spent)
         return balance
 
     async def flush(self) -> None:
@@ -185,11 +177,17 @@ class Wallet:
                     self._spent[key] = self._spent.get(key, 0) + spent
                 raise
             for (user_id, _, spent), was_taken in zip(rows, taken, strict=True):
-                left = self._unwritten[user_id] - spent
-                if left:
-                    self._unwritten[user_id] = left
-                else:
-                    del self._unwritten[user_id]
+                _take(self._unwritten, user_id, spent)
                 # Balances read before this write do not include it yet (none is read meanwhile).
                 if was_taken and user_id in self._known:
                     self._known[user_id] -= spent
+
+
+def _take(counts: dict[str, int], user_id: str, amount: int) -> None:
+    """Take ``amount`` off a user's count, forgetting the user at zero (the dicts stay as small as
+    the number of users with something in them)."""
+    left = counts[user_id] - amount
+    if left:
+        counts[user_id] = left
+    else:
+        del counts[user_id]

@@ -266,7 +266,9 @@ class Verifier:
                 self._misses[digest] = verdict
         return verdict
 
-    def _limits(self, stored: str | None, default: tuple[RateLimitItem, ...], whose: str) -> tuple[RateLimitItem, ...]:
+    def _limits(
+        self, stored: str | None, default: tuple[RateLimitItem, ...], kind: str, owner: str
+    ) -> tuple[RateLimitItem, ...]:
         """Stored limits ("1000/minute;100000/day") as the limiter takes them, or ``default``."""
         if stored is None:
             return default
@@ -275,7 +277,7 @@ class Verifier:
             try:
                 parsed = parse_limits(stored)
             except ValueError:
-                logger.error("%s has unreadable rate limits; using the default ones", whose)
+                logger.error("%s %s has unreadable rate limits; using the default ones", kind, owner)
                 return default
             if len(self._parsed) >= 10_000:  # bounded: cheap to parse again
                 self._parsed.clear()
@@ -306,8 +308,8 @@ class Verifier:
             identity=Identity(
                 user_id=key.user_id,
                 key_id=key.id,
-                limits=self._limits(key.rate_limits, self._default_limits, f"key {key.id}"),
-                user_limits=self._limits(user.rate_limits, self._default_user_limits, f"user {user.id!r}"),
+                limits=self._limits(key.rate_limits, self._default_limits, "key", key.id),
+                user_limits=self._limits(user.rate_limits, self._default_user_limits, "user", user.id),
             ),
             revoked=key.revoked_at is not None,
             valid_until=key.expires_at,

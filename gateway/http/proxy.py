@@ -123,9 +123,13 @@ class _Spend:
             self.settled = True
             self._wallet.release(self.user_id, self.cost, self.token)
 
+    def left(self) -> int:
+        """What the user can still spend."""
+        return max(0, self._wallet.available(self.user_id))
+
     def header(self) -> tuple[bytes, bytes]:
-        """X-Credits-Remaining (credits.header): what the user can still spend."""
-        return self._header, str(max(0, self._wallet.available(self.user_id))).encode()
+        """X-Credits-Remaining (credits.header)."""
+        return self._header, str(self.left()).encode()
 
 
 async def _shared_hit(
@@ -192,15 +196,13 @@ class Proxy:
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
         self._plan = ChargePlan(config.rate_limits)
-        # The response header names the gateway writes itself, by whether the rate-limit headers
-        # (all but X-Request-Id in the answer's own headers) and the credits header are on it.
-        rate_names = frozenset(RATE_LIMIT_HEADERS[config.rate_limits.headers])
-        plain = frozenset({REQUEST_ID})
-        credits = frozenset({config.credits.header.lower().encode("latin-1")})
-        self._replaced = ((plain, plain | credits), (plain | rate_names, plain | rate_names | credits))
+        # The response header names the gateway writes (by its config): an upstream's own are
+        # never passed, on any answer, so a client cannot take one for the gateway's.
+        self._credits_header = config.credits.header.lower().encode("latin-1")
+        credits = {self._credits_header} if wallet is not None else set()
+        self._replaced = frozenset({REQUEST_ID, *RATE_LIMIT_HEADERS[config.rate_limits.headers], *credits})
         self._credits = CreditRules(config.credits.rules)
         self._wallet = wallet
-        self._credits_header = config.credits.header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -447,9 +449,9 @@ class Proxy:
             raise StoreUnavailable(f"credit balance: {type(exc).__name__}", retry_after=1) from None
         if token is None:
             self._usage.refused_credits(identity.key_id)
-            balance = max(0, wallet.available(identity.user_id))
-            answer_headers.append((self._credits_header, str(balance).encode()))
-            raise InsufficientCredits(required=cost, balance=balance)
+            refused = _Spend(wallet, identity.user_id, cost, token=0, header=self._credits_header)
+            answer_headers.append(refused.header())
+            raise InsufficientCredits(required=cost, balance=refused.left())
         return _Spend(wallet, identity.user_id, cost, token, self._credits_header)
 
     async def _take_slot(self) -> bool:
@@ -482,9 +484,7 @@ class Proxy:
                 # 1xx are the client library's to handle; 101 would switch to a protocol the
                 # gateway does not carry; above 599 is no HTTP status.
                 raise UpstreamUnavailable(f"the upstream answered with status {response.status}")
-            # The names the gateway writes on this answer: the upstream's own are dropped.
-            replaced = self._replaced[len(answer_headers) > 1][spend is not None]
-            headers = response_headers(response.headers, strip_cors=strip_cors, replaced=replaced)
+            headers = response_headers(response.headers, strip_cors=strip_cors, replaced=self._replaced)
         except GatewayError as error:
             self._failures.note(scope["method"], scope["path"], error)
             raise

@@ -29,6 +29,7 @@ from gateway.manage.rules import (
 )
 from gateway.manage.transfer import ImportReport, run_import
 from gateway.store import ApiKey, DailyUsage, KeyStore, StoreError, User, UserUsage, open_store
+from gateway.units import utc_day
 
 T = TypeVar("T")
 
@@ -202,8 +203,8 @@ class ManagementService:
         else:
             assert user_id is not None
             await self.get_user(user_id)
-        last = check_day(until, "to") if until is not None else _day(self._clock())
-        first = check_day(since, "from") if since is not None else _day(self._clock() - 29 * 86400)
+        last = check_day(until, "to") if until is not None else utc_day(self._clock())[0]
+        first = check_day(since, "from") if since is not None else utc_day(self._clock() - 29 * 86400)[0]
         if first > last:
             raise InvalidField("the first day comes after the last", "from")
         return first, last, await self.store.daily_usage(key_id=key_id, user_id=user_id, since=first, until=last)
@@ -321,7 +322,3 @@ async def open_service(
             await state.aclose()
     finally:
         await store.close()
-
-
-def _day(now: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now))

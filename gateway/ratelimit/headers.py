@@ -18,8 +18,8 @@ from gateway.units import window_name
 
 __all__ = ["RATE_LIMIT_HEADERS", "RateLimitHeaderWriter"]
 
-_LEGACY = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
-_IETF = (b"ratelimit-policy", b"ratelimit")
+_LIMIT, _REMAINING, _RESET = _LEGACY = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+_POLICY, _STATE = _IETF = (b"ratelimit-policy", b"ratelimit")
 # The header names each rate_limits.headers mode writes.
 RATE_LIMIT_HEADERS: dict[str, tuple[bytes, ...]] = {
     "x-ratelimit": _LEGACY,
@@ -48,14 +48,14 @@ class RateLimitHeaderWriter:
             return headers  # every limit only observed: nothing a client is held to
         if self._legacy:
             headers += [
-                (b"x-ratelimit-limit", str(shown.item.amount).encode()),
-                (b"x-ratelimit-remaining", str(shown.remaining).encode()),
-                (b"x-ratelimit-reset", str(math.ceil(shown.reset_at)).encode()),
+                (_LIMIT, str(shown.item.amount).encode()),
+                (_REMAINING, str(shown.remaining).encode()),
+                (_RESET, str(math.ceil(shown.reset_at)).encode()),
             ]
         if self._ietf:
             policy = ", ".join(f'"{_name(w)}";q={w.item.amount};w={w.item.get_expiry()}' for w in decision.windows)
             state = ", ".join(
                 f'"{_name(w)}";r={w.remaining};t={max(0, math.ceil(w.reset_at - now))}' for w in decision.windows
             )
-            headers += [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+            headers += [(_POLICY, policy.encode()), (_STATE, state.encode())]
         return headers

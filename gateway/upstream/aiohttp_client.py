@@ -14,7 +14,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import describe_failure, frames_a_body_it_cannot_have
+from gateway.upstream.base import describe_failure, leaves_bytes_behind
 
 __all__ = ["AiohttpUpstream"]
 
@@ -47,10 +47,8 @@ class _GuardedResponse(aiohttp.ClientResponse):
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         response = await super().start(connection)
-        if protocol is not None and (
-            frames_a_body_it_cannot_have(self.status, list(self.raw_headers))
-            or (not 200 <= self.status < 300 and _had_body(self.request_info.headers))
-        ):
+        sent_body = _had_body(self.request_info.headers)
+        if protocol is not None and leaves_bytes_behind(self.status, list(self.raw_headers), sent_body=sent_body):
             protocol.force_close()  # released, it is closed; _Connector._get never hands it out
             if self.connection is None:
                 protocol.close()  # released already (its body came whole with the head): close it now

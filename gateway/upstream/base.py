@@ -8,7 +8,13 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-__all__ = ["UpstreamClient", "UpstreamResponse", "describe_failure", "frames_a_body_it_cannot_have"]
+__all__ = [
+    "UpstreamClient",
+    "UpstreamResponse",
+    "describe_failure",
+    "frames_a_body_it_cannot_have",
+    "leaves_bytes_behind",
+]
 
 
 class UpstreamResponse(Protocol):
@@ -57,6 +63,14 @@ def describe_failure(exc: BaseException) -> str:
     # lines: neither belongs in a one-line log.
     text = " ".join(_BYTES_LITERAL.sub("b'...'", text).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def leaves_bytes_behind(status: int, headers: list[tuple[bytes, bytes]], *, sent_body: bool) -> bool:
+    """Whether an answer's connection must carry no other exchange, whichever client read it:
+    its head frames a body its status forbids (below), or it refuses (not 2xx) a request that had
+    a body, which the upstream may not have read and would read as the next request (with
+    whatever identity its bytes claim)."""
+    return frames_a_body_it_cannot_have(status, headers) or (sent_body and not 200 <= status < 300)
 
 
 def frames_a_body_it_cannot_have(status: int, headers: list[tuple[bytes, bytes]]) -> bool:

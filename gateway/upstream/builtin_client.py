@@ -13,7 +13,7 @@ import httptools
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import frames_a_body_it_cannot_have
+from gateway.upstream.base import leaves_bytes_behind
 
 __all__ = ["BuiltinUpstream"]
 
@@ -206,12 +206,8 @@ class _Exchange(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._final or self.complete:
             return
-        self.reusable = (
-            self._parser.should_keep_alive()
-            and not frames_a_body_it_cannot_have(self.status, self.headers)
-            # An upstream that refuses a request may not have read its body, and may read it as
-            # the next request on this connection (with whatever identity its bytes claim).
-            and not (self._sent_body and not 200 <= self.status < 300)
+        self.reusable = self._parser.should_keep_alive() and not leaves_bytes_behind(
+            self.status, self.headers, sent_body=self._sent_body
         )
         self._finish()
 

@@ -194,8 +194,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             elif path == b"/endless-header":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nX-Big: ")
-                for _ in range(256):
-                    sock.sendall(b"a" * 65536)
+                _send_endlessly(sock)
                 return
             elif path == b"/trailers":
                 sock.sendall(
@@ -226,8 +225,7 @@ class _Handler(socketserver.BaseRequestHandler):
             elif path == b"/endless-trailer":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
                 try:
-                    for _ in range(256):
-                        sock.sendall(b"a" * 65536)
+                    _send_endlessly(sock)
                 except OSError:
                     recording.trailer_cut.set()
                 return
@@ -254,6 +252,12 @@ class _Handler(socketserver.BaseRequestHandler):
                     pass
                 recording.hang_closed.set()
                 return
+
+
+def _send_endlessly(sock: socket.socket) -> None:
+    """A header or trailer value that goes on: 16 MiB of "a" (raises OSError once the peer cuts it)."""
+    for _ in range(256):
+        sock.sendall(b"a" * 65536)
 
 
 def _wait_for_close(sock: socket.socket, *, read: bool = True) -> None:
