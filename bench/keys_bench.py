@@ -9,9 +9,10 @@
    key exists must not show in the time its check takes.
 2. Memory: --active keys (default 100,000, spread over --users users, default 20,000) each
    verified (cache filled) and charged to the default limits (100/minute and 10000/day: two
-   windows each); then again with per-user limits (two windows per user) and one route limit per
-   key and per user, as a POST to that route is charged. Prints the memory the cache and the
-   limiter hold (tracemalloc) once the charged windows are taken as a usage flush takes them.
+   windows each); then again with per-user limits (two windows per user), one route limit per
+   key and per user, as a POST to that route is charged, and the credit wallet paying 1 credit for
+   it. Prints the memory the cache, the limiter and the wallet hold (tracemalloc) once the charged
+   windows and the spent credits are taken as a usage flush takes them.
 
     bench/.venv/bin/python bench/keys_bench.py [--keys 1000000] [--sample 2000] [--active 100000] [--users 20000]
 """
@@ -30,6 +31,7 @@ import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
+from gateway.accounting.wallet import Wallet
 from gateway.auth.keys import display_prefix, generate_key, hash_key
 from gateway.auth.verify import Verifier
 from gateway.config import RateLimitsConfig, RouteLimit
@@ -48,7 +50,9 @@ def fill(path: Path, count: int, users: int) -> list[str]:
     with closing(sqlite3.connect(path)) as db:
         db.execute("BEGIN")
         db.executemany(
-            "INSERT INTO users (id, subscription, created_at, updated_at) VALUES (?, 'active', 0, 0)",
+            # A credit balance each, for the wallet's part of the memory figure.
+            "INSERT INTO users (id, subscription, credit_balance, created_at, updated_at)"
+            " VALUES (?, 'active', 1000000, 0, 0)",
             [(f"user_{u}",) for u in range(users)],
         )
         db.executemany(
@@ -125,9 +129,9 @@ async def main(args: argparse.Namespace) -> None:
             quotas = RateLimitsConfig(
                 default=defaults, per_user=parse_limits(["1000/minute", "100000/day"]), routes=(route,)
             )
-            for label, config in (
-                ("key windows only", RateLimitsConfig(default=defaults)),
-                ("with users and a route", quotas),
+            for label, config, paid in (
+                ("key windows only", RateLimitsConfig(default=defaults), False),
+                ("with users, a route and the wallet", quotas, True),
             ):
                 gc.collect()
                 tracemalloc.start()
@@ -141,6 +145,7 @@ async def main(args: argparse.Namespace) -> None:
                 )
                 limiter = Limiter()
                 plan = ChargePlan(config)
+                wallet = Wallet(store) if paid else None
                 before = tracemalloc.take_snapshot()
                 for header in headers:
                     identity = await verifier.verify(header)
@@ -149,16 +154,23 @@ async def main(args: argparse.Namespace) -> None:
                         limiter.hit(identity.key_id, identity.limits)
                     else:
                         limiter.hit_all(charges)
-                limiter.take_changed()  # as the usage flush does every second: what is left is steady
+                    if wallet is not None:
+                        token = await wallet.reserve(identity.user_id, 1)
+                        assert token is not None, "the bench's users have credits"
+                        wallet.commit(identity.user_id, 1, token)
+                # As the usage flush does every second: what is left is steady.
+                limiter.take_changed()
+                if wallet is not None:
+                    await wallet.flush()
                 gc.collect()
                 after = tracemalloc.take_snapshot()
                 tracemalloc.stop()
                 grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
                 print(
                     f"memory for {args.active:,} active keys over {args.users:,} users, {label}: "
-                    f"{grown / 2**20:.1f} MiB (tracemalloc; the verdict cache and the limiter)"
+                    f"{grown / 2**20:.1f} MiB (tracemalloc; the verdict cache, the limiter and the wallet)"
                 )
-                del verifier, limiter
+                del verifier, limiter, wallet
         finally:
             await store.close()
 

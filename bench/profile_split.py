@@ -17,7 +17,7 @@ from collections import Counter
 # (part, what a frame holds when it belongs to it), tried in this order on each frame.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upstream client", ("upstream/builtin_client.py", "upstream/aiohttp_client.py", "aiohttp/", "httpx", "httpcore")),
-    ("authentication", ("auth/verify.py", "auth/keys.py", "cachetools")),
+    ("authentication", ("auth/verify.py", "auth/verdicts.py", "auth/keys.py")),
     ("rate limiter", ("ratelimit/limiter.py", "ratelimit/shared.py", "ratelimit/redis_state.py")),
     ("rate-limit headers", ("ratelimit/headers.py",)),
     ("request and response headers", ("http/headers.py",)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 
@@ -126,10 +127,14 @@ def test_any_other_request_id_is_replaced(gw: GatewayProcess, sent: list[str]) -
     assert gw.access_entry(ours)["status"] == 200
 
 
-def test_generated_ids_are_unique(gw: GatewayProcess) -> None:
+def test_generated_ids_are_unique_and_share_nothing_a_client_could_extrapolate(gw: GatewayProcess) -> None:
     with httpx.Client(base_url=gw.url) as client:
-        ids = {client.get("/api/v1/templates").headers["x-request-id"] for _ in range(50)}
-    assert len(ids) == 50
+        ids = [client.get("/api/v1/templates").headers["x-request-id"] for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert all(len(value) == 24 and int(value, 16) >= 0 for value in ids)
+    # Not a fixed prefix and a counter (the next id would be known): consecutive ids differ in their
+    # first eight digits as random ones do (49 pairs alike by chance: about 1 in 10**8).
+    assert sum(a[:8] == b[:8] for a, b in itertools.pairwise(ids)) == 0
 
 
 def test_the_upstreams_request_id_is_replaced_by_ours(gw: GatewayProcess) -> None:

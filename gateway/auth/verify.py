@@ -8,16 +8,16 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from cachetools import LRUCache, TTLCache
 from limits import RateLimitItem
 
 from gateway.accounting.metrics import Metrics
 from gateway.auth.keys import KeyFormat
 from gateway.auth.throttle import LookupThrottle
+from gateway.auth.verdicts import Identity, Verdict, VerdictCache
 from gateway.errors import (
     AuthThrottled,
     InvalidCredentials,
@@ -28,33 +28,12 @@ from gateway.errors import (
 from gateway.store import KeyStore
 from gateway.units import parse_limits
 
-__all__ = ["Identity", "Verifier"]
+__all__ = ["Identity", "Verifier", "bearer_token"]
 
 logger = logging.getLogger("gateway.error")
 
 # How long an unknown key's hash is remembered at most (a new key clears it at once anyway).
 MISS_TTL = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    user_id: str
-    key_id: str
-    # The key's rate limits: its own, or rate_limits.default (the very same tuple).
-    limits: tuple[RateLimitItem, ...] = ()
-    # Its user's limits over all its keys: its own, or rate_limits.per_user (none: empty).
-    user_limits: tuple[RateLimitItem, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    identity: Identity | None  # None: no such key
-    revoked: bool = False
-    valid_until: float | None = None
-    subscription_active: bool = True
-
-
-_UNKNOWN = _Verdict(identity=None)
 
 
 def _describe(exc: Exception) -> str:
@@ -107,22 +86,16 @@ class Verifier:
         # (the limiter checks a record's limits by identity first: equality is slow Python).
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._clock = clock
-        self._hits: TTLCache[bytes, _Verdict] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
-        self._misses: TTLCache[bytes, _Verdict] = TTLCache(
-            maxsize=max(1024, max_entries // 10), ttl=min(ttl, MISS_TTL), timer=timer
-        )
-        # The verdicts of good keys, kept past the TTL for when the store cannot be read.
-        self._last_known: LRUCache[bytes, _Verdict] = LRUCache(maxsize=max_entries)
-        # Keys found good at some look-up, never emptied by a write: their look-ups are never
+        # The verdicts of stored keys: fresh for the TTL, kept past it for when the store cannot
+        # be read, and saying which keys were ever found good (their look-ups are never
         # throttled, so that a client behind the same address as a guesser keeps its key working
-        # when its verdict has left the cache (TTL, any store write). An attacker gains nothing
-        # from it without a good key.
-        self._found_good: LRUCache[bytes, bool] = LRUCache(maxsize=max_entries)
-        self._inflight: dict[bytes, asyncio.Future[_Verdict]] = {}
+        # when its verdict is no longer fresh; an attacker gains nothing from it without a good
+        # key). Unknown keys apart, so that a flood of them cannot push good keys out.
+        self._known = VerdictCache(max_entries, ttl, timer)
+        self._unknown = VerdictCache(max(1024, max_entries // 10), min(ttl, MISS_TTL), timer)
+        self._inflight: dict[bytes, asyncio.Future[Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
-        # Bumped whenever the caches are emptied: a look-up that spans it is not cached.
-        self._generation = 0
         # The shared change epoch (Redis) last seen; see note_epoch.
         self._epoch: bytes | None = None
         # While Redis cannot tell of changes, verdicts are dropped every degraded_ttl seconds.
@@ -144,10 +117,7 @@ class Verifier:
             self._forget(keep_last_known=True)
         # The cache is keyed by the raw digest (half the memory of the hex the store uses).
         digest = hashlib.sha256(token).digest()
-        try:
-            verdict: _Verdict | None = self._hits[digest]
-        except KeyError:
-            verdict = self._misses.get(digest)
+        verdict = self._known.fresh(digest) or self._unknown.fresh(digest)
         if verdict is None:
             if not self._format.accepts(token):
                 raise InvalidCredentials("not a well-formed key (prefix, length or checksum)")
@@ -161,7 +131,7 @@ class Verifier:
                 # A key that was good when last read stays good while the store cannot answer:
                 # nothing can have been written meanwhile, or the change counter would have
                 # emptied this cache too.
-                known = self._last_known.get(digest)
+                known = self._known.last_known(digest)
                 if known is None:
                     raise
                 verdict = known
@@ -187,7 +157,7 @@ class Verifier:
         costs the store nothing and is not counted. Raises AuthThrottled when the address's count
         is used up."""
         throttle = self._throttle
-        if throttle is None or address is None or digest in self._inflight or digest in self._found_good:
+        if throttle is None or address is None or digest in self._inflight or self._known.found_good(digest):
             return None
         retry_after = throttle.reserve(address)
         if retry_after is not None:
@@ -218,17 +188,17 @@ class Verifier:
             self._forget(keep_last_known=True)
 
     def _forget(self, *, keep_last_known: bool = False) -> None:
-        self._hits.clear()
-        self._misses.clear()
-        if not keep_last_known:
-            # Only a known write empties these: they answer for a store that cannot be read.
-            self._last_known.clear()
+        if keep_last_known:
+            self._known.expire_all()
+        else:
+            # Only a known write forgets these: they answer for a store that cannot be read.
+            self._known.forget_all()
+        self._unknown.expire_all()
         # Look-ups already under way may have read the old state: let them finish for their
         # own waiters, but make new requests start afresh.
         self._inflight = {}
-        self._generation += 1
 
-    async def _look_up(self, digest: bytes) -> _Verdict:
+    async def _look_up(self, digest: bytes) -> Verdict:
         pending = self._inflight.get(digest)
         if pending is not None:
             try:
@@ -239,9 +209,9 @@ class Verifier:
                 # The request that was looking it up left (its client gone): look again for this one.
                 return await self._look_up(digest)
         inflight = self._inflight
-        future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         inflight[digest] = future
-        changes_before, generation = self._store.changes(), self._generation
+        changes_before, generation = self._store.changes(), self._known.generation
         try:
             verdict = await self._fetch(digest.hex())
         except asyncio.CancelledError:
@@ -256,14 +226,8 @@ class Verifier:
         future.set_result(verdict)
         # Cache only what was read with no write in between: a write during the look-up may
         # have been missed by it.
-        if self._store.changes() == changes_before == self._seen and generation == self._generation:
-            if verdict.identity is not None:
-                self._hits[digest] = verdict
-                self._last_known[digest] = verdict
-                if not verdict.revoked:
-                    self._found_good[digest] = True
-            else:
-                self._misses[digest] = verdict
+        if self._store.changes() == changes_before == self._seen and generation == self._known.generation:
+            (self._unknown if verdict.identity is None else self._known).put(digest, verdict)
         return verdict
 
     def _limits(
@@ -284,7 +248,7 @@ class Verifier:
             self._parsed[stored] = parsed
         return parsed
 
-    async def _fetch(self, key_hash: str) -> _Verdict:
+    async def _fetch(self, key_hash: str) -> Verdict:
         started = time.perf_counter()
         try:
             # A locked SQLite file makes a read wait about 10 s before it fails: answer sooner.
@@ -302,11 +266,12 @@ class Verifier:
         if self._metrics is not None:
             self._metrics.store_query.observe(time.perf_counter() - started)
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
-            return _UNKNOWN
+            return Verdict(identity=None)  # one each: the cache stamps it
         key, user = found
-        return _Verdict(
+        return Verdict(
             identity=Identity(
-                user_id=key.user_id,
+                # One string per user for all its keys' identities.
+                user_id=sys.intern(key.user_id),
                 key_id=key.id,
                 limits=self._limits(key.rate_limits, self._default_limits, "key", key.id),
                 user_limits=self._limits(user.rate_limits, self._default_user_limits, "user", user.id),

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.usage import CreditRules, UsageRecorder
 from gateway.accounting.wallet import CreditWallet
-from gateway.auth.verify import Identity, Verifier
+from gateway.auth.verdicts import Identity
+from gateway.auth.verify import Verifier
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,

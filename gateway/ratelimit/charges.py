@@ -4,7 +4,7 @@ only observed (``rate_limits.observe``, a route's ``mode``)."""
 
 from __future__ import annotations
 
-from gateway.auth.verify import Identity
+from gateway.auth.verdicts import Identity
 from gateway.config import RateLimitsConfig
 from gateway.ratelimit.limiter import KEY, USER, Charge
 from gateway.routes import matches, normalized_path
