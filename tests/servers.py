@@ -8,6 +8,8 @@ its PID, and its stderr and stdout are kept so a test can read the log and the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -221,6 +223,26 @@ class GatewayProcess(ServerProcess):
 async def _user_with_key(service: ManagementService, user_id: str) -> CreatedKey:
     await service.add_user(user_id)
     return await service.create_key(user_id, name="tests")
+
+
+# SQLite's WAL-index locks are fcntl locks on bytes 120 to 127 of the -shm file; holding them all
+# keeps every other process from starting a read or a write.
+WAL_LOCKS = (120, 8)
+
+
+@contextlib.contextmanager
+def store_locked(gateway: GatewayProcess) -> Iterator[None]:
+    """A real lock on the gateway's SQLite store, held by this process as a backup tool or a stuck
+    writer would hold it."""
+    database = gateway.config.store.url.removeprefix("sqlite:///")
+    fd = os.open(database + "-shm", os.O_RDWR)
+    try:
+        start, length = WAL_LOCKS
+        # Waits while the gateway holds them for a read or a write of its own (a usage flush).
+        fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def run_service(store_url: str, prefix: str, action: Callable[[ManagementService], Awaitable[T]]) -> T:

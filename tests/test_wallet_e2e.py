@@ -9,7 +9,7 @@ import time
 import httpx
 
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, cli_json as cli
+from tests.servers import GatewayProcess, cli_json as cli, store_locked
 
 GENERATE = "/api/v1/mockups/generate"
 ORDER = {"template_id": "tpl_mug", "artwork_url": "https://example.com/a.png"}
@@ -80,3 +80,16 @@ def test_the_balance_outlives_a_restart_and_an_operators_top_up_counts_at_once(
         assert answer.status_code == 201 and answer.headers["x-credits-remaining"] == "0"
     finally:
         restarted.stop()
+
+
+def test_credits_spent_while_the_store_is_locked_are_written_once_it_answers(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(WALLET | {"store": {"lookup_timeout": "300ms"}})
+    cli(gw, "users", "credits", gw.user_id, "--set", "5")
+    assert generate(gw).status_code == 201  # the key and the balance are read: from here, memory
+    with store_locked(gw):
+        # Paid from the balance in memory; each flush meanwhile fails and keeps what was spent.
+        assert [generate(gw).status_code for _ in range(5)] == [201, 201, 201, 201, 402]
+        assert gw.wait_for_log("could not write usage to the store")
+    until_balance(gw, 0)
+    history = cli(gw, "usage", "--user", gw.user_id, "--daily")
+    assert history["totals"]["credits"] == 5 and history["totals"]["refused_credits"] == 1

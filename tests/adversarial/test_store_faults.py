@@ -4,10 +4,7 @@ another process (this one), as a backup tool or a stuck writer would hold it."""
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import errno
-import fcntl
-import os
 import subprocess
 import sys
 import time
@@ -19,24 +16,7 @@ import pytest
 
 from gateway.auth.keys import generate_key
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, ServerProcess, cli_json, free_port, gateway_cli, received_ids
-
-# SQLite's WAL-index locks are fcntl locks on bytes 120 to 127 of the -shm file; holding them all
-# keeps every other process from starting a read or a write.
-WAL_LOCKS = (120, 8)
-
-
-@contextlib.contextmanager
-def store_locked(gateway: GatewayProcess) -> Iterator[None]:
-    database = gateway.config.store.url.removeprefix("sqlite:///")
-    fd = os.open(database + "-shm", os.O_RDWR)
-    try:
-        start, length = WAL_LOCKS
-        # Waits while the gateway holds them for a read or a write of its own (a usage flush).
-        fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+from tests.servers import ServerProcess, cli_json, free_port, gateway_cli, received_ids, store_locked
 
 
 def test_a_locked_store(gateway_factory: GatewayFactory, stub: ServerProcess, request: pytest.FixtureRequest) -> None:
