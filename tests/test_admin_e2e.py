@@ -147,6 +147,26 @@ def test_rotate(gw: GatewayProcess, admin: httpx.Client) -> None:
     assert_error(admin.post(f"{API}/keys/{old['id']}/rotate", json={"grace": "x"}), 422, "validation_failed", "grace")
 
 
+def test_rotating_a_key_in_its_grace_period_again_is_refused_and_names_its_replacement(admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "rot2-user"})
+    old = admin.post(f"{API}/keys", json={"user_id": "rot2-user", "expires_in": "30d"}).json()
+    first = admin.post(f"{API}/keys/{old['id']}/rotate", json={"grace": "10m"}).json()
+    assert first["expires_at"] == old["expires_at"]  # the replacement keeps the original expiry
+    again = admin.post(f"{API}/keys/{old['id']}/rotate", json={"grace": "10m"})  # a retried POST
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": {
+            "code": "conflict",
+            "message": f"key {old['id']} was rotated already: its replacement is {first['id']}",
+        }
+    }
+    shown = admin.get(f"{API}/keys/{old['id']}").json()
+    assert shown["replaced_by"] == first["id"] and shown["status"] == "active"  # in its grace period
+    assert admin.get(f"{API}/keys/{first['id']}").json()["replaced_by"] is None
+    items = admin.get(f"{API}/keys", params={"user_id": "rot2-user"}).json()["items"]
+    assert [key["id"] for key in items] == [old["id"], first["id"]]  # no second replacement was made
+
+
 def test_list_keys_pages_and_filters(admin: httpx.Client) -> None:
     admin.post(f"{API}/users", json={"id": "page-user"})
     ids = [admin.post(f"{API}/keys", json={"user_id": "page-user"}).json()["id"] for _ in range(5)]

@@ -101,7 +101,7 @@ def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
     assert isinstance(listed, list)
     assert set(listed[0]) == {
         "id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at",
-        "requests", "rate_limited", "credits", "legacy", "rate_limits",
+        "requests", "rate_limited", "credits", "legacy", "rate_limits", "replaced_by",
     }  # fmt: skip
     assert [k["status"] for k in listed] == ["active", "active"]
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
@@ -131,6 +131,23 @@ def test_a_full_key_given_for_an_id_is_never_echoed(gateway: Gateway) -> None:
         assert key not in result.stderr and key[8:20] not in result.stderr
 
 
+def test_rotating_twice_is_refused_and_the_replacement_keeps_the_expiry(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    created = ok_json(gateway("keys", "create", "--user", "alice", "--expires-in", "30d", "--json"))
+    assert isinstance(created, dict)
+    rotated = ok_json(gateway("keys", "rotate", created["id"], "--grace", "10m", "--json"))
+    assert isinstance(rotated, dict) and rotated["expires_at"] == created["expires_at"]
+    fails_with(
+        gateway("keys", "rotate", created["id"], "--grace", "10m"),
+        1,
+        f"key {created['id']} was rotated already: its replacement is {rotated['id']}",
+    )
+    shown = ok_json(gateway("keys", "show", created["id"], "--json"))
+    assert isinstance(shown, dict) and shown["replaced_by"] == rotated["id"]
+    assert f"replaced_by: {rotated['id']}" in gateway("keys", "show", created["id"]).stdout
+    assert len(ok_json(gateway("keys", "list", "--json"))) == 2
+
+
 def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
     gateway("users", "add", "alice")
     created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "ci", "--json"))
@@ -146,7 +163,7 @@ def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
     assert first.exit_code == 0 and first.stdout == f"revoked key {created['id']}\n"
     second = gateway("keys", "revoke", created["id"])
     assert second.exit_code == 0 and "was already revoked" in second.stdout
-    fails_with(gateway("keys", "rotate", created["id"]), 1, "is revoked: create a new key instead")
+    fails_with(gateway("keys", "rotate", created["id"]), 1, f"its replacement is {rotated['id']}")
 
     text = gateway("keys", "rotate", rotated["id"]).stdout
     assert f"The old key {rotated['id']} stops working now." in text

@@ -112,6 +112,21 @@ async def test_keys(store: KeyStore) -> None:
     assert await store.get_key("key_5") is not None
 
 
+async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_key(key("key_old", key_hash="0" * 64, expires_at=1000.0))
+    replacements = [key(f"key_new{n}", key_hash=f"{n}" * 64, expires_at=1000.0) for n in range(1, 6)]
+    outcomes = await asyncio.gather(
+        *(store.rotate_key("key_old", new, now=10.0, grace_until=600.0) for new in replacements)
+    )
+    assert sorted(outcomes) == [False, False, False, False, True]
+    winner = replacements[outcomes.index(True)].id
+    old = await store.get_key("key_old")
+    assert old is not None and old.replaced_by == winner and old.expires_at == 600.0
+    # The losers wrote nothing: no second replacement exists.
+    assert sorted(k.id for k in await store.list_keys("alice")) == sorted(["key_old", winner])
+
+
 async def test_every_write_advances_the_change_counter(store: KeyStore, store_url: str) -> None:
     other = await open_store(store_url)  # another process's view of the same store (PostgreSQL: notified)
     try:

@@ -43,7 +43,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "The body is not valid JSON",
         401: "The admin token is missing or wrong",
         404: "No such user or key",
-        409: "It exists already",
+        409: "It exists already (a user), or was rotated already (a key: the message names its replacement)",
         422: "A value is not acceptable",
         503: "The key store is unavailable; nothing was changed (Retry-After)",
     }
@@ -168,7 +168,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body(_ref("Rotation")),
                 "responses": {
                     "201": _json(_ref("RotatedKey"), "The new key, shown this once"),
-                    **_errors(400, 401, 404, 422),
+                    **_errors(400, 401, 404, 409, 422),
                 },
             }
         },
@@ -370,6 +370,10 @@ OPENAPI: dict[str, Any] = {
                         "description": "Imported from an earlier system (gateway import): no checksum of ours.",
                     },
                     "rate_limits": {"type": ["array", "null"], "items": {"type": "string"}},
+                    "replaced_by": {
+                        "type": ["string", "null"],
+                        "description": "The id of the key that replaced this one (keys rotate); null until then.",
+                    },
                 },
             },
             "KeyPage": {

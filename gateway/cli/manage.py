@@ -37,8 +37,8 @@ __all__ = ["db", "keys", "usage", "users"]
 T = TypeVar("T")
 
 USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
-# The table leaves the limits out; `keys show` has them.
-KEY_COLUMNS = KEY_FIELDS[:-1]
+# The table leaves the limits and the replacement out; `keys show` has them.
+KEY_COLUMNS = tuple(name for name in KEY_FIELDS if name not in ("rate_limits", "replaced_by"))
 USAGE_COLUMNS = USAGE_FIELDS
 
 

@@ -44,6 +44,7 @@ KEY_FIELDS = (
     "credits",
     "legacy",
     "rate_limits",
+    "replaced_by",
 )
 
 
@@ -80,6 +81,8 @@ def key_document(key: ApiKey, now: float) -> dict[str, Any]:
         "credits": key.credits,
         "legacy": key.legacy,
         "rate_limits": split_limits(key.rate_limits),
+        # Set once the key is rotated: its replacement's id (it stays active through a grace period).
+        "replaced_by": key.replaced_by,
     }
 
 

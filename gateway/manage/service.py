@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 __all__ = [
     "AlreadyExists",
+    "AlreadyReplaced",
     "ChangeNotAnnounced",
     "CreatedKey",
     "ManagementService",
@@ -53,6 +54,14 @@ class NotFound(ServiceError):
 
 class AlreadyExists(ServiceError):
     """A user with that id exists already."""
+
+
+class AlreadyReplaced(AlreadyExists):
+    """The key was rotated already: rotating it again would make a second replacement."""
+
+    def __init__(self, key_id: str, replaced_by: str) -> None:
+        super().__init__(f"key {key_id} was rotated already: its replacement is {replaced_by}")
+        self.replaced_by = replaced_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +270,10 @@ class ManagementService:
         """A new key for the same user and name, and the old key, which stops now or after ``grace``."""
         now = self._clock()
         old = await self.get_key(key_id)
+        # A key in its grace period is still active, but rotating it again would make a second
+        # replacement that copies the grace period's end as its expiry (a retried POST …/rotate).
+        if old.replaced_by is not None:
+            raise AlreadyReplaced(old.id, old.replaced_by)
         if old.status(now) != "active":
             raise InvalidField(f"key {key_id} is {old.status(now)}: create a new key instead", "key_id")
         if grace is not None and not 0 <= grace <= MAX_DURATION:
@@ -268,7 +281,12 @@ class ManagementService:
         # The new key expires when the old one would have: a rotation never extends a key's life.
         created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None
-        await self._write(lambda: self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until))
+        rotated = await self._write(
+            lambda: self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until)
+        )
+        if not rotated:  # another rotation landed since it was read
+            found = await self.get_key(old.id)
+            raise AlreadyReplaced(old.id, found.replaced_by or "unknown")
         return created, await self.get_key(old.id)
 
     # ---------------------------------------------------------------------------- import

@@ -298,9 +298,10 @@ class KeyStore(Protocol):
         """Revoke the key (an earlier revocation stands); None if unknown."""
         ...
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
         """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
-        ``grace_until`` (never later than it would have anyway)."""
+        ``grace_until`` (never later than it would have anyway). False, with nothing written, when
+        the old key has been replaced already (a retried or concurrent rotation)."""
         ...
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...

@@ -286,26 +286,30 @@ class PostgresStore:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2", now, key_id)
         return await self.get_key(key_id)
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(_INSERT_KEY, *key_row(new_key))
             if grace_until is None:
-                await connection.execute(
-                    "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2) WHERE id = $3",
+                replaced = await connection.execute(
+                    "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2)"
+                    " WHERE id = $3 AND replaced_by IS NULL",
                     new_key.id,
                     now,
                     old_key_id,
                 )
             else:
-                await connection.execute(
+                replaced = await connection.execute(
                     "UPDATE api_keys SET replaced_by = $1, expires_at = least(coalesce(expires_at, $2), $2)"
-                    " WHERE id = $3",
+                    " WHERE id = $3 AND replaced_by IS NULL",
                     new_key.id,
                     grace_until,
                     old_key_id,
                 )
+            if replaced == "UPDATE 0":
+                return False  # nothing written: the transaction commits empty
+            await connection.execute(_INSERT_KEY, *key_row(new_key))
             await connection.execute(f"NOTIFY {CHANNEL}")
         self._changes += 1
+        return True
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
         await self._write("UPDATE api_keys SET rate_limits = $1 WHERE id = $2", rate_limits, key_id)

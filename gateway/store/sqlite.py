@@ -264,29 +264,35 @@ class SQLiteStore:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", (now, key_id))
         return await self.get_key(key_id)
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
         async with self._writing:
-            await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until)
+            return await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until)
 
-    async def _rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> None:
+    async def _rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
-            await self._db.execute(_INSERT_KEY, key_row(new_key))
             if grace_until is None:
-                await self._db.execute(
-                    "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                replaced = await self._db.execute(
+                    "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?)"
+                    " WHERE id = ? AND replaced_by IS NULL",
                     (new_key.id, now, old_key_id),
                 )
             else:
-                await self._db.execute(
-                    "UPDATE api_keys SET replaced_by = ?, expires_at = min(coalesce(expires_at, ?), ?) WHERE id = ?",
+                replaced = await self._db.execute(
+                    "UPDATE api_keys SET replaced_by = ?, expires_at = min(coalesce(expires_at, ?), ?)"
+                    " WHERE id = ? AND replaced_by IS NULL",
                     (new_key.id, grace_until, grace_until, old_key_id),
                 )
+            if replaced.rowcount == 0:
+                await self._db.execute("ROLLBACK")
+                return False
+            await self._db.execute(_INSERT_KEY, key_row(new_key))
             await self._db.execute("COMMIT")
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
         self._counter.bump()
+        return True
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
         await self._write("UPDATE api_keys SET rate_limits = ? WHERE id = ?", (rate_limits, key_id))
