@@ -408,6 +408,9 @@ def _optional_limit(value: object) -> RateLimitItem | None:
 
 
 def _rate_limits(value: object) -> tuple[RateLimitItem, ...]:
+    # A list, or one string as the CLI takes it ("100/minute;10000/day"; "," alike).
+    if isinstance(value, str):
+        value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError('a list of limits such as ["100/minute", "10000/day"]')
     try:

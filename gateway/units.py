@@ -3,7 +3,9 @@
 A duration is a number of seconds (``30``, ``0.5``) or a number with a unit: ``500ms``, ``30s``,
 ``15m``, ``12h``, ``90d``. A size is a number of bytes or a number with a unit: ``512KiB``,
 ``10MiB``, ``1GiB`` (powers of 1024) or ``10KB``, ``10MB``, ``1GB`` (powers of 1000). Rate
-limits are ``limits`` library items: ``100/minute``, ``10000/day``, ``5/2minutes``.
+limits are ``limits`` library items: ``100/minute``, ``10000/day``, ``5/2minutes``; several are
+separated by ``;`` or ``,`` alike (``5/second,100/hour``), wherever they are given: the config, the
+CLI, the admin API, an import.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from collections.abc import Sequence
 
 from limits import RateLimitItem, parse_many
 
-__all__ = ["Limits", "format_duration", "parse_duration", "parse_limits", "parse_size", "window_name"]
+__all__ = [
+    "Limits",
+    "format_duration",
+    "limit_texts",
+    "parse_duration",
+    "parse_limits",
+    "parse_size",
+    "window_name",
+]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -26,6 +36,7 @@ _SIZE_UNITS = {
     "mib": 1024**2,
     "gib": 1024**3,
 }
+_LIMIT_SEPARATORS = re.compile(r"[;,]")
 _NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -84,16 +95,27 @@ def utc_day(now: float) -> tuple[str, float]:
     return time.strftime("%Y-%m-%d", time.gmtime(start)), start + 86400
 
 
-def parse_limits(text: str | Sequence[str]) -> Limits:
-    """``"1000/minute;100000/day"`` or ``["100/minute", "10000/day"]``; ValueError if it is neither."""
+def limit_texts(text: str | Sequence[str]) -> list[str]:
+    """The limits given, one text each: ``"5/second, 100/hour"`` or ``["5/second;100/hour"]`` are
+    ``["5/second", "100/hour"]`` (empty parts dropped)."""
     joined = text if isinstance(text, str) else ";".join(text)
-    if not joined.strip():
+    return [part.strip() for part in _LIMIT_SEPARATORS.split(joined) if part.strip()]
+
+
+def parse_limits(text: str | Sequence[str]) -> Limits:
+    """``"1000/minute;100000/day"``, ``"1000/minute,100000/day"`` or ``["100/minute", "10000/day"]``;
+    ValueError if it is none of them."""
+    texts = limit_texts(text)
+    if not texts:
         raise ValueError("at least one limit such as 100/minute")
     try:
-        items = tuple(parse_many(joined))
+        parsed = [parse_many(part) for part in texts]
     except ValueError:
         raise ValueError("limits such as 100/minute;10000/day") from None
-    if not items or any(item.amount < 1 for item in items):
+    # One limit per part: the library's own list parser also splits on "|", which a stored text
+    # would keep as one part.
+    items = tuple(item for part in parsed for item in part)
+    if len(items) != len(texts) or any(item.amount < 1 for item in items):
         raise ValueError("limits such as 100/minute;10000/day")
     return items
 

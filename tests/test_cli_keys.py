@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -70,8 +71,32 @@ def test_users(gateway: Gateway) -> None:
     listed = ok_json(gateway("users", "list", "--json"))
     assert [u["id"] for u in listed] == ["alice", "bob"]
     table = gateway("users", "list").stdout.splitlines()
-    assert table[0].split() == ["ID", "SUBSCRIPTION", "CREATED_AT", "UPDATED_AT"]
-    assert table[1].split()[:2] == ["alice", "active"]
+    assert table[0].split() == ["ID", "SUBSCRIPTION", "CREATED_AT", "RATE_LIMITS"]
+    assert table[1].split()[:2] == ["alice", "active"] and table[1].split()[3] == "default"
+
+
+def test_human_output_shows_values_and_keys_list_fits_100_columns(gateway: Gateway) -> None:
+    gateway("users", "add", "a-customer-with-a-long-identifier")
+    gateway("users", "set-limits", "a-customer-with-a-long-identifier", "5/second,100/hour")
+    long_name = "the production key of the mobile app"
+    created = ok_json(
+        gateway(
+            "keys", "create", "--user", "a-customer-with-a-long-identifier", "--name", long_name,
+            "--rate-limit", "1000/minute;100000/day;5/second", "--json",
+        )
+    )  # fmt: skip
+    assert isinstance(created, dict)
+    listing = gateway("keys", "list").stdout.splitlines()
+    assert max(len(line) for line in listing) <= 100, listing
+    assert listing[0].split() == ["ID", "PREFIX", "NAME", "USER_ID", "STATUS", "LAST_USED", "RATE_LIMITS"]
+    assert listing[1].split()[:2] == [created["id"], created["prefix"]] and "1000/minute;" in listing[1]
+    wide = gateway("keys", "list", "--wide").stdout
+    assert long_name in wide and "1000/minute;100000/day;5/second" in wide and "REPLACED_BY" in wide
+    shown = gateway("keys", "show", created["id"]).stdout
+    assert "legacy: no" in shown and "rate_limits: 1000/minute;100000/day;5/second" in shown
+    assert "[" not in shown and "False" not in shown and "None" not in shown
+    users = gateway("users", "list").stdout
+    assert "5/second;100/hour" in users and "[" not in users
 
 
 def test_user_id_rules(gateway: Gateway) -> None:
@@ -196,11 +221,32 @@ def test_commands_are_pinned() -> None:
     }
 
 
+@pytest.mark.parametrize("group", ["db", "keys", "users"])
+def test_each_groups_summary_names_every_subcommand(group: str) -> None:
+    result = CliRunner().invoke(main, [group, "--help"])
+    summary = result.stdout.split("\n\n")[1]  # the paragraph after the usage line
+    assert result.exit_code == 0
+    for name in getattr(main.commands[group], "commands", {}):
+        assert re.search(rf"\b{re.escape(name)}\b", summary), f"{group} --help does not name {name}: {summary!r}"
+    # The top-level help shows that summary for the group.
+    assert summary.strip().split(":")[0] in CliRunner().invoke(main, ["--help"]).stdout
+
+
 def test_rate_limit_options(gateway: Gateway) -> None:
     gateway("users", "add", "alice")
-    fails_with(gateway("keys", "create", "--user", "alice", "--rate-limit", "lots"), 1, "written like 1000/minute")
+    # A bad value is a usage error, as a bad --expires-in is (exit 2), checked before anything is written.
+    fails_with(gateway("keys", "create", "--user", "alice", "--rate-limit", "lots"), 2, "expected limits such as")
+    fails_with(gateway("keys", "create", "--user", "alice", "--expires-in", "soon"), 2, "expected a duration")
+    fails_with(gateway("keys", "create", "--user", "alice", "--rate-limit", "5/second|1/day"), 2, "expected limits")
+    assert ok_json(gateway("keys", "list", "--json")) == []
     created = ok_json(gateway("keys", "create", "--user", "alice", "--rate-limit", "10/minute; 99/day", "--json"))
     assert created["rate_limits"] == ["10/minute", "99/day"]
+    # "," separates limits as ";" does: two limits, not one item holding both.
+    comma = ok_json(gateway("keys", "create", "--user", "alice", "--rate-limit", "5/second,100/hour", "--json"))
+    assert comma["rate_limits"] == ["5/second", "100/hour"]
+    user = ok_json(gateway("users", "set-limits", "alice", "50/second, 1000/hour", "--json"))
+    assert user["rate_limits"] == ["50/second", "1000/hour"]
+    fails_with(gateway("users", "set-limits", "alice", "many"), 2, "expected limits such as")
     fails_with(gateway("keys", "set-limits", created["id"]), 2, "either limits such as")
     fails_with(gateway("keys", "set-limits", created["id"], "5/minute", "--default"), 2, "either limits such as")
     shown = ok_json(gateway("keys", "show", created["id"], "--json"))

@@ -33,6 +33,13 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.proxy.trusted_peers == ()
 
 
+def test_limits_are_separated_by_commas_or_semicolons_alike(tmp_path: Path) -> None:
+    path = write(tmp_path, {"rate_limits": {"default": ["5/second,100/hour"], "per_user": "50/second; 1000/hour"}})
+    config = load_config(path, environ={})
+    assert [str(item) for item in config.rate_limits.default] == ["5 per 1 second", "100 per 1 hour"]
+    assert [str(item) for item in config.rate_limits.per_user] == ["50 per 1 second", "1000 per 1 hour"]
+
+
 def test_the_documented_config_yaml_is_the_defaults() -> None:
     """config.yaml in the repository documents every key with its default value."""
     documented = load_config(REPO / "config.yaml", environ={})

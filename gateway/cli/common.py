@@ -11,7 +11,17 @@ import click
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 
-__all__ = ["ConfigProblem", "OneLineErrors", "config_option", "emit", "json_option", "load", "table"]
+__all__ = [
+    "ConfigProblem",
+    "OneLineErrors",
+    "config_option",
+    "emit",
+    "fields",
+    "json_option",
+    "load",
+    "shown",
+    "table",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _CONFIG_KEY = "gateway.config_path"
@@ -78,13 +88,46 @@ def load(ctx: click.Context) -> GatewayConfig:
         raise ConfigProblem(str(exc)) from None
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as aligned text columns under a header; empty values as '-'."""
-    cells = [[("-" if row.get(c) is None else str(row[c])) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+def shown(value: Any) -> str:
+    """A value as people read it: '-' for none, yes/no, a list joined by ';' (as limits are given),
+    never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ";".join(shown(item) for item in value) or "-"
+    return str(value)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    widest: Mapping[str, int] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Rows as aligned text columns under a header; a column in ``widest`` is cut to that many
+    characters (ending in '…'), so that a table fits a terminal whatever the names are."""
+    widest = widest or {}
+    headers = headers or {}
+
+    def cell(row: Mapping[str, Any], column: str) -> str:
+        text = shown(row.get(column))
+        limit = widest.get(column)
+        return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+    cells = [[cell(row, c) for c in columns] for row in rows]
+    titles = [headers.get(c, c).upper() for c in columns]
+    widths = [max([len(t)] + [len(r[i]) for r in cells]) for i, t in enumerate(titles)]
+    lines = ["  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
+
+
+def fields(document: Mapping[str, Any]) -> str:
+    """One ``name: value`` line per field, values as people read them."""
+    return "\n".join(f"{name}: {shown(value)}" for name, value in document.items())
 
 
 def emit(as_json: bool, document: object, text: str) -> None:

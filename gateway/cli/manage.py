@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import click
 
-from gateway.cli.common import config_option, emit, json_option, load, table
+from gateway.cli.common import config_option, emit, fields, json_option, load, shown, table
 from gateway.manage.documents import (
     DAILY_FIELDS,
     KEY_FIELDS,
@@ -26,7 +26,7 @@ from gateway.manage.documents import (
     usage_document,
     user_document,
 )
-from gateway.manage.rules import ServiceError
+from gateway.manage.rules import InvalidField, ServiceError, check_limits
 from gateway.manage.service import AlreadyExists, CreatedKey, ManagementService, NotFound, open_service
 from gateway.store import ApiKey, StoreError
 from gateway.store.base import is_store_failure
@@ -36,9 +36,11 @@ __all__ = ["db", "keys", "usage", "users"]
 
 T = TypeVar("T")
 
-USER_COLUMNS = ("id", "subscription", "created_at", "updated_at")
-# The table leaves the limits and the replacement out; `keys show` has them.
-KEY_COLUMNS = tuple(name for name in KEY_FIELDS if name not in ("rate_limits", "replaced_by"))
+USER_COLUMNS = ("id", "subscription", "created_at", "rate_limits")
+# `keys list` fits a 100-column terminal: these columns, names cut short, dates without the time
+# (`--wide`: every field in full; `keys show`: one key's).
+KEY_COLUMNS = ("id", "prefix", "name", "user_id", "status", "last_used", "rate_limits")
+KEY_WIDEST = {"name": 10, "user_id": 12, "rate_limits": 14}
 USAGE_COLUMNS = USAGE_FIELDS
 
 
@@ -77,6 +79,17 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"expected {exc}, got {value!r}") from None
 
 
+def rate_limits(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Limits as the config and the admin API take them (``;`` or ``,`` between them), checked
+    before the store is opened: a bad value is a usage error (exit 2), as a bad duration is."""
+    if value is None:
+        return None
+    try:
+        return check_limits(value)
+    except InvalidField:
+        raise click.BadParameter(f'expected limits such as "1000/minute;100000/day", got {value!r}') from None
+
+
 def limits_text(key: ApiKey) -> str:
     return key.rate_limits or "the default (rate_limits.default)"
 
@@ -98,7 +111,7 @@ def created_text(created: CreatedKey, what: str) -> str:
 @click.group()
 @config_option
 def users() -> None:
-    """Users (the operator's own ids) and their subscriptions."""
+    """Users (the operator's own ids): add, list, set-subscription, set-limits, credits."""
 
 
 @users.command("add")
@@ -136,7 +149,7 @@ def _limits_or_default(rate_limits: str | None, use_default: bool) -> None:
 @users.command("set-limits")
 @config_option
 @click.argument("user_id")
-@click.argument("rate_limits", required=False)
+@click.argument("rate_limits", required=False, callback=rate_limits)
 @click.option("--default", "use_default", is_flag=True, help="Go back to rate_limits.per_user.")
 @json_option
 @click.pass_context
@@ -175,7 +188,8 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
     """List the users."""
     found = run(ctx, lambda service: service.list_users())
     documents = [user_document(user) for user in found]
-    emit(as_json, documents, table(documents, USER_COLUMNS))
+    rows = [document | {"rate_limits": document["rate_limits"] or "default"} for document in documents]
+    emit(as_json, documents, table(rows, USER_COLUMNS))
 
 
 # ------------------------------------------------------------------------------------- keys
@@ -184,7 +198,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.group()
 @config_option
 def keys() -> None:
-    """API keys: create, list, revoke, rotate."""
+    """API keys: create, list, show, revoke, rotate, set-limits."""
 
 
 @keys.command("create")
@@ -196,6 +210,7 @@ def keys() -> None:
     "--rate-limit",
     "rate_limits",
     default=None,
+    callback=rate_limits,
     help='Its own limits, e.g. "1000/minute;100000/day"  [default: rate_limits.default]',
 )
 @json_option
@@ -221,14 +236,26 @@ def keys_create(
 @keys.command("list")
 @config_option
 @click.option("--user", "user_id", default=None, help="Only this user's keys.")
+@click.option("--wide", is_flag=True, help="Every field, in full (wider than 100 columns).")
 @json_option
 @click.pass_context
-def keys_list(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
-    """List keys (by prefix and id; never the key)."""
+def keys_list(ctx: click.Context, user_id: str | None, wide: bool, as_json: bool) -> None:
+    """List keys (by id and prefix; never the key)."""
     found = run(ctx, lambda service: service.list_keys(user_id), hint=" (see `gateway users list`)")
     now = time.time()
     documents = [key_document(key, now) for key in found]
-    emit(as_json, documents, table(documents, KEY_COLUMNS))
+    if wide or as_json:
+        emit(as_json, documents, table(documents, KEY_FIELDS))
+        return
+    rows = [
+        document
+        | {
+            "last_used": (document["last_used_at"] or "-")[:10],
+            "rate_limits": shown(document["rate_limits"]) if document["rate_limits"] else "default",
+        }
+        for document in documents
+    ]
+    emit(as_json, documents, table(rows, KEY_COLUMNS, widest=KEY_WIDEST))
 
 
 @keys.command("show")
@@ -240,14 +267,13 @@ def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
     """One key, with its usage and rate limits (never the key)."""
     key = run(ctx, lambda service: service.get_key(key_id), hint=" (see `gateway keys list`)")
     document = key_document(key, time.time())
-    text = "\n".join(f"{name}: {'-' if value is None else value}" for name, value in document.items())
-    emit(as_json, document, text.replace("rate_limits: -", f"rate_limits: {limits_text(key)}"))
+    emit(as_json, document, fields(document | {"rate_limits": limits_text(key)}))
 
 
 @keys.command("set-limits")
 @config_option
 @click.argument("key_id")
-@click.argument("rate_limits", required=False)
+@click.argument("rate_limits", required=False, callback=rate_limits)
 @click.option("--default", "use_default", is_flag=True, help="Go back to rate_limits.default.")
 @json_option
 @click.pass_context
@@ -336,7 +362,7 @@ def usage(
 @click.group()
 @config_option
 def db() -> None:
-    """The key store."""
+    """The key store: migrate."""
 
 
 @db.command("migrate")

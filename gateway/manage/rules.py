@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 
 from gateway.store import Subscription
-from gateway.units import parse_limits
+from gateway.units import limit_texts, parse_limits
 
 __all__ = [
     "MAX_DURATION",
@@ -70,15 +70,17 @@ def check_name(name: str | None) -> str | None:
 
 
 def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
-    """The limits as stored ("1000/minute;100000/day"), or None for the default ones."""
+    """The limits as stored ("1000/minute;100000/day"), or None for the default ones. ``,`` and
+    ``;`` separate limits alike ("5/second,100/hour" is two)."""
     if rate_limits is None:
         return None
-    joined = rate_limits if isinstance(rate_limits, str) else ";".join(rate_limits)
     try:
-        parse_limits(joined)
+        parse_limits(rate_limits)
     except ValueError:
-        raise InvalidField("rate limits are written like 1000/minute;100000/day", "rate_limits") from None
-    return ";".join(part.strip() for part in joined.split(";") if part.strip())
+        raise InvalidField(
+            "rate limits are written like 1000/minute;100000/day (or with a comma)", "rate_limits"
+        ) from None
+    return ";".join(limit_texts(rate_limits))
 
 
 def split_limits(stored: str | None) -> list[str] | None:
