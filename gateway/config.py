@@ -67,11 +67,17 @@ class ProxyConfig:
     trusted_peers: tuple[IPNetwork, ...] = ()
 
 
+DEFAULT_KEY_PREFIX = "mk_live_"
+
+
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
-    prefix: str = "mk_live_"
+    prefix: str = DEFAULT_KEY_PREFIX
     # Prefixes of imported keys that carry no checksum of ours (gateway import).
     legacy_prefixes: tuple[str, ...] = ()
+    # Not a config key: the prefix of keys this gateway minted before the error profile chose
+    # keys.prefix (mk_live_, when a mockupanda deployment gets mpa_): still ours, checksum and all.
+    earlier_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +631,12 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             raise ConfigError(f"{source}: {key}: expected {exc.expected}") from None
     if profile_name not in profiles:
         raise ConfigError(f"{source}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
+    if "keys.prefix" not in values:
+        # The fronted API's documented prefix (mockupanda: mpa_). Keys minted before with the
+        # old default keep working: the change of prefix must not turn every key away.
+        values["keys.prefix"] = profiles[profile_name].key_prefix
+        if values["keys.prefix"] != DEFAULT_KEY_PREFIX:
+            values["keys.earlier_prefixes"] = (DEFAULT_KEY_PREFIX,)
 
     sections: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():

@@ -59,6 +59,8 @@ class ErrorProfile:
     name: str
     envelope: Any
     situations: Mapping[str, Situation]
+    # The prefix of the keys the fronted API documents: keys.prefix unless that is set.
+    key_prefix: str = "mk_live_"
     # Bodies of the situations whose message takes no parameter, rendered once.
     _static: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -139,6 +141,7 @@ _MOCKLY = ErrorProfile(
 
 _MOCKUPANDA = ErrorProfile(
     name="mockupanda",
+    key_prefix="mpa_",
     envelope={"error": "{message}", "code": "{code}", "details": "{details}"},
     situations={
         "missing_credentials": Situation(401, "MISSING_API_KEY", "Authorization header is required"),
@@ -195,7 +198,7 @@ def build_profile(name: str, raw: object) -> ErrorProfile:
         raise ProfileError("situations", "a mapping of situation name to status, code and message")
     for situation_name, spec in raw_situations.items():
         situations[situation_name] = _build_situation(str(situation_name), spec, situations.get(situation_name))
-    return ErrorProfile(name=name, envelope=envelope, situations=situations)
+    return ErrorProfile(name=name, envelope=envelope, situations=situations, key_prefix=base.key_prefix)
 
 
 def _build_situation(name: str, spec: object, default: Situation | None) -> Situation:

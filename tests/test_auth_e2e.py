@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 
 from gateway.manage.service import ManagementService
 from tests.conftest import GatewayFactory
@@ -149,3 +150,26 @@ def test_no_key_or_hash_in_the_logs_or_the_store(gw: GatewayProcess) -> None:
     store_bytes = b"".join(p.read_bytes() for p in gw.config_path.parent.glob("gateway.db*"))
     assert created["key"].encode() not in store_bytes
     assert hash_key(created["key"].encode()).encode() in store_bytes
+
+
+def test_the_mockupanda_profile_mints_its_documented_prefix_and_earlier_keys_keep_working(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = gateway_factory({})
+    assert gw.key.startswith("mk_live_")
+    gw.stop()
+    settings = yaml.safe_load(gw.config_path.read_text())
+    gw.config_path.write_text(yaml.safe_dump(settings | {"errors": {"profile": "mockupanda"}}))
+    restarted = GatewayProcess.restart(gw)
+    try:
+        created = cli(restarted, "keys", "create", "--user", gw.user_id)
+        assert created["key"].startswith("mpa_") and created["prefix"].startswith("mpa_")
+        for key in (created["key"], gw.key):  # the key minted before the profile changed works on
+            answer = httpx.get(f"{restarted.url}/api/v1/templates", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200
+        # An earlier-prefix key is still checked to the letter: a wrong checksum never gets in.
+        forged = gw.key[:-1] + ("A" if gw.key[-1] != "A" else "B")
+        refused = httpx.get(f"{restarted.url}/api/v1/templates", headers={"Authorization": f"Bearer {forged}"})
+        assert refused.status_code == 401 and refused.json()["code"] == "INVALID_API_KEY"
+    finally:
+        restarted.stop()

@@ -40,6 +40,17 @@ def test_limits_are_separated_by_commas_or_semicolons_alike(tmp_path: Path) -> N
     assert [str(item) for item in config.rate_limits.per_user] == ["50 per 1 second", "1000 per 1 hour"]
 
 
+def test_a_builtin_profile_brings_its_key_prefix_unless_keys_prefix_is_set(tmp_path: Path) -> None:
+    mockupanda = load_config(write(tmp_path, {"errors": {"profile": "mockupanda"}}), environ={})
+    assert (mockupanda.keys.prefix, mockupanda.keys.earlier_prefixes) == ("mpa_", ("mk_live_",))
+    chosen = load_config(
+        write(tmp_path, {"errors": {"profile": "mockupanda"}, "keys": {"prefix": "shop_"}}), environ={}
+    )
+    assert (chosen.keys.prefix, chosen.keys.earlier_prefixes) == ("shop_", ())
+    mockly = load_config(write(tmp_path, {"errors": {"profile": "mockly"}}), environ={})
+    assert (mockly.keys.prefix, mockly.keys.earlier_prefixes) == ("mk_live_", ())
+
+
 def test_the_documented_config_yaml_is_the_defaults() -> None:
     """config.yaml in the repository documents every key with its default value."""
     documented = load_config(REPO / "config.yaml", environ={})

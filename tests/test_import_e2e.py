@@ -107,7 +107,7 @@ def test_every_old_key_works_after_the_import(gateway_factory: GatewayFactory, o
     assert shown["requests"] == 120 + 1 and shown["credits"] == 7
     listed = {key["id"]: key for key in cli_json(gw, "keys", "list", "--user", "acme")}
     assert listed[acme_id]["legacy"] is True and listed[acme_id]["prefix"] == keys["acme"][:12]
-    assert "LEGACY" in gateway_cli(gw.config_path, "keys", "list").stdout.splitlines()[0]
+    assert "LEGACY" in gateway_cli(gw.config_path, "keys", "list", "--wide").stdout.splitlines()[0]
     # Which old keys are still in use: acme's one that is not revoked, used just now.
     [acme_usage] = cli_json(gw, "usage", "--user", "acme")
     assert acme_usage["legacy_keys"] == 1 and acme_usage["legacy_last_used_at"] is not None

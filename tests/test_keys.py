@@ -88,3 +88,11 @@ def test_legacy_keys_are_looked_up_but_ours_still_need_their_checksum() -> None:
     assert not formats.accepts(b"mpa_short")  # too short to be a key
     assert not formats.accepts(b"mpa_" + b"a" * 300)
     assert not KeyFormat("mk_live_").accepts(b"mk_live_" + b"a" * 32)  # no legacy prefixes: ours only
+
+
+def test_keys_of_an_earlier_prefix_are_ours_to_the_letter() -> None:
+    formats = KeyFormat("mpa_", earlier_prefixes=("mk_live_",))
+    earlier = generate_key("mk_live_").encode()
+    assert formats.accepts(generate_key("mpa_").encode()) and formats.accepts(earlier)
+    assert not formats.accepts(earlier[:-1] + (b"A" if earlier[-1:] != b"A" else b"B"))  # its checksum
+    assert not formats.accepts(b"mk_live_" + b"a" * 32)  # not a legacy prefix: no look-up

@@ -70,15 +70,21 @@ class KeyFormat:
     """Which bearer tokens are worth a store look-up: ours, checksum and all, and any of a legacy
     prefix that could be a key. Everything else is refused without a query."""
 
-    __slots__ = ("_legacy", "_native", "_native_length")
+    __slots__ = ("_earlier", "_legacy", "_native", "_native_length")
 
-    def __init__(self, prefix: str, legacy_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, prefix: str, legacy_prefixes: tuple[str, ...] = (), earlier_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self._native = prefix.encode()
         self._native_length = len(prefix) + SECRET_LENGTH + CHECKSUM_LENGTH
         self._legacy = tuple(p.encode() for p in legacy_prefixes)
+        # Keys of ours minted under an earlier keys.prefix: checked as strictly as today's.
+        self._earlier = tuple(p.encode() for p in earlier_prefixes)
 
     def accepts(self, token: bytes) -> bool:
         if is_well_formed(token, self._native):
+            return True
+        if any(is_well_formed(token, earlier) for earlier in self._earlier):
             return True
         if not self._legacy or not token.startswith(self._legacy):
             return False

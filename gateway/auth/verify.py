@@ -73,13 +73,14 @@ class Verifier:
         lookup_timeout: float = 2.0,
         degraded_ttl: float = 1.0,
         legacy_prefixes: tuple[str, ...] = (),
+        earlier_prefixes: tuple[str, ...] = (),
         throttle: LookupThrottle | None = None,
     ) -> None:
         self._store = store
         self._throttle = throttle
         self._lookup_timeout = lookup_timeout
         self._metrics = metrics
-        self._format = KeyFormat(prefix, legacy_prefixes)
+        self._format = KeyFormat(prefix, legacy_prefixes, earlier_prefixes)
         self._default_limits = default_limits
         self._default_user_limits = user_limits
         # Stored limits as parsed, so that keys and users with the same limits share one tuple

@@ -110,6 +110,7 @@ class GatewayApp:
             lookup_timeout=config.store.lookup_timeout,
             degraded_ttl=config.cache.degraded_ttl_seconds,
             legacy_prefixes=config.keys.legacy_prefixes,
+            earlier_prefixes=config.keys.earlier_prefixes,
             throttle=LookupThrottle(config.auth_failures.limit) if config.auth_failures.limit is not None else None,
         )
         limiter = Limiter()
