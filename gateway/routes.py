@@ -3,7 +3,9 @@ and the route limits (``rate_limits.routes``), so that the two can never read a 
 
 A route is a method (or ``*`` for any) and a path: exact, or a prefix when it ends in ``*``. The
 request's path is matched with dot segments resolved and repeated slashes collapsed, so
-``/api/v1/mockups/./generate`` cannot dodge a route."""
+``/api/v1/mockups/./generate`` cannot dodge a route. A route for GET also covers HEAD: servers
+answer HEAD by doing the GET's work (Starlette, Flask, Rails), so HEAD must not dodge its cost or
+limits."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def normalized_path(path: str) -> str:
 
 def matches(route: Route, method: str, normal_path: str) -> bool:
     """Whether a request (its path already ``normalized_path``) is on ``route``."""
-    if route.method != "*" and route.method != method:
+    if route.method != "*" and route.method != method and not (method == "HEAD" and route.method == "GET"):
         return False
     if route.path.endswith("*"):
         return normal_path.startswith(route.path[:-1])

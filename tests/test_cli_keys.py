@@ -173,6 +173,30 @@ def test_rotating_twice_is_refused_and_the_replacement_keeps_the_expiry(gateway:
     assert len(ok_json(gateway("keys", "list", "--json"))) == 2
 
 
+def test_a_full_key_is_never_taken_for_a_user_id_nor_echoed(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    key = ok_json(gateway("keys", "create", "--user", "alice", "--json"))["key"]
+    fails_with(gateway("users", "add", key), 1, "that looks like a full key (mk_live_...), not a user id")
+    for args in (("keys", "list", "--user", key), ("users", "credits", key), ("usage", "--user", key)):
+        result = gateway(*args)
+        fails_with(result, 1, "not a user id")
+        assert key not in result.stderr and key[8:20] not in result.stderr
+
+
+def test_numbers_too_large_and_ids_no_user_can_have_are_one_line_errors(gateway: Gateway, tmp_path: Path) -> None:
+    gateway("users", "add", "alice")
+    fails_with(gateway("users", "credits", "alice", "--add", "9" * 25), 1, "at most 1,000,000,000,000,000 credits")
+    fails_with(gateway("users", "credits", "alice\x00"), 1, "no user")
+    fails_with(gateway("keys", "show", "key_\x00"), 1, "no key")
+    lines = tmp_path / "big.jsonl"
+    user = {"type": "user", "id": "bob", "subscription": "active"}
+    key = {"type": "key", "user_id": "bob", "prefix": "mk_live_abcd", "sha256": "a" * 64, "requests": 10**23}
+    lines.write_text(json.dumps(user) + "\n" + json.dumps(key) + "\n")
+    result = gateway("import", str(lines))
+    assert result.exit_code == 1 and "Traceback" not in result.stderr + result.stdout
+    assert "requests must be a whole number from 0 to" in result.stdout + result.stderr
+
+
 def test_revoke_twice_and_rotate(gateway: Gateway) -> None:
     gateway("users", "add", "alice")
     created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "ci", "--json"))

@@ -250,10 +250,17 @@ def test_usage_from_two_replicas_adds_up(
 
 def test_postgres_unreachable(gateway_factory: GatewayFactory, postgres_url: str) -> None:
     cut = FaultProxy(5432)
+    gw: GatewayProcess | None = None
     try:
         behind = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{cut.port}")
-        gw = gateway_factory({"store": {"url": behind, "lookup_timeout": "500ms"}, "usage": {"flush_seconds": "100ms"}})
-        uncached = cli_json(gw, "keys", "create", "--user", gw.user_id)
+        first = gateway_factory(
+            {"store": {"url": behind, "lookup_timeout": "500ms"}, "usage": {"flush_seconds": "100ms"}}
+        )
+        uncached = cli_json(first, "keys", "create", "--user", first.user_id)
+        # Started after the last write: no notification of it can arrive late and empty the cache
+        # (rightly) just as the store is cut off.
+        first.stop()
+        gw = GatewayProcess.restart(first)
         assert httpx.get(f"{gw.url}/x", headers=gw.auth).status_code == 200
 
         cut.inject("reset")  # every connection cut, and every new one refused
@@ -269,6 +276,8 @@ def test_postgres_unreachable(gateway_factory: GatewayFactory, postgres_url: str
         while cli_json(gw, "keys", "show", gw.key_id)["requests"] != 4:
             assert time.monotonic() < deadline, "usage counted while the store was cut off never reached it"
     finally:
+        if gw is not None:
+            gw.stop()
         cut.close()
 
 

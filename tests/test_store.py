@@ -146,6 +146,20 @@ async def test_every_write_advances_the_change_counter(store: KeyStore, store_ur
         await other.close()
 
 
+async def test_a_path_through_a_symbolic_link_shares_the_change_counter(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    served = await open_store(f"sqlite:///{tmp_path}/real/gateway.db")
+    other = await open_store(f"sqlite:///{tmp_path}/link/gateway.db")  # the CLI, configured otherwise
+    try:
+        seen = served.changes()
+        await other.add_user(User("alice", "active", 1.0, 1.0))
+        assert moved(served, seen)
+    finally:
+        await other.close()
+        await served.close()
+
+
 async def test_key_repr_hides_the_hash() -> None:
     assert "a" * 64 not in repr(key("key_1"))
 

@@ -11,6 +11,11 @@ A user's balance is read from the store at its first costed request, and again a
 in the store (an operator's ``users credits``, seen through the change counter) or at a new refill
 period; on every other request the wallet does no I/O. Spent credits wait in memory and are taken
 off the stored balance, recorded, with each usage flush; a failed write keeps them for the next.
+
+Spending is tagged with the moment of the operator's last ``--set`` as the store gave it when the
+balance was read (0 for none): the flush takes it off only while no later set exists, so a set
+stands whatever was spent against the balance before it, with no clock of this host compared to
+the operator's.
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ class Wallet:
         self._refill = refill
         self._clock = clock
         self._known: dict[str, int] = {}  # balances as the store last said
-        # Spent and not yet written, by user and since when (the last store change this process
-        # saw before the spending): an operator's --set after that time drops them.
+        self._set_at: dict[str, float] = {}  # when each was last set, as the store said (0: never)
+        # Spent and not yet written, by user and the set they were spent under (its tag): a later
+        # --set drops them.
         self._spent: dict[tuple[str, float], int] = {}
         self._unwritten: dict[str, int] = {}  # the same by user, being written included
         self._reserved: dict[str, int] = {}  # requests in flight
@@ -69,7 +75,6 @@ class Wallet:
         # being written would count them twice, or not at all.
         self._lock = asyncio.Lock()
         self._changes = store.changes()
-        self._since = clock()
         self._period_ends = refill_period(refill, clock())[1] if refill is not None else float("inf")
 
     def available(self, user_id: str) -> int:
@@ -87,6 +92,11 @@ class Wallet:
         self._reserved[user_id] = self._reserved.get(user_id, 0) + cost
         return 0
 
+    def hold(self, user_id: str, cost: int) -> None:
+        """Count a reservation made elsewhere (in Redis) as this process's own in flight: a balance
+        this process reads meanwhile, or pays from while Redis is out, leaves it aside."""
+        self._reserved[user_id] = self._reserved.get(user_id, 0) + cost
+
     def commit(self, user_id: str, cost: int, token: int = 0) -> None:
         """The reserved request was paid for (a 2xx, or the upstream had it when its client left)."""
         self._unreserve(user_id, cost)
@@ -96,20 +106,22 @@ class Wallet:
         """The reserved request was not paid for."""
         self._unreserve(user_id, cost)
 
-    def record_spent(self, user_id: str, cost: int) -> None:
-        """Credits spent, to be taken off the stored balance at the next flush (unless an operator
-        sets the balance since: see ``_since``)."""
-        self._stale()  # an operator's change is seen before the spending is dated
-        key = (user_id, self._since)
+    def record_spent(self, user_id: str, cost: int, set_at: float | None = None) -> None:
+        """Credits spent under the set of ``set_at`` (default: the one this process last read), to
+        be taken off the stored balance at the next flush unless an operator sets it since."""
+        key = (user_id, self._set_at.get(user_id, 0.0) if set_at is None else set_at)
         self._spent[key] = self._spent.get(key, 0) + cost
         self._unwritten[user_id] = self._unwritten.get(user_id, 0) + cost
 
-    async def stored_balance(self, user_id: str) -> int:
-        """The stored balance (refilled if a period began) less what this process spent and has
-        not written yet: where a balance shared through Redis starts."""
-        if user_id not in self._known or self._stale():
-            await self._load(user_id)
-        return self._known[user_id] - self._unwritten.get(user_id, 0)
+    async def stored_balance(self, user_id: str) -> tuple[int, float]:
+        """The stored balance, read now (refilled if a period began), less what this process spent
+        under its last set and has not written yet or holds for requests in flight, and that set's
+        tag: where a balance shared through Redis starts. Read afresh: other replicas' spending
+        reaches the store without a change this process would see."""
+        self._known.pop(user_id, None)
+        await self._load(user_id)
+        left = self._known[user_id] - self._unwritten.get(user_id, 0) - self._reserved.get(user_id, 0)
+        return left, self._set_at.get(user_id, 0.0)
 
     def _stale(self) -> bool:
         if self._store.changes() != self._changes or self._clock() >= self._period_ends:
@@ -123,7 +135,6 @@ class Wallet:
     def _forget(self) -> None:
         """Read every balance again at its next request (the store changed, or a period began)."""
         self._changes = self._store.changes()
-        self._since = self._clock()
         if self._refill is not None:
             self._period_ends = refill_period(self._refill, self._clock())[1]
         self._known.clear()
@@ -150,12 +161,14 @@ class Wallet:
         if self._refill is not None:
             period = refill_period(self._refill, now)[0]
             found = await self._store.credit_balance(user_id)
-            if found is not None and found[1] != period:
+            # Only forwards: a replica whose clock lags must not refill an earlier period again.
+            if found is not None and (found[1] is None or found[1] < period):
                 await self._store.refill_credits(user_id, amount=self._refill.amount, period=period, at=now)
         found = await self._store.credit_balance(user_id)
         if found is None:
             return 0
         balance, _, set_at = found
+        self._set_at[user_id] = set_at or 0.0
         if set_at is not None:
             for key in [key for key in self._spent if key[0] == user_id and key[1] < set_at]:
                 spent = self._spent.pop(key)

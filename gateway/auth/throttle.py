@@ -4,6 +4,7 @@ The design notes: docs/internals.md, "gateway/auth/throttle.py"."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
@@ -14,6 +15,21 @@ from limits import RateLimitItem
 __all__ = ["LookupThrottle"]
 
 MAX_ADDRESSES: Final = 100_000
+# Where the addresses not tracked (the table is full of open windows) are counted, all together.
+_UNTRACKED: Final = "*"
+# How often a full table is swept of closed windows at most (a sweep reads every entry).
+_SWEEP_EVERY: Final = 1.0
+
+
+def _client(address: str) -> str:
+    """What one client is: its IPv4 address, or the /64 network of its IPv6 one (an attacker with
+    one IPv6 network holds 2**64 addresses)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address.split("%", 1)[0], 64), strict=False).network_address)
+    except ValueError:
+        return address
 
 
 class LookupThrottle:
@@ -27,6 +43,7 @@ class LookupThrottle:
         self._clock = clock
         # address -> [look-ups counted, end of the window]
         self._windows: dict[str, list[float]] = {}
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -35,22 +52,28 @@ class LookupThrottle:
         """Count one look-up for ``address``; or, if its window is used up, the seconds until it may
         try again (and nothing is counted)."""
         now = self._clock()
-        window = self._windows.get(address)
+        client = _client(address)
+        window = self._windows.get(client)
+        if window is None and len(self._windows) >= self._max_addresses:
+            if now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_EVERY
+                self._sweep(now)
+            if len(self._windows) >= self._max_addresses:
+                # Full of open windows (a flood from many addresses): the newcomers share one
+                # window, so that filling the table switches no throttle off.
+                client = _UNTRACKED
+                window = self._windows.get(client)
         if window is not None and window[1] > now:
             if window[0] >= self._amount:
                 return max(1, math.ceil(window[1] - now))
             window[0] += 1
             return None
-        if window is None and len(self._windows) >= self._max_addresses:
-            self._sweep(now)
-            if len(self._windows) >= self._max_addresses:
-                return None
-        self._windows[address] = [1, now + self._length]
+        self._windows[client] = [1, now + self._length]
         return None
 
     def refund(self, address: str) -> None:
         """The look-up counted for ``address`` found a good key: it was no failure."""
-        window = self._windows.get(address)
+        window = self._windows.get(_client(address)) or self._windows.get(_UNTRACKED)
         if window is not None and window[0] > 0:
             window[0] -= 1
 

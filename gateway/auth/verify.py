@@ -75,6 +75,7 @@ class Verifier:
         legacy_prefixes: tuple[str, ...] = (),
         earlier_prefixes: tuple[str, ...] = (),
         throttle: LookupThrottle | None = None,
+        changes_announced: bool = False,
     ) -> None:
         self._store = store
         self._throttle = throttle
@@ -97,6 +98,10 @@ class Verifier:
         self._inflight: dict[bytes, asyncio.Future[Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
+        self._failing_since = 0.0  # timer
+        self._ttl = ttl
+        # Whether Redis announces every write (redis.url): see _last_known_holds.
+        self._changes_announced = changes_announced
         # The shared change epoch (Redis) last seen; see note_epoch.
         self._epoch: bytes | None = None
         # While Redis cannot tell of changes, verdicts are dropped every degraded_ttl seconds.
@@ -133,7 +138,7 @@ class Verifier:
                 # nothing can have been written meanwhile, or the change counter would have
                 # emptied this cache too.
                 known = self._known.last_known(digest)
-                if known is None:
+                if known is None or not self._last_known_holds():
                     raise
                 verdict = known
             else:
@@ -151,6 +156,15 @@ class Verifier:
         if not verdict.subscription_active:
             raise SubscriptionInactive(f"user {identity.user_id} has no active subscription")
         return identity
+
+    def _last_known_holds(self) -> bool:
+        """Whether verdicts read before the store stopped answering still hold. For a file on
+        this host, while it fails: nothing can be written to it meanwhile (a known write forgets
+        them). For a database server others may reach, only while Redis would announce their
+        writes; without it, for one cache TTL from the first failure, as a cached verdict would."""
+        if not self._store.shared or (self._changes_announced and not self._degraded):
+            return True
+        return self._timer() - self._failing_since < self._ttl
 
     def _count_look_up(self, digest: bytes, address: str | None) -> str | None:
         """Count a look-up against ``address`` before it starts (so that concurrent guesses cannot
@@ -259,6 +273,7 @@ class Verifier:
             # Neither let in nor turned away, and never cached: the next request asks again.
             if not self._store_failing:
                 self._store_failing = True
+                self._failing_since = self._timer()
                 logger.warning("the key store cannot be read (%s); keys not known good get 503", _describe(exc))
             raise StoreUnavailable(f"key store: {_describe(exc)}") from None
         if self._store_failing:

@@ -58,7 +58,8 @@ def run(ctx: click.Context, action: Callable[[ManagementService], Awaitable[T]],
     except AlreadyExists as exc:
         raise click.ClickException(f"{exc}{hint}") from None
     except NotFound as exc:
-        raise click.ClickException(f"{exc}{hint}") from None
+        # The hint names the id given: not when that id was a full key (never echoed).
+        raise click.ClickException(f"{exc}{'' if 'looks like a full key' in str(exc) else hint}") from None
     except (ServiceError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:

@@ -111,6 +111,7 @@ class GatewayApp:
             degraded_ttl=config.cache.degraded_ttl_seconds,
             legacy_prefixes=config.keys.legacy_prefixes,
             earlier_prefixes=config.keys.earlier_prefixes,
+            changes_announced=config.redis.url is not None,
             throttle=LookupThrottle(config.auth_failures.limit) if config.auth_failures.limit is not None else None,
         )
         limiter = Limiter()
@@ -136,7 +137,11 @@ class GatewayApp:
             from gateway.ratelimit.shared_wallet import SharedWallet
 
             credit_wallet = shared_wallet = SharedWallet(
-                shared.state, wallet, refill=config.credits.refill, fail_open=config.redis.on_failure == "open"
+                shared.state,
+                wallet,
+                refill=config.credits.refill,
+                fail_open=config.redis.on_failure == "open",
+                degraded=lambda: shared.degraded,
             )
             resources.push_async_callback(shared_wallet.aclose)  # before Redis closes
         usage = UsageRecorder(

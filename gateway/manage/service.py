@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from gateway.auth.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.config import GatewayConfig
@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+# Credits added or set at a time: far below what a 64-bit balance holds, so no sum overflows.
+MAX_CREDITS = 10**15
+
+
 class ChangeNotAnnounced(StoreError):
     """The store took the write, but Redis could not tell the running gateways of it."""
 
@@ -62,6 +66,12 @@ class AlreadyReplaced(AlreadyExists):
     def __init__(self, key_id: str, replaced_by: str) -> None:
         super().__init__(f"key {key_id} was rotated already: its replacement is {replaced_by}")
         self.replaced_by = replaced_by
+
+
+class CreditsChanged(Protocol):
+    """Tells the running gateways of an operator's change to a balance (RedisState.change_credits)."""
+
+    async def __call__(self, user_id: str, *, add: int | None, set_to: int | None, set_at: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +96,15 @@ class ManagementService:
         key_prefix: str,
         clock: Callable[[], float] = time.time,
         announce: Callable[[], Awaitable[object]] | None = None,
-        forget_credits: Callable[[str], Awaitable[object]] | None = None,
+        change_credits: CreditsChanged | None = None,
     ) -> None:
         """``announce`` tells every gateway process of a change (RedisState.announce_change);
-        ``forget_credits`` makes them read a user's credit balance again (RedisState)."""
+        ``change_credits`` makes the same change to a user's credit balance held in Redis (RedisState)."""
         self.store = store
         self._prefix = key_prefix
         self._clock = clock
         self._announce = announce
-        self._forget_credits = forget_credits
+        self._change_credits = change_credits
 
     async def _write(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run a store write, announced before (an unreachable Redis stops it before anything is
@@ -125,24 +135,47 @@ class ManagementService:
 
     # ------------------------------------------------------------------------------ users
 
+    def _looks_like_a_key(self, text: str) -> bool:
+        return text.startswith(self._prefix) and len(text) > len(self._prefix) + 8
+
+    def _no_user(self, user_id: str) -> NotFound:
+        """No such user, said without echoing a full key given for its id."""
+        if self._looks_like_a_key(user_id):
+            return NotFound(f"no such user id: that looks like a full key ({self._prefix}...), not a user id")
+        return NotFound(f"no user {user_id!r}")
+
+    def _known_shape(self, user_id: str) -> str:
+        """``user_id``, or NotFound if no user can have it (a NUL byte, say): never sent to a store
+        that would fail on it."""
+        try:
+            return check_user_id(user_id)
+        except InvalidField:
+            raise self._no_user(user_id) from None
+
     async def add_user(self, user_id: str, subscription: str = "active") -> User:
         now = self._clock()
+        if self._looks_like_a_key(user_id):
+            # It would be sent upstream as X-User-Id and written to every access-log line.
+            raise InvalidField(
+                f"that looks like a full key ({self._prefix}...), not a user id: choose the user's own id", "user_id"
+            )
         user = User(check_user_id(user_id), check_subscription(subscription), now, now)
         if not await self._write(lambda: self.store.add_user(user)):
             raise AlreadyExists(f"user {user_id!r} exists already")
         return user
 
     async def get_user(self, user_id: str) -> User:
-        user = await self.store.get_user(user_id)
+        user = await self.store.get_user(self._known_shape(user_id))
         if user is None:
-            raise NotFound(f"no user {user_id!r}")
+            raise self._no_user(user_id)
         return user
 
     async def set_subscription(self, user_id: str, subscription: str) -> User:
+        self._known_shape(user_id)
         checked = check_subscription(subscription)
         user = await self._write(lambda: self.store.set_subscription(user_id, checked, self._clock()))
         if user is None:
-            raise NotFound(f"no user {user_id!r}")
+            raise self._no_user(user_id)
         return user
 
     async def set_user_rate_limits(self, user_id: str, rate_limits: str | Sequence[str] | None) -> User:
@@ -158,15 +191,18 @@ class ManagementService:
         """The user's credit balance, after adding ``add`` or setting it to ``set_to`` (recorded)."""
         if add is not None and set_to is not None:
             raise InvalidField("add credits or set them, not both", "add")
+        self._known_shape(user_id)
         for name, value in (("add", add), ("set", set_to)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise InvalidField(f"{name}: a whole number of credits", name)
+            if value is not None and abs(value) > MAX_CREDITS:
+                raise InvalidField(f"{name}: at most {MAX_CREDITS:,} credits at a time", name)
         if set_to is not None and set_to < 0:
             raise InvalidField("set: a balance cannot be below zero", "set")
         if add is None and set_to is None:
             found = await self.store.credit_balance(user_id)
             if found is None:
-                raise NotFound(f"no user {user_id!r}")
+                raise self._no_user(user_id)
             return found[0]
         reason = f"set to {set_to}" if set_to is not None else f"added {add}"
         at = self._clock()
@@ -174,10 +210,10 @@ class ManagementService:
             lambda: self.store.change_credits(user_id, add=add or 0, set_to=set_to, reason=reason, at=at)
         )
         if balance is None:
-            raise NotFound(f"no user {user_id!r}")
-        if self._forget_credits is not None:
+            raise self._no_user(user_id)
+        if self._change_credits is not None:
             try:
-                await self._forget_credits(user_id)
+                await self._change_credits(user_id, add=add, set_to=set_to, set_at=at)
             except Exception as exc:
                 raise ChangeNotAnnounced(
                     f"the balance was written, but Redis stopped answering before the running gateways were told"
@@ -245,7 +281,8 @@ class ManagementService:
         return key
 
     async def get_key(self, key_id: str) -> ApiKey:
-        key = await self.store.get_key(key_id)
+        # An id no key can have (a NUL byte, say) is never sent to a store that would fail on it.
+        key = await self.store.get_key(key_id) if key_id.isprintable() and len(key_id) <= 255 else None
         if key is None:
             if key_id.startswith(self._prefix) and len(key_id) > len(self._prefix) + 8:
                 # A full key given for its id: never echoed (it would land in a terminal's
@@ -334,7 +371,7 @@ async def open_service(
                 store,
                 key_prefix=config.keys.prefix,
                 announce=state.announce_change,
-                forget_credits=state.forget_credits,
+                change_credits=state.change_credits,
             )
         finally:
             await state.aclose()

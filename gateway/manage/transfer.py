@@ -159,10 +159,14 @@ def _any_date(record: dict[str, Any], name: str) -> float | None:
     raise LineError(f"{name} must be an ISO 8601 date or Unix seconds")
 
 
+# What a 64-bit counter column holds (both stores).
+MAX_COUNT = 2**63 - 1
+
+
 def _count(record: dict[str, Any], name: str) -> int:
     value = record.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LineError(f"{name} must be a whole number, 0 or more")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise LineError(f"{name} must be a whole number from 0 to {MAX_COUNT}")
     return value
 
 

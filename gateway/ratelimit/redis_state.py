@@ -81,25 +81,50 @@ return redis.call('INCR', KEYS[1])
 # The credit wallet shared by every replica: per user a hash of its spendable balance ("bal", the
 # stored balance less what is spent and reserved), the refill period it was read in, and a
 # generation ("gen", new at each read from the store) that reservations carry.
+# Connections to Redis per process: each carries one script call at a time.
+MAX_CONNECTIONS = 64
+
 WALLET_PREFIX = "gateway-wallet:"
 _WALLET_GENERATION = "gateway-wallet-generation"
 
-# KEYS: the hash. ARGV: the cost, the refill period. {-1}: not known (or from another period):
-# read it from the store first; {0, bal}: refused; {1, bal left, gen}: reserved.
+# A user's hash: bal (left to spend), period (the refill period it is of), gen (bumped whenever the
+# balance is read or set anew), setat (the tag of the operator's last --set, a string: spending is
+# taken off the store only under the set it was made under).
+#
+# KEYS: the hash. ARGV: the cost, the refill period. {-1}: not known (or of an earlier period):
+# read it from the store first; {0, bal}: refused; {1, bal left, gen, setat}: reserved. A hash of
+# a later period than the caller's (its clock lags) is the current one.
 _WALLET_RESERVE = """
-local bal = redis.call('HGET', KEYS[1], 'bal')
-if not bal or redis.call('HGET', KEYS[1], 'period') ~= ARGV[2] then return {-1} end
-bal = tonumber(bal)
+local h = redis.call('HMGET', KEYS[1], 'bal', 'period', 'gen', 'setat')
+if not h[1] or not h[2] or h[2] < ARGV[2] then return {-1} end
+local bal = tonumber(h[1])
 if bal < tonumber(ARGV[1]) then return {0, bal} end
 bal = redis.call('HINCRBY', KEYS[1], 'bal', -tonumber(ARGV[1]))
-return {1, bal, tonumber(redis.call('HGET', KEYS[1], 'gen'))}
+return {1, bal, tonumber(h[3]), h[4] or '0'}
 """
 
-# KEYS: the hash, the generation counter. ARGV: the balance read from the store, its period.
-# Another replica's read of the same period stands (its reservations are in it already).
+# KEYS: the hash, the generation counter. ARGV: the balance read from the store, its period, the
+# set's tag. Another replica's read of the same or a later period stands (its reservations are in
+# it already).
 _WALLET_START = """
-if redis.call('HGET', KEYS[1], 'period') == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'period', ARGV[2], 'gen', redis.call('INCR', KEYS[2]))
+local period = redis.call('HGET', KEYS[1], 'period')
+if period and period >= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'period', ARGV[2], 'setat', ARGV[3],
+  'gen', redis.call('INCR', KEYS[2]))
+return 1
+"""
+
+# KEYS: the hash, the generation counter. ARGV: 'add' or 'set', the credits, the set's tag. An
+# operator's change applied to the balance in Redis as it was to the store's, so that the
+# reservations in flight stay counted (reading the balance again would give them back). A set
+# starts a new generation: what was reserved before it is not given back to it.
+_WALLET_CHANGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'add' then
+  redis.call('HINCRBY', KEYS[1], 'bal', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'bal', ARGV[2], 'setat', ARGV[3], 'gen', redis.call('INCR', KEYS[2]))
+end
 return 1
 """
 
@@ -124,14 +149,24 @@ class RedisState:
         self.clock = clock
         # No retries of its own: a request waits at most one timeout, then the gateway's
         # redis.on_failure decides. Connections are pooled; health is probed on failure only.
-        self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False, retry=None
+        # A burst of more requests than the pool holds waits for a connection (up to the same
+        # timeout): redis-py's plain pool refuses at once past 100, which would be taken for a
+        # Redis failure and degrade every limit to this process's own.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=None,
         )
+        self.client: redis.Redis = redis.Redis.from_pool(pool)
         self._hit: Any = self.client.register_script(_HIT)
         self._announce: Any = self.client.register_script(_ANNOUNCE)
         self._wallet_reserve: Any = self.client.register_script(_WALLET_RESERVE)
         self._wallet_start: Any = self.client.register_script(_WALLET_START)
         self._wallet_release: Any = self.client.register_script(_WALLET_RELEASE)
+        self._wallet_change: Any = self.client.register_script(_WALLET_CHANGE)
         # Per API key: its limits, and the script's keys and arguments for them. Found by the key's
         # id and checked by identity first: hashing limits costs microseconds (Python __hash__).
         self._calls: dict[str, tuple[Limits, list[str], list[int]]] = {}
@@ -194,18 +229,35 @@ class RedisState:
         """Advance the epoch: every process drops its cached verdicts at its next request."""
         return int(await self._announce(keys=[EPOCH_KEY]))
 
-    async def reserve_credits(self, user_id: str, cost: int, period: str) -> list[int]:
-        """[-1]: the balance is not known for this period; [0, balance]: refused; [1, left, gen]."""
-        return list(await self._wallet_reserve(keys=[WALLET_PREFIX + user_id], args=[cost, period]))
+    async def reserve_credits(self, user_id: str, cost: int, period: str) -> tuple[int, int, int, float]:
+        """(-1, 0, 0, 0): the balance is not known for this period; (0, balance, 0, 0): refused;
+        (1, left, generation, the set's tag): reserved."""
+        answer = await self._wallet_reserve(keys=[WALLET_PREFIX + user_id], args=[cost, period])
+        if answer[0] != 1:
+            return answer[0], answer[1] if len(answer) > 1 else 0, 0, 0.0
+        return 1, answer[1], answer[2], float(answer[3])
 
-    async def start_credits(self, user_id: str, balance: int, period: str) -> None:
-        await self._wallet_start(keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[balance, period])
+    async def start_credits(self, user_id: str, balance: int, period: str, set_at: float) -> None:
+        await self._wallet_start(
+            keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[balance, period, repr(set_at)]
+        )
+
+    async def change_credits(self, user_id: str, *, add: int | None, set_to: int | None, set_at: float) -> None:
+        """An operator changed the stored balance: the same change to the balance in Redis (if a
+        gateway holds one), so that every replica spends the new balance at its next request."""
+        if set_to is None and not add:
+            # `users credits USER --add 0`: read the stored balance again (after a change Redis
+            # missed). The reservations in flight are given back then, as after a Redis restart.
+            await self.forget_credits(user_id)
+            return
+        mode, amount = ("set", set_to) if set_to is not None else ("add", add)
+        await self._wallet_change(keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[mode, amount, repr(set_at)])
 
     async def release_credits(self, user_id: str, cost: int, generation: int) -> None:
         await self._wallet_release(keys=[WALLET_PREFIX + user_id], args=[cost, generation])
 
     async def forget_credits(self, user_id: str) -> None:
-        """An operator changed the stored balance: every replica reads it again at its next request."""
+        """Every replica reads the user's balance from the store again at its next request."""
         await self.client.delete(WALLET_PREFIX + user_id)
 
     async def ping(self) -> None:

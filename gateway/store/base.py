@@ -150,7 +150,7 @@ SPEND_CREDITS = (
 REFILL_CREDITS = (
     "UPDATE users SET credits_refilled = ?,"
     " credit_balance = CASE WHEN credit_balance < ? THEN ? ELSE credit_balance END"
-    " WHERE id = ? AND (credits_refilled IS NULL OR credits_refilled <> ?) RETURNING credit_balance"
+    " WHERE id = ? AND (credits_refilled IS NULL OR credits_refilled < ?) RETURNING credit_balance"
 )
 
 
@@ -254,6 +254,11 @@ class UserUsage:
 
 class KeyStore(Protocol):
     """What the gateway needs of a store. An unknown id is answered with None or False, not an exception."""
+
+    # Whether others can write to it while this process cannot reach it (a database server, not
+    # a file beside the process): then what this process last read ages, and is trusted for a
+    # bounded time only.
+    shared: bool
 
     async def close(self) -> None: ...
 

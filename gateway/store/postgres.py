@@ -62,6 +62,9 @@ CHANNEL = "gateway_changes"
 # Any fixed number: the advisory lock that serialises migrations of this schema.
 MIGRATION_LOCK = 0x6761_7465_7761_7900
 RECONNECT_SECONDS = 1.0
+# How often the notification connection is asked to answer: one that died silently (a network
+# that drops packets without a reset) would hear no change and never say so.
+LISTEN_CHECK_SECONDS = 5.0
 
 # The store's names for the kinds of value the schema and the import's staging tables use.
 _TYPES = dict(real="DOUBLE PRECISION", big_integer="BIGINT", boolean="BOOLEAN")
@@ -110,12 +113,15 @@ def redact(url: str) -> str:
 
 
 class PostgresStore:
+    shared = True
+
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
         self._url = url
         self._changes = 0
         self._listener: asyncpg.Connection | None = None
         self._reconnect: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._closing = False
 
     @classmethod
@@ -132,6 +138,7 @@ class PostgresStore:
             else:
                 await store._check_not_newer(await store.schema_version())
             await store._listen()
+            store._watch = asyncio.get_running_loop().create_task(store._watch_listener())
         except BaseException:
             await store.close()
             raise
@@ -151,6 +158,22 @@ class PostgresStore:
             raise
         connection.add_termination_listener(self._lost)
         self._listener = connection
+
+    async def _watch_listener(self) -> None:
+        """Ask the notification connection to answer now and then; one that does not is closed
+        (and so reconnected, which counts as a change: notifications may have been missed)."""
+        while not self._closing:
+            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+            listener = self._listener
+            if listener is None:
+                continue
+            try:
+                await listener.fetchval("SELECT 1", timeout=LISTEN_CHECK_SECONDS / 2)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("the store's change notifications stopped answering (%s)", type(exc).__name__)
+                listener.terminate()  # calls _lost, which reconnects
+                if self._listener is listener:
+                    self._lost()
 
     def _lost(self, *_: object) -> None:
         # Not counted as a change yet: if the server is down, nothing can be written, and keys known
@@ -177,6 +200,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         if self._reconnect is not None:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -104,6 +104,9 @@ def _file_id(path: Path) -> tuple[int, int]:
 
 
 class SQLiteStore:
+    # A file on this host: a lock that keeps this process from reading keeps writers out too.
+    shared = False
+
     def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
         # One connection serves every coroutine of the process: a write must not land inside
         # another's open transaction (a rotation, a usage flush, an import), so each holds this.
@@ -126,7 +129,9 @@ class SQLiteStore:
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await _use_wal(db)
             await db.execute("PRAGMA foreign_keys = ON")
-            counter = ChangeCounter(Path(str(path) + "-changes"))
+            # Beside the database file itself, as SQLite's WAL is: a path through a symbolic link
+            # must reach the same counter, or a write through one would go unseen through the other.
+            counter = ChangeCounter(Path(str(path.resolve()) + "-changes"))
         except (sqlite3.Error, OSError) as exc:
             await db.close()
             raise StoreError(f"{url}: cannot use the database: {exc}") from None
