@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -348,6 +349,28 @@ def test_a_worker_that_ends_is_replaced_and_its_counts_kept(gateway_factory: Gat
     os.kill(int(second), signal.SIGKILL)  # a crash
     assert gw.wait_for_log(f"worker {second} exited (status -9); started worker ")
     served(10)
+
+
+def test_workers_stop_when_their_parent_is_killed(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory({"redis": {"url": machine_redis_url()}}, workers=2)
+    assert gw.wait_for_log("started 2 workers: ")
+    workers = [int(pid) for pid in re.findall(r"started 2 workers: (\d+), (\d+)", gw.log)[0]]
+    gw.process.kill()  # the parent only (the workers are in groups of their own): SIGKILL
+    gw.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their killed parent"
+        time.sleep(0.05)
+    # Nothing holds the port: a new start can bind it.
+    with socket.create_server(("127.0.0.1", gw.port)):
+        pass
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return "zombie"  # gone meanwhile
 
 
 def test_workers_that_cannot_start_stop_the_whole_gateway(tmp_path: Path) -> None:

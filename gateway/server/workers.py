@@ -4,6 +4,7 @@ The design notes: docs/internals.md, "gateway/server/workers.py"."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -20,13 +21,32 @@ logger = logging.getLogger("gateway.error")
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
+# prctl(2): the signal a process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A SIGTERM (a graceful stop) to this worker when its parent dies, even by SIGKILL: in a group
+    of its own, nothing else would stop it, and it would hold the listening sockets against the
+    next start. Linux only; elsewhere a killed parent leaves its workers to be stopped by hand."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _fork(serve: Callable[[int], None], index: int) -> int:
     """Fork a worker; called with the stop signals blocked, which the worker unblocks."""
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         # A group of its own: a terminal's Ctrl-C reaches the parent only, which passes a single
         # SIGTERM on (two signals would make the worker skip its graceful shutdown).
         os.setpgid(0, 0)
+        _stop_with_parent(parent)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)  # run_servers installs its own on its loop
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
