@@ -99,6 +99,16 @@ def test_human_output_shows_values_and_keys_list_fits_100_columns(gateway: Gatew
     assert "5/second;100/hour" in users and "[" not in users
 
 
+def test_deleting_a_user_revokes_its_keys_and_keeps_it_inactive(gateway: Gateway) -> None:
+    gateway("users", "add", "alice")
+    keys = [ok_json(gateway("keys", "create", "--user", "alice", "--json"))["id"] for _ in range(2)]
+    deleted = ok_json(gateway("users", "delete", "alice", "--json"))
+    assert (deleted["id"], deleted["subscription"], deleted["revoked_keys"]) == ("alice", "inactive", 2)
+    assert [ok_json(gateway("keys", "show", key, "--json"))["status"] for key in keys] == ["revoked", "revoked"]
+    assert gateway("users", "delete", "alice").stdout == "user alice: 0 keys revoked, subscription inactive\n"
+    fails_with(gateway("users", "delete", "carol"), 1, "no user 'carol'")
+
+
 def test_user_id_rules(gateway: Gateway) -> None:
     fails_with(gateway("users", "add", "has space"), 1, "printable ASCII characters without spaces")
     fails_with(gateway("users", "add", "x" * 256), 1, "1 to 255")
@@ -241,7 +251,7 @@ def test_commands_are_pinned() -> None:
     assert groups == {
         "db": ["migrate"],
         "keys": ["create", "list", "revoke", "rotate", "set-limits", "show"],
-        "users": ["add", "credits", "list", "set-limits", "set-subscription"],
+        "users": ["add", "credits", "delete", "list", "set-limits", "set-subscription"],
     }
 
 

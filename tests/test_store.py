@@ -127,6 +127,22 @@ async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStor
     assert sorted(k.id for k in await store.list_keys("alice")) == sorted(["key_old", winner])
 
 
+async def test_retiring_a_user_revokes_all_its_keys_in_one_write(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_user(User("bob", "active", 1.0, 1.0))
+    await store.add_key(key("key_1", key_hash="1" * 64))
+    await store.add_key(key("key_2", key_hash="2" * 64, revoked_at=5.0))
+    await store.add_key(key("key_3", key_hash="3" * 64, expires_at=6.0))  # expired by then: revoked too
+    await store.add_key(key("key_4", user_id="bob", key_hash="4" * 64))
+    assert await store.retire_user("alice", 10.0) == (User("alice", "inactive", 1.0, 10.0), 2)
+    revoked = {k.id: k.revoked_at for k in await store.list_keys("alice")}
+    assert revoked == {"key_1": 10.0, "key_2": 5.0, "key_3": 10.0}  # an earlier revocation stands
+    assert [k.revoked_at for k in await store.list_keys("bob")] == [None]
+    assert await store.retire_user("alice", 20.0) == (User("alice", "inactive", 1.0, 20.0), 0)
+    assert await store.retire_user("nobody", 10.0) is None
+    assert await store.get_user("nobody") is None
+
+
 async def test_every_write_advances_the_change_counter(store: KeyStore, store_url: str) -> None:
     other = await open_store(store_url)  # another process's view of the same store (PostgreSQL: notified)
     try:
@@ -137,6 +153,7 @@ async def test_every_write_advances_the_change_counter(store: KeyStore, store_ur
             store.add_key(key("key_1")),
             store.revoke_key("key_1", 3.0),
             store.rotate_key("key_1", key("key_2", key_hash="b" * 64), now=4.0, grace_until=None),
+            store.retire_user("alice", 5.0),
         ]
         for write in writes:
             await write

@@ -181,6 +181,18 @@ def users_credits(ctx: click.Context, user_id: str, add: int | None, set_to: int
     emit(as_json, {"user_id": user_id, "balance": balance}, f"user {user_id}: {balance} credits")
 
 
+@users.command("delete")
+@config_option
+@click.argument("user_id")
+@json_option
+@click.pass_context
+def users_delete(ctx: click.Context, user_id: str, as_json: bool) -> None:
+    """Revoke all of a user's keys at once and set it inactive; its record and usage stay."""
+    user, revoked = run(ctx, lambda service: service.retire_user(user_id))
+    document = user_document(user) | {"revoked_keys": revoked}
+    emit(as_json, document, f"user {user.id}: {revoked} keys revoked, subscription {user.subscription}")
+
+
 @users.command("list")
 @config_option
 @json_option

@@ -222,6 +222,15 @@ class ManagementService:
                 ) from None
         return balance
 
+    async def retire_user(self, user_id: str) -> tuple[User, int]:
+        """Revoke all the user's keys at once and make it inactive, so that no key of it, old or
+        new, works; the user and how many keys were revoked now. Its record and usage stay: an id
+        is the operator's own, and the usage history still answers for it."""
+        retired = await self._write(lambda: self.store.retire_user(user_id, self._clock()))
+        if retired is None:
+            raise NotFound(f"no user {user_id!r}")
+        return retired
+
     async def list_users(self) -> Sequence[User]:
         return await self.store.list_users()
 

@@ -285,6 +285,22 @@ class PostgresStore:
         rows = await self._pool.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
         return [user_from_row(row) for row in rows]
 
+    async def retire_user(self, user_id: str, now: float) -> tuple[User, int] | None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                f"UPDATE users SET subscription = 'inactive', updated_at = $1 WHERE id = $2 RETURNING {_USER_COLUMNS}",
+                now,
+                user_id,
+            )
+            if row is None:
+                return None  # nothing written: the transaction commits empty
+            revoked = await connection.execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL", now, user_id
+            )
+            await connection.execute(f"NOTIFY {CHANNEL}")
+        self._changes += 1
+        return user_from_row(row), int(revoked.split()[-1])
+
     # ------------------------------------------------------------------------------- keys
 
     async def add_key(self, key: ApiKey) -> None:

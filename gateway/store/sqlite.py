@@ -242,6 +242,28 @@ class SQLiteStore:
             user_from_row(row) for row in await self._all(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
         ]
 
+    async def retire_user(self, user_id: str, now: float) -> tuple[User, int] | None:
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = await self._db.execute(
+                    "UPDATE users SET subscription = 'inactive', updated_at = ? WHERE id = ?", (now, user_id)
+                )
+                if found.rowcount == 0:
+                    await self._db.execute("ROLLBACK")
+                    return None
+                revoked = await self._db.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user_id)
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        self._counter.bump()
+        user = await self.get_user(user_id)
+        assert user is not None  # a user is never deleted
+        return user, revoked.rowcount
+
     # ------------------------------------------------------------------------------- keys
 
     async def add_key(self, key: ApiKey) -> None:
