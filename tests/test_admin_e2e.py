@@ -72,7 +72,8 @@ def test_users(admin: httpx.Client) -> None:
     assert_error(admin.post(f"{API}/users", content=b"{not json"), 400, "invalid_json")
     assert_error(admin.post(f"{API}/users", json={"id": 7}), 422, "validation_failed", "id")
     assert_error(admin.post(f"{API}/users", json={"id": "x", "colour": "red"}), 422, "validation_failed", "colour")
-    assert_error(admin.post(f"{API}/users", json={"id": "has space"}), 422, "validation_failed", "user_id")
+    # The field as the request names it (issue 15: "field = the offending field name"); it was user_id.
+    assert_error(admin.post(f"{API}/users", json={"id": "has space"}), 422, "validation_failed", "id")
 
 
 def test_a_users_own_limits(gw: GatewayProcess, admin: httpx.Client) -> None:
@@ -250,3 +251,131 @@ def test_readyz_reports_a_store_file_that_was_replaced(gateway_factory: GatewayF
     response = httpx.get(f"{server.admin_url}/readyz")
     assert response.status_code == 503
     assert "was replaced" in response.json()["reason"]
+
+
+# ------------------------------------------------------------------- issue 15: one consistent API
+
+
+def test_unknown_paths_and_methods_answer_in_the_envelope(gw: GatewayProcess, admin: httpx.Client) -> None:
+    assert_error(admin.get(f"{API}/nothing-here"), 404, "not_found")
+    assert_error(httpx.get(f"{gw.admin_url}/nothing-here"), 404, "not_found")  # outside /admin/v1/: no token
+    for method, path, allowed in (
+        ("DELETE", f"{API}/keys", "GET, HEAD, POST"),
+        ("PATCH", f"{API}/users/someone", "DELETE, GET, HEAD"),
+        ("POST", f"{API}/users/someone/credits", None),  # POST is one of its methods: not a 405
+        ("PUT", "/healthz", "GET, HEAD"),
+    ):
+        response = admin.request(method, path, json={})
+        if allowed is None:
+            assert response.status_code != 405
+            continue
+        assert_error(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == allowed
+    # HEAD is GET without the body, as for any server (RFC 9110).
+    head = httpx.head(f"{gw.admin_url}/healthz")
+    assert head.status_code == 200 and head.content == b""
+    assert admin.head(f"{API}/keys").status_code == 200
+
+
+def test_every_operation_refuses_an_unknown_query_parameter(gw: GatewayProcess, admin: httpx.Client) -> None:
+    document = httpx.get(f"{gw.admin_url}{API}/openapi.json").json()
+    tried = 0
+    for path, operations in document["paths"].items():
+        if not path.startswith(API + "/"):
+            continue  # the probes and /metrics take what orchestrators and scrapers send
+        for method in operations:
+            url = path.replace("{user_id}", gw.user_id).replace("{key_id}", gw.key_id)
+            response = admin.request(method, url, params={"colour": "red"}, json={})
+            assert_error(response, 422, "validation_failed", "colour")
+            assert response.json()["error"]["message"] == "unknown query parameter 'colour'"
+            tried += 1
+    assert tried == 18
+
+
+def test_the_subscription_is_set_by_its_documents_name_and_by_its_old_one(admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "sub-user"})
+    url = f"{API}/users/sub-user/subscription"
+    assert admin.put(url, json={"subscription": "inactive"}).json()["subscription"] == "inactive"
+    assert admin.put(url, json={"status": "active"}).json()["subscription"] == "active"  # deprecated, still read
+    assert_error(admin.put(url, json={"subscription": "paused"}), 422, "validation_failed", "subscription")
+    assert_error(admin.put(url, json={}), 422, "validation_failed", "subscription")
+    both = {"subscription": "active", "status": "active"}
+    assert_error(admin.put(url, json=both), 422, "validation_failed", "status")
+
+
+def test_what_pydantic_says_never_shows(admin: httpx.Client) -> None:
+    """Every refusal is one line in the envelope, naming one field: not FastAPI's list of errors."""
+    for response in (
+        admin.post(f"{API}/users", json={"id": 7, "colour": "red", "subscription": 1}),
+        admin.post(f"{API}/keys", json={"user_id": "x", "expires_in": "soon", "name": 5}),
+        admin.get(f"{API}/keys", params={"limit": "many", "status": "lost"}),
+        admin.post(f"{API}/users/nobody/credits", json={"add": "1"}),
+        admin.post(f"{API}/users", content=b"[1, 2]"),
+        admin.post(f"{API}/users", content=b"[" * 100_000),
+    ):
+        assert set(response.json()) == {"error"}, response.text
+        assert response.status_code in (400, 422) and "\n" not in response.json()["error"]["message"]
+    assert_error(admin.post(f"{API}/users", json={"id": "x", "colour": "red"}), 422, "validation_failed", "colour")
+    assert admin.post(f"{API}/users", json={"id": "x", "colour": "red"}).json()["error"]["message"] == (
+        "unknown field 'colour'"
+    )
+    assert admin.get(f"{API}/keys", params={"limit": 0}).json()["error"]["message"] == (
+        "limit: a whole number from 1 to 200"
+    )
+    assert_error(admin.post(f"{API}/users", content=b"[1, 2]"), 400, "invalid_json")
+
+
+def test_a_body_is_json_whatever_its_content_type_and_empty_is_an_empty_object(admin: httpx.Client) -> None:
+    # As before FastAPI: curl -d sends application/x-www-form-urlencoded.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert admin.post(f"{API}/users", content=b'{"id": "ct-user"}', headers=form).status_code == 201
+    assert_error(admin.post(f"{API}/users"), 422, "validation_failed", "id")  # no body: {} (id is required)
+    key = admin.post(f"{API}/keys", json={"user_id": "ct-user"}).json()
+    assert admin.post(f"{API}/keys/{key['id']}/rotate").status_code == 201  # no body: no grace
+
+
+def test_list_users_pages_and_filters_by_id_prefix(admin: httpx.Client) -> None:
+    ids = [f"lu-{n}" for n in range(5)]
+    for user_id in ids:
+        admin.post(f"{API}/users", json={"id": user_id})
+    admin.post(f"{API}/users", json={"id": "other-lu-0"})
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"q": "lu-", "limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = admin.get(f"{API}/users", params=params).json()
+        assert set(page) == {"items", "next_cursor"} and len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids  # oldest first, other-lu-0 left out
+    everyone = admin.get(f"{API}/users", params={"limit": 200}).json()
+    assert {"alice", "other-lu-0", *ids} <= {user["id"] for user in everyone["items"]}
+    assert everyone["next_cursor"] is None
+    assert admin.get(f"{API}/users", params={"q": "no-such-prefix"}).json() == {"items": [], "next_cursor": None}
+    assert_error(admin.get(f"{API}/users", params={"cursor": "!!"}), 422, "validation_failed", "cursor")
+    assert_error(admin.get(f"{API}/users", params={"limit": 201}), 422, "validation_failed", "limit")
+
+
+def test_deleting_a_user_revokes_every_key_of_it_at_the_next_request(gw: GatewayProcess, admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "gone-user"})
+    keys = [admin.post(f"{API}/keys", json={"user_id": "gone-user"}).json() for _ in range(2)]
+    for key in keys:
+        assert httpx.get(gw.url + "/x", headers={"Authorization": f"Bearer {key['key']}"}).status_code == 200
+
+    assert admin.delete(f"{API}/users/gone-user").status_code == 204
+    for key in keys:
+        assert httpx.get(gw.url + "/x", headers={"Authorization": f"Bearer {key['key']}"}).status_code == 401
+        assert admin.get(f"{API}/keys/{key['id']}").json()["status"] == "revoked"
+    # The record stays, inactive, so that a key made later does not work either; so does its usage.
+    assert admin.get(f"{API}/users/gone-user").json()["subscription"] == "inactive"
+    later = admin.post(f"{API}/keys", json={"user_id": "gone-user"}).json()
+    assert httpx.get(gw.url + "/x", headers={"Authorization": f"Bearer {later['key']}"}).status_code == 403
+    assert [item["user_id"] for item in admin.get(f"{API}/usage", params={"user_id": "gone-user"}).json()["items"]] == [
+        "gone-user"
+    ]
+    assert admin.delete(f"{API}/users/gone-user").status_code == 204  # again: nothing more to do
+    assert_error(admin.delete(f"{API}/users/nobody"), 404, "not_found")
+    # Another user's key is untouched.
+    assert httpx.get(gw.url + "/x", headers=gw.auth).status_code == 200

@@ -1,1 +1,3 @@
-"""The admin listener: the JSON API (``api``) and its OpenAPI description (``openapi``)."""
+"""The admin listener, on FastAPI: the routes (``api``), the models that check requests and answers
+and write the OpenAPI document (``models``, ``openapi``), the error envelope (``errors``), the
+token (``token``)."""

@@ -1,26 +1,31 @@
-"""The admin listener: the JSON API the fronted service's dashboard calls, and health checks.
+"""The admin listener: the JSON API the fronted service's dashboard calls, health checks, metrics.
+
+The routes, each a call to the service layer the CLI uses too (``manage/service.py``). What they
+take and answer is declared in ``models.py``, from which FastAPI checks the requests and writes
+the OpenAPI document (``openapi.py``); errors are answered in one envelope (``errors.py``), and
+the token is checked before any of it (``token.py``).
 
 The design notes: docs/internals.md, "gateway/admin/api.py"."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hmac
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from fastapi import APIRouter, Depends, FastAPI, Query
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.accounting.metrics import Metrics
-from gateway.admin.openapi import OPENAPI
+from gateway.admin import models, openapi
+from gateway.admin.errors import answers, handlers
+from gateway.admin.pages import Position, page
+from gateway.admin.routing import HeadAsGet, JsonBodyRoute
+from gateway.admin.token import API, OPENAPI_PATH, AdminToken
 from gateway.config import GatewayConfig
 from gateway.manage.documents import (
     created_document,
@@ -30,110 +35,36 @@ from gateway.manage.documents import (
     usage_document,
     user_document,
 )
-from gateway.manage.rules import InvalidField
-from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound, open_service
+from gateway.manage.service import ManagementService, open_service
 from gateway.manage.transfer import decode_line
-from gateway.store.base import is_store_failure
-from gateway.types import Receive, Scope, Send
-from gateway.units import parse_duration
+from gateway.store import ApiKey, User
 
 __all__ = ["create_admin_app"]
 
-API = "/admin/v1"
-OPENAPI_PATH = f"{API}/openapi.json"
-MAX_PAGE = 200
-KEY_STATUSES = ("active", "revoked", "expired")
+router = APIRouter(route_class=JsonBodyRoute)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
+def _service(request: Request) -> ManagementService:
+    service: ManagementService = request.app.state.service  # opened in the lifespan
+    return service
 
 
-def error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse({"error": body}, status_code=status)
+def _config(request: Request) -> GatewayConfig:
+    config: GatewayConfig = request.app.state.config
+    return config
 
 
-class AdminToken:
-    """Requires the admin token on every ``/admin/v1/`` path (pure ASGI, constant-time compare)."""
-
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        token: str,
-        metrics: Metrics,
-        *,
-        public_metrics: bool,
-    ) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-        self._metrics = metrics
-        self._public_metrics = public_metrics
-
-    def _needs_token(self, path: str) -> bool:
-        if path == "/metrics":
-            return not self._public_metrics
-        return path.startswith(API + "/") and path != OPENAPI_PATH
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._needs_token(scope["path"]):
-            given = [value for name, value in scope["headers"] if name == b"authorization"]
-            # compare_digest on every request, whatever was sent: no early exit to time.
-            ok = hmac.compare_digest(given[0] if len(given) == 1 else b"", self._expected) and len(given) == 1
-            if not ok:
-                self._metrics.admin_auth_failures.inc()
-                response = error(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def _no_query(query: Annotated[models.NoQuery, Query()]) -> None:
+    """For the /admin/v1/ operations without query parameters: any one given is refused."""
 
 
-async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
-        raise BadRequest(400, "invalid_json", "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest(400, "invalid_json", "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(422, "validation_failed", f"unknown field {unknown[0]!r}", unknown[0])
-    return body
+Service = Annotated[ManagementService, Depends(_service)]
+Config = Annotated[GatewayConfig, Depends(_config)]
+NO_QUERY = [Depends(_no_query)]
 
 
-def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(422, "validation_failed", f"{name} is required", name)
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(422, "validation_failed", f"{name} must be a string", name)
-    return value
-
-
-def _duration(body: dict[str, Any], name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise BadRequest(422, "validation_failed", f"{name}: expected {exc}", name) from None
-
-
-def _limits(body: dict[str, Any]) -> list[str] | None:
-    limits = body.get("rate_limits")
-    if limits is not None and (not isinstance(limits, list) or not all(isinstance(x, str) for x in limits)):
-        raise BadRequest(
-            422, "validation_failed", 'rate_limits: a list such as ["1000/minute"], or null', "rate_limits"
-        )
-    return limits
+def _position(item: User | ApiKey) -> Position:
+    return item.created_at, item.id
 
 
 async def _body_lines(request: Request) -> AsyncIterator[str]:
@@ -148,238 +79,380 @@ async def _body_lines(request: Request) -> AsyncIterator[str]:
         yield decode_line(pending)
 
 
-def _encode_cursor(created_at: float, key_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, key_id]).encode()).decode()
+# ------------------------------------------------------------------- document, health, metrics
 
 
-def _decode_cursor(cursor: str) -> tuple[float, str]:
+@router.get(OPENAPI_PATH, include_in_schema=False)
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.openapi)  # written once, by create_admin_app
+
+
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="Whether the process is alive",
+    operation_id="healthz",
+    response_model=models.Alive,
+)
+async def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Whether the store answers (and the upstream, with health.check_upstream)",
+    operation_id="readyz",
+    response_model=models.Ready,
+    responses={503: {"model": models.Unavailable, "description": "Not ready, with the reason"}},
+)
+async def readyz(service: Service, config: Config) -> Any:
     try:
-        created_at, key_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return float(created_at), str(key_id)
-    except (ValueError, TypeError):
-        raise BadRequest(422, "validation_failed", "cursor is not one this API gave", "cursor") from None
-
-
-class AdminApi:
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self.service: ManagementService | None = None
-
-    @property
-    def keys(self) -> ManagementService:
-        assert self.service is not None, "opened in the lifespan"
-        return self.service
-
-    # ---------------------------------------------------------------------- health
-
-    async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
+        await asyncio.wait_for(service.store.check(), timeout=2)
+    except Exception as exc:  # whatever the reason, not ready
+        return _unavailable(f"store: {exc or type(exc).__name__}")
+    if config.health.check_upstream:
+        url = urlsplit(config.upstream.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            await asyncio.wait_for(self.keys.store.check(), timeout=2)
-        except Exception as exc:  # whatever the reason, not ready
-            return JSONResponse({"status": "unavailable", "reason": f"store: {exc or type(exc).__name__}"}, 503)
-        if self.config.health.check_upstream:
-            url = urlsplit(self.config.upstream.url)
-            port = url.port or (443 if url.scheme == "https" else 80)
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, port), timeout=2)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-            except (OSError, TimeoutError) as exc:
-                reason = f"upstream {url.hostname}:{port}: {exc or type(exc).__name__}"
-                return JSONResponse({"status": "unavailable", "reason": reason}, 503)
-        return JSONResponse({"status": "ready"})
-
-    # ---------------------------------------------------------------------- users
-
-    async def add_user(self, request: Request) -> Response:
-        body = await _json_object(request, {"id", "subscription"})
-        user_id = _string(body, "id", required=True)
-        assert user_id is not None
-        user = await self.keys.add_user(user_id, _string(body, "subscription") or "active")
-        return JSONResponse(user_document(user), 201)
-
-    async def get_user(self, request: Request) -> Response:
-        return JSONResponse(user_document(await self.keys.get_user(request.path_params["user_id"])))
-
-    async def set_subscription(self, request: Request) -> Response:
-        body = await _json_object(request, {"status"})
-        status = _string(body, "status", required=True)
-        assert status is not None
-        try:
-            user = await self.keys.set_subscription(request.path_params["user_id"], status)
-        except InvalidField as exc:
-            raise BadRequest(422, "validation_failed", str(exc), "status") from None
-        return JSONResponse(user_document(user))
-
-    async def user_credits(self, request: Request) -> Response:
-        user_id = request.path_params["user_id"]
-        add = set_to = None
-        if request.method == "POST":
-            body = await _json_object(request, {"add", "set"})
-            add, set_to = body.get("add"), body.get("set")
-            if (add is None) == (set_to is None):
-                raise BadRequest(422, "validation_failed", 'give "add" or "set" (a whole number)', "add")
-        balance = await self.keys.credits(user_id, add=add, set_to=set_to)
-        return JSONResponse({"user_id": user_id, "balance": balance})
-
-    async def set_user_rate_limits(self, request: Request) -> Response:
-        body = await _json_object(request, {"rate_limits"})
-        user = await self.keys.set_user_rate_limits(request.path_params["user_id"], _limits(body))
-        return JSONResponse(user_document(user))
-
-    # ---------------------------------------------------------------------- keys
-
-    async def create_key(self, request: Request) -> Response:
-        body = await _json_object(request, {"user_id", "name", "expires_in", "rate_limits"})
-        user_id = _string(body, "user_id", required=True)
-        assert user_id is not None
-        created = await self.keys.create_key(
-            user_id, name=_string(body, "name"), expires_in=_duration(body, "expires_in"), rate_limits=_limits(body)
-        )
-        return JSONResponse(created_document(created), 201)
-
-    async def list_keys(self, request: Request) -> Response:
-        query = request.query_params
-        status = query.get("status")
-        if status is not None and status not in KEY_STATUSES:
-            raise BadRequest(422, "validation_failed", f"status: one of {', '.join(KEY_STATUSES)}", "status")
-        try:
-            limit = int(query.get("limit", "50"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            raise BadRequest(422, "validation_failed", f"limit: a whole number from 1 to {MAX_PAGE}", "limit")
-        after = _decode_cursor(query["cursor"]) if query.get("cursor") else None
-        now = self.keys.now()
-        found = [
-            key
-            for key in await self.keys.list_keys(query.get("user_id"))
-            if (status is None or key.status(now) == status) and (after is None or (key.created_at, key.id) > after)
-        ]
-        page = found[:limit]
-        next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(found) > limit else None
-        return JSONResponse({"items": [key_document(key, now) for key in page], "next_cursor": next_cursor})
-
-    async def get_key(self, request: Request) -> Response:
-        key = await self.keys.get_key(request.path_params["key_id"])
-        return JSONResponse(key_document(key, self.keys.now()))
-
-    async def revoke_key(self, request: Request) -> Response:
-        await self.keys.revoke_key(request.path_params["key_id"])
-        return Response(status_code=204)
-
-    async def rotate_key(self, request: Request) -> Response:
-        body = await _json_object(request, {"grace"})
-        created, old = await self.keys.rotate_key(request.path_params["key_id"], grace=_duration(body, "grace"))
-        stops_at = old.revoked_at if old.revoked_at is not None else old.expires_at
-        document = created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
-        return JSONResponse(document, 201)
-
-    async def set_rate_limits(self, request: Request) -> Response:
-        body = await _json_object(request, {"rate_limits"})
-        key = await self.keys.set_rate_limits(request.path_params["key_id"], _limits(body))
-        return JSONResponse(key_document(key, self.keys.now()))
-
-    async def import_(self, request: Request) -> Response:
-        dry_run = request.query_params.get("dry_run") == "true"
-        prefixes = (self.config.keys.prefix, *self.config.keys.legacy_prefixes)
-        report = await self.keys.import_lines(_body_lines(request), dry_run=dry_run, prefixes=prefixes)
-        return JSONResponse(report.document(), 422 if report.error_count else 200)
-
-    async def key_usage(self, request: Request) -> Response:
-        return await self._daily_usage(request, {"key_id": request.path_params["key_id"]})
-
-    async def user_usage(self, request: Request) -> Response:
-        return await self._daily_usage(request, {"user_id": request.path_params["user_id"]})
-
-    async def _daily_usage(self, request: Request, owner: dict[str, str]) -> Response:
-        query = request.query_params
-        if query.get("granularity", "day") != "day":
-            raise BadRequest(422, "validation_failed", "granularity: only day is kept", "granularity")
-        first, last, days = await self.keys.daily_usage(
-            key_id=owner.get("key_id"), user_id=owner.get("user_id"), since=query.get("from"), until=query.get("to")
-        )
-        return JSONResponse(daily_usage_document(owner, first, last, days))
-
-    async def usage(self, request: Request) -> Response:
-        found = await self.keys.usage(request.query_params.get("user_id"))
-        return JSONResponse({"items": [usage_document(u) for u in found]})
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, port), timeout=2)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return _unavailable(f"upstream {url.hostname}:{port}: {exc or type(exc).__name__}")
+    return {"status": "ready"}
 
 
-async def _service_errors(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, BadRequest):
-        return error(exc.status, exc.code, exc.message, exc.field)
-    if isinstance(exc, NotFound):
-        return error(404, "not_found", str(exc))
-    if isinstance(exc, AlreadyExists):
-        return error(409, "conflict", str(exc))
-    if isinstance(exc, InvalidField):
-        return error(422, "validation_failed", str(exc), exc.field)
-    raise exc
+_ERROR = {"schema": {"$ref": "#/components/schemas/Error"}}
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    """Any other failure, in the envelope: 503 when the store failed (the write did not happen),
-    500 otherwise. Starlette still raises it afterwards, so uvicorn logs the traceback."""
-    if isinstance(exc, ChangeNotAnnounced):
-        response = error(
-            503,
-            "store_unavailable",
-            "The change was made, but Redis could not tell every gateway: they may use cached copies"
-            " for up to cache.ttl_seconds. Repeat it once Redis answers.",
-        )
-        response.headers["Retry-After"] = "5"
-        return response
-    if is_store_failure(exc):
-        response = error(503, "store_unavailable", "The key store is unavailable; nothing was changed. Retry later.")
-        response.headers["Retry-After"] = "5"
-        return response
-    return error(500, "internal_error", "Internal error; see the gateway's log")
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse(models.Unavailable(status="unavailable", reason=reason).model_dump(), 503)
+
+
+@router.get(
+    "/metrics",
+    tags=["metrics"],
+    summary="Prometheus metrics, in its text format",
+    operation_id="metrics",
+    response_class=PlainTextResponse,
+    # Given whole: FastAPI would document a model under the route's own media type, text/plain.
+    responses={401: {"description": "The admin token is missing or wrong", "content": {"application/json": _ERROR}}},
+)
+async def metrics(request: Request) -> Response:
+    shown: Metrics = request.app.state.metrics
+    return Response(shown.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------------------------ users
+
+
+@router.post(
+    f"{API}/users",
+    tags=["users"],
+    summary="Add a user",
+    operation_id="addUser",
+    status_code=201,
+    response_model=models.User,
+    responses=answers(400, 409),
+    dependencies=NO_QUERY,
+)
+async def add_user(new: models.NewUser, service: Service) -> Any:
+    return user_document(await service.add_user(new.id, new.subscription))
+
+
+@router.get(
+    f"{API}/users",
+    tags=["users"],
+    summary="List the users, a page at a time, oldest first",
+    operation_id="listUsers",
+    response_model=models.UserPage,
+    responses=answers(),
+)
+async def list_users(query: Annotated[models.UsersQuery, Query()], service: Service) -> Any:
+    found = [user for user in await service.list_users() if query.q is None or user.id.startswith(query.q)]
+    shown, next_cursor = page(found, _position, query.cursor, query.limit)
+    return {"items": [user_document(user) for user in shown], "next_cursor": next_cursor}
+
+
+@router.get(
+    f"{API}/users/{{user_id}}",
+    tags=["users"],
+    summary="A user",
+    operation_id="getUser",
+    response_model=models.User,
+    responses=answers(404),
+    dependencies=NO_QUERY,
+)
+async def get_user(user_id: str, service: Service) -> Any:
+    return user_document(await service.get_user(user_id))
+
+
+@router.delete(
+    f"{API}/users/{{user_id}}",
+    tags=["users"],
+    summary="Revoke all of a user's keys at once and make it inactive",
+    description="The user's record and usage stay (its id is the operator's own, and its usage history"
+    " still answers); every key of it not revoked yet is revoked in one transaction, and its subscription"
+    " is inactive, so no key of it works from the next request on, a key created later included."
+    " Deleting it again changes nothing and answers 204 again.",
+    operation_id="deleteUser",
+    status_code=204,
+    response_description="Its keys are revoked and it is inactive (also when it was already)",
+    response_class=Response,
+    responses=answers(404),
+    dependencies=NO_QUERY,
+)
+async def delete_user(user_id: str, service: Service) -> Response:
+    await service.retire_user(user_id)
+    return Response(status_code=204)
+
+
+@router.put(
+    f"{API}/users/{{user_id}}/subscription",
+    tags=["users"],
+    summary="Make a user's subscription active or inactive (counts on its next request)",
+    operation_id="setSubscription",
+    response_model=models.User,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def set_subscription(user_id: str, change: models.SubscriptionChange, service: Service) -> Any:
+    return user_document(await service.set_subscription(user_id, change.value))
+
+
+@router.put(
+    f"{API}/users/{{user_id}}/rate-limits",
+    tags=["users"],
+    summary="Give a user its own limits over all its keys, or null for rate_limits.per_user",
+    operation_id="setUserRateLimits",
+    response_model=models.User,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def set_user_rate_limits(user_id: str, change: models.RateLimitsChange, service: Service) -> Any:
+    return user_document(await service.set_user_rate_limits(user_id, change.rate_limits))
+
+
+@router.get(
+    f"{API}/users/{{user_id}}/credits",
+    tags=["users"],
+    summary="A user's credit balance",
+    operation_id="getCredits",
+    response_model=models.Credits,
+    responses=answers(404),
+    dependencies=NO_QUERY,
+)
+async def get_credits(user_id: str, service: Service) -> Any:
+    return {"user_id": user_id, "balance": await service.credits(user_id)}
+
+
+@router.post(
+    f"{API}/users/{{user_id}}/credits",
+    tags=["users"],
+    summary="Add to a user's credit balance, or set it (recorded)",
+    operation_id="changeCredits",
+    response_model=models.Credits,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def change_credits(user_id: str, change: models.CreditsChange, service: Service) -> Any:
+    return {"user_id": user_id, "balance": await service.credits(user_id, add=change.add, set_to=change.set)}
+
+
+# ------------------------------------------------------------------------------------- keys
+
+
+@router.post(
+    f"{API}/keys",
+    tags=["keys"],
+    summary="Create a key: the full key is in this answer, and never again",
+    operation_id="createKey",
+    status_code=201,
+    response_model=models.CreatedKey,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def create_key(new: models.NewKey, service: Service) -> Any:
+    created = await service.create_key(
+        new.user_id, name=new.name, expires_in=new.expires_in, rate_limits=new.rate_limits
+    )
+    return created_document(created)
+
+
+@router.get(
+    f"{API}/keys",
+    tags=["keys"],
+    summary="List the keys, a page at a time, oldest first",
+    operation_id="listKeys",
+    response_model=models.KeyPage,
+    responses=answers(404),
+)
+async def list_keys(query: Annotated[models.KeysQuery, Query()], service: Service) -> Any:
+    now = service.now()
+    found = [key for key in await service.list_keys(query.user_id) if query.status in (None, key.status(now))]
+    shown, next_cursor = page(found, _position, query.cursor, query.limit)
+    return {"items": [key_document(key, now) for key in shown], "next_cursor": next_cursor}
+
+
+@router.get(
+    f"{API}/keys/{{key_id}}",
+    tags=["keys"],
+    summary="A key, with its usage and limits (never the key)",
+    operation_id="getKey",
+    response_model=models.Key,
+    responses=answers(404),
+    dependencies=NO_QUERY,
+)
+async def get_key(key_id: str, service: Service) -> Any:
+    return key_document(await service.get_key(key_id), service.now())
+
+
+@router.delete(
+    f"{API}/keys/{{key_id}}",
+    tags=["keys"],
+    summary="Revoke a key: it fails from the next request on (204 also when it was revoked already)",
+    operation_id="revokeKey",
+    status_code=204,
+    response_description="Revoked (also when it was already)",
+    response_class=Response,
+    responses=answers(404),
+    dependencies=NO_QUERY,
+)
+async def revoke_key(key_id: str, service: Service) -> Response:
+    await service.revoke_key(key_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    f"{API}/keys/{{key_id}}/rotate",
+    tags=["keys"],
+    summary="Replace a key with a new one, the old one stopping now or after a grace period",
+    operation_id="rotateKey",
+    status_code=201,
+    response_model=models.RotatedKey,
+    responses=answers(400, 404, 409),
+    dependencies=NO_QUERY,
+)
+async def rotate_key(key_id: str, rotation: models.Rotation, service: Service) -> Any:
+    created, old = await service.rotate_key(key_id, grace=rotation.grace)
+    stops_at = old.revoked_at if old.revoked_at is not None else old.expires_at
+    return created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
+
+
+@router.put(
+    f"{API}/keys/{{key_id}}/rate-limits",
+    tags=["keys"],
+    summary="Give a key its own limits, or null for rate_limits.default",
+    operation_id="setRateLimits",
+    response_model=models.Key,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def set_rate_limits(key_id: str, change: models.RateLimitsChange, service: Service) -> Any:
+    return key_document(await service.set_rate_limits(key_id, change.rate_limits), service.now())
+
+
+# ------------------------------------------------------------------------------------ usage
+
+
+@router.get(
+    f"{API}/usage",
+    tags=["usage"],
+    summary="Usage summed per user (as last written by the gateways)",
+    operation_id="usage",
+    response_model=models.UsagePage,
+    responses=answers(404),
+)
+async def usage(query: Annotated[models.UsageQuery, Query()], service: Service) -> Any:
+    return {"items": [usage_document(found) for found in await service.usage(query.user_id)]}
+
+
+@router.get(
+    f"{API}/keys/{{key_id}}/usage",
+    tags=["usage"],
+    summary="A key's usage per UTC day",
+    operation_id="keyUsageByDay",
+    response_model=models.KeyDailyUsage,
+    responses=answers(404),
+)
+async def key_usage(key_id: str, query: Annotated[models.DailyQuery, Query()], service: Service) -> Any:
+    first, last, days = await service.daily_usage(key_id=key_id, since=query.from_, until=query.to)
+    return daily_usage_document({"key_id": key_id}, first, last, days)
+
+
+@router.get(
+    f"{API}/users/{{user_id}}/usage",
+    tags=["usage"],
+    summary="A user's usage per UTC day, all its keys together",
+    operation_id="userUsageByDay",
+    response_model=models.UserDailyUsage,
+    responses=answers(404),
+)
+async def user_usage(user_id: str, query: Annotated[models.DailyQuery, Query()], service: Service) -> Any:
+    first, last, days = await service.daily_usage(user_id=user_id, since=query.from_, until=query.to)
+    return daily_usage_document({"user_id": user_id}, first, last, days)
+
+
+# ----------------------------------------------------------------------------------- import
+
+
+@router.post(
+    f"{API}/import",
+    tags=["import"],
+    summary="Import users and key hashes from JSON Lines, all of them or nothing",
+    description="The lines gateway import reads, read as they arrive. A report either way: 200 when it was"
+    " written (or would be, with dry_run), 422 with the bad lines when nothing was written.",
+    operation_id="importUsersAndKeys",
+    response_model=models.ImportReport,
+    responses=answers()
+    | {422: {"model": models.ImportReport | models.Error, "description": "Bad lines (a report), or a bad query"}},
+    # FastAPI reads no body here (the lines are streamed): the document is told what it is.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "JSON Lines, one user or key a line; read as such whatever the Content-Type",
+            # text/plain too: what a client without a JSON Lines type sends (schemathesis among them).
+            "content": {
+                media_type: {"schema": {"type": "string"}} for media_type in ("application/x-ndjson", "text/plain")
+            },
+        }
+    },
+)
+async def import_(
+    request: Request, query: Annotated[models.ImportQuery, Query()], service: Service, config: Config
+) -> Any:
+    prefixes = (config.keys.prefix, *config.keys.legacy_prefixes)
+    report = await service.import_lines(_body_lines(request), dry_run=query.dry_run, prefixes=prefixes)
+    checked = models.ImportReport.model_validate(report.document())
+    return JSONResponse(checked.model_dump(), 422 if report.error_count else 200)
 
 
 def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     """The admin ASGI app, showing ``metrics``; ``config.admin_token`` must be set."""
     assert config.admin_token is not None
-    api = AdminApi(config)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service(config) as service:
-            api.service = service
+            app.state.service = service
             yield
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(OPENAPI)
-
-    async def metrics_text(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    routes = [
-        Route(f"{API}/openapi.json", openapi),
-        Route("/metrics", metrics_text),
-        Route("/healthz", api.healthz),
-        Route("/readyz", api.readyz),
-        Route(f"{API}/users", api.add_user, methods=["POST"]),
-        Route(f"{API}/users/{{user_id}}", api.get_user, methods=["GET"]),
-        Route(f"{API}/users/{{user_id}}/subscription", api.set_subscription, methods=["PUT"]),
-        Route(f"{API}/users/{{user_id}}/rate-limits", api.set_user_rate_limits, methods=["PUT"]),
-        Route(f"{API}/users/{{user_id}}/credits", api.user_credits, methods=["GET", "POST"]),
-        Route(f"{API}/keys", api.create_key, methods=["POST"]),
-        Route(f"{API}/keys", api.list_keys, methods=["GET"]),
-        Route(f"{API}/keys/{{key_id}}", api.get_key, methods=["GET"]),
-        Route(f"{API}/keys/{{key_id}}", api.revoke_key, methods=["DELETE"]),
-        Route(f"{API}/keys/{{key_id}}/rotate", api.rotate_key, methods=["POST"]),
-        Route(f"{API}/keys/{{key_id}}/rate-limits", api.set_rate_limits, methods=["PUT"]),
-        Route(f"{API}/usage", api.usage, methods=["GET"]),
-        Route(f"{API}/keys/{{key_id}}/usage", api.key_usage, methods=["GET"]),
-        Route(f"{API}/users/{{user_id}}/usage", api.user_usage, methods=["GET"]),
-        Route(f"{API}/import", api.import_, methods=["POST"]),
-    ]
-    handlers: dict[Any, Any] = {exc: _service_errors for exc in (BadRequest, NotFound, AlreadyExists, InvalidField)}
-    handlers[Exception] = _unexpected
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return AdminToken(app, config.admin_token, metrics, public_metrics=config.metrics.public)
+    app = FastAPI(
+        # The document is served by openapi_json, written once; no /docs or /redoc pages, which
+        # would load their scripts from another host.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        exception_handlers=handlers(router.routes),
+        # The gateway has its own metrics and log. FastAPI's telemetry would record requests'
+        # inputs, and an operator's FASTAPI_OTEL_AUTO_CONFIGURE would start exporting them.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
+    )
+    app.state.config = config
+    app.state.metrics = metrics
+    app.include_router(router)
+    app.state.openapi = openapi.document(app, public_metrics=config.metrics.public)
+    return AdminToken(HeadAsGet(app), config.admin_token, metrics, public_metrics=config.metrics.public)
