@@ -112,7 +112,7 @@ def created_text(created: CreatedKey, what: str) -> str:
 @click.group()
 @config_option
 def users() -> None:
-    """Users (the operator's own ids): add, list, set-subscription, set-limits, credits."""
+    """Users (the operator's own ids): add, list, set-subscription, set-limits, credits, delete."""
 
 
 @users.command("add")
