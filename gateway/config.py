@@ -61,6 +61,18 @@ class UpstreamConfig:
     # answer meant for another request (an upstream's stray or late answer), refused with 502.
     check_request_id: bool = False
 
+    @property
+    def origin(self) -> str:
+        """The upstream's scheme, host and port: where the clients connect."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def base_path(self) -> str:
+        """``upstream.url``'s path without a trailing slash ("" for none), put before every
+        forwarded path, as Kong's service path is."""
+        return urlsplit(self.url).path.rstrip("/")
+
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
@@ -307,8 +319,12 @@ def _choice(*choices: str) -> Callable[[object], Any]:
     return parse
 
 
+# A base path: segments of RFC 3986 path characters (percent-encoded as needed), no dot segments.
+_BASE_PATH = re.compile(r"(/(?!\.\.?(/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)*/?")
+
+
 def _http_url(value: object) -> str:
-    expected = "an http:// or https:// URL with a host and no path, such as http://127.0.0.1:9000"
+    expected = "an http:// or https:// URL with a host and maybe a base path, such as http://127.0.0.1:9000/v2"
     if not isinstance(value, str):
         raise ValueError(expected)
     try:
@@ -316,7 +332,7 @@ def _http_url(value: object) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ValueError(expected) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _BASE_PATH.fullmatch(parts.path):
         raise ValueError(expected)
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(expected)

@@ -51,6 +51,25 @@ def test_a_builtin_profile_brings_its_key_prefix_unless_keys_prefix_is_set(tmp_p
     assert (mockly.keys.prefix, mockly.keys.earlier_prefixes) == ("mk_live_", ())
 
 
+@pytest.mark.parametrize(
+    ("url", "origin", "base_path"),
+    [
+        ("http://api.internal:9000", "http://api.internal:9000", ""),
+        ("http://api.internal:9000/v2/", "http://api.internal:9000", "/v2"),
+        ("https://api.example.com/mockups/v%201", "https://api.example.com", "/mockups/v%201"),
+    ],
+)
+def test_upstream_url_may_carry_a_base_path(tmp_path: Path, url: str, origin: str, base_path: str) -> None:
+    upstream = load_config(write(tmp_path, {"upstream": {"url": url}}), environ={}).upstream
+    assert (upstream.origin, upstream.base_path) == (origin, base_path)
+
+
+@pytest.mark.parametrize("url", ["http://a/../x", "http://a/v2/..", "http://a/a b", "http://a/v2?x=1", "http://a/#f"])
+def test_a_base_path_with_dot_segments_a_query_or_spaces_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="upstream.url: expected an http:// or https:// URL"):
+        load_config(write(tmp_path, {"upstream": {"url": url}}), environ={})
+
+
 def test_the_documented_config_yaml_is_the_defaults() -> None:
     """config.yaml in the repository documents every key with its default value."""
     documented = load_config(REPO / "config.yaml", environ={})
@@ -154,9 +173,9 @@ def test_custom_profile_from_the_file(tmp_path: Path) -> None:
             {"upstream": {"url": "ftp://x"}}, "upstream.url: expected an http:// or https:// URL", id="bad-scheme"
         ),
         pytest.param(
-            {"upstream": {"url": "http://x/api"}},
+            {"upstream": {"url": "http://x/api/../v1"}},
             "upstream.url: expected an http:// or https:// URL",
-            id="url-with-path",
+            id="url-with-a-dot-segment",
         ),
         pytest.param(
             {"upstream": {"read_timeout": "soon"}}, "upstream.read_timeout: expected a duration", id="bad-duration"

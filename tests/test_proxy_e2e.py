@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
-from tests.servers import GatewayProcess, ServerProcess, free_port, received_ids
+from tests.servers import GatewayProcess, ServerProcess, free_port, received_ids, received_paths
 
 FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 # What the gateway adds after the client's own headers.
@@ -360,3 +360,27 @@ def test_no_path_is_reserved_on_the_public_listener(client: httpx.Client, path: 
     """Paths a gateway might keep for itself go to the upstream like any other."""
     seen = echo(client.get(path))
     assert seen["raw_path"] == path
+
+
+@pytest.mark.parametrize("client", ["builtin", "aiohttp", "httpx"])
+def test_a_base_path_in_upstream_url_is_put_before_every_path(
+    gateway_factory: GatewayFactory, stub: ServerProcess, client: str
+) -> None:
+    gw = gateway_factory({"upstream": {"url": stub.url + "/base/v2/", "client": client}})
+    request_id = uuid.uuid4().hex
+    answer = httpx.get(f"{gw.url}/anything/here?limit=2", headers=gw.auth | {"X-Request-Id": request_id})
+    assert answer.status_code == 200  # the stub echoes any path it does not serve
+    assert received_ids(stub)[-1] == request_id
+    assert received_paths(stub)[-1] == "/base/v2/anything/here"
+
+
+@pytest.mark.parametrize("path", ["/../admin", "/a/%2e%2e/b", "/a/.%2E/b", "/a%2f..%2fb", "/./x"])
+def test_a_dot_segment_cannot_leave_the_base_path(
+    gateway_factory: GatewayFactory, stub: ServerProcess, path: str
+) -> None:
+    gw = gateway_factory({"upstream": {"url": stub.url + "/v2"}})
+    request_id = uuid.uuid4().hex
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {request_id}\r\n".encode() + gw.auth_line + b"\r\n"
+    status, _, body = exchange(gw.port, head)
+    assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+    assert request_id not in received_ids(stub)

@@ -6,6 +6,7 @@ The design notes: docs/internals.md, "gateway/http/proxy.py"."""
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,11 @@ async def _shared_hit(
     return await shared.hit_all(charges)
 
 
+# A "." or ".." segment, as it is or percent-encoded (%2e), and a "/" or "\\" percent-encoded
+# within a segment: what an upstream may resolve to leave a base path.
+_DOT_SEGMENT = re.compile(rb"(^|/|%2f|%5c|\\)(\.|%2e){1,2}(/|%2f|%5c|\\|$)", re.IGNORECASE)
+
+
 def _answers(response: UpstreamResponse, request_id: bytes) -> bool:
     """Whether the upstream's answer carries this request's id (upstream.check_request_id)."""
     ids = [value.strip() for name, value in response.headers if name.lower() == REQUEST_ID]
@@ -193,6 +199,7 @@ class Proxy:
         self._slots = asyncio.Semaphore(config.upstream.max_connections)
         self._pool_timeout = config.upstream.pool_timeout
         self._check_request_id = config.upstream.check_request_id
+        self._base_path = config.upstream.base_path
         self._failures = _FailureLog()
         self._profile = config.error_profile
         self._rate_headers = RateLimitHeaderWriter(config.rate_limits.headers)
@@ -289,10 +296,15 @@ class Proxy:
         if scope["method"] in REFUSED_METHODS:
             exchange.unread = True  # whatever follows is not read
             raise MethodNotAllowed(scope["method"])
-        if scope["raw_path"][:1] != b"/":
+        raw_path = scope["raw_path"]
+        if raw_path[:1] != b"/":
             # "*" or anything else that is not a path would be glued to upstream.url as it is.
             exchange.unread = True
             raise BadRequest("the request target is not a path")
+        if self._base_path and _DOT_SEGMENT.search(raw_path):
+            # /v2 + /../admin is /admin to the upstream: out of the base path the operator set.
+            exchange.unread = True
+            raise BadRequest("the request path has a dot segment")
 
     async def _authenticate(
         self, forwarded: ForwardedRequest, exchange: Exchange, scope: Scope
@@ -375,7 +387,7 @@ class Proxy:
         spend: _Spend | None,
     ) -> None:
         """Send the request upstream on a free connection, and answer with what comes back."""
-        target = scope["raw_path"].decode("latin-1")
+        target = self._base_path + scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         headers = forwarded.headers

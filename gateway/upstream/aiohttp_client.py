@@ -181,7 +181,7 @@ class _Response:
 
 class AiohttpUpstream:
     def __init__(self, config: UpstreamConfig) -> None:
-        self._base = config.url
+        self._base = config.origin  # the proxy puts the base path in the target
         self._deadlines = _HeadDeadlines(config.read_timeout)
         self._session = aiohttp.ClientSession(
             connector=_Connector(limit=config.max_connections, limit_per_host=0, keepalive_timeout=60),

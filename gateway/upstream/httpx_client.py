@@ -48,7 +48,7 @@ class _Response:
 
 class HttpxUpstream:
     def __init__(self, config: UpstreamConfig) -> None:
-        self._base = httpx.URL(config.url)
+        self._base = httpx.URL(config.origin)  # the proxy puts the base path in the target
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=config.max_connections, max_keepalive_connections=config.max_connections
