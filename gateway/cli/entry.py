@@ -39,11 +39,21 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
             f"--workers {workers}: rate limits are counted in each worker's memory, so {workers} workers would"
             f" allow {workers} times every limit; set redis.url (GATEWAY_REDIS_URL) to share them, or run one"
         )
-    from gateway.server.serving import serve as serve_listeners
+    from gateway.server.serving import ListenError, serve as serve_listeners
 
     host = host or config.listen.host
     port = config.listen.port if port is None else port
-    ctx.exit(serve_listeners(config, host, port, workers))
+    try:
+        status = serve_listeners(config, host, port, workers)
+    except ListenError as exc:
+        raise CannotListen(str(exc)) from None
+    ctx.exit(status)
+
+
+class CannotListen(click.ClickException):
+    """An address to listen on cannot be had (exit status 3, as uvicorn's failed start)."""
+
+    exit_code = 3
 
 
 main.add_command(users)

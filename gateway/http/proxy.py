@@ -6,8 +6,8 @@ The design notes: docs/internals.md, "gateway/http/proxy.py"."""
 from __future__ import annotations
 
 import asyncio
-import re
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 

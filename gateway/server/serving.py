@@ -3,6 +3,7 @@ with an admin token, the admin listener, on uvicorn in one event loop."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.config
 import os
@@ -20,6 +21,7 @@ from gateway.server.workers import run_workers
 __all__ = ["serve", "serve_process"]
 
 logger = logging.getLogger("gateway.error")
+logger_uvicorn = logging.getLogger("uvicorn.error")
 
 
 def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
@@ -44,20 +46,25 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
             config.admin.port,
             "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
         )
+    # A port that cannot be had stops the start with one line, before anything starts.
+    addresses = [(host, port, "--port, listen.port")]
+    if config.admin_token is not None:
+        addresses.append((config.admin.host, config.admin.port, "admin.port"))
     if workers == 1:
+        for address in addresses:
+            # Tried, then let go: uvicorn binds it itself once the app has started (and says so).
+            _listen(*address).close()
         serve_process(config, host, port, log_config, sockets=None, metrics=None)
         return 0
-
     # Bound once, here, and listening at once (connections wait in the backlog until a worker
     # accepts them, rather than being refused while the workers start); every worker accepts on them.
-    addresses = [(host, port)]
-    if config.admin_token is not None:
-        addresses.append((config.admin.host, config.admin.port))
-    sockets = []
-    for address in addresses:
-        listener = uvicorn.Config("gateway:app", host=address[0], port=address[1]).bind_socket()
-        listener.listen(2048)  # uvicorn's default backlog
-        sockets.append(listener)
+    sockets = [_listen(*address) for address in addresses]
+    for listener in sockets:
+        # What uvicorn says when it binds itself (Config.bind_socket): the port takes connections.
+        shown_host, shown_port = listener.getsockname()[:2]
+        shown = f"[{shown_host}]" if ":" in shown_host else shown_host
+        logger_uvicorn.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, shown_port)
+
     slots = WorkerSlots(workers)  # shared with every worker: /metrics adds them up
 
     def serve_worker(index: int) -> None:
@@ -65,6 +72,22 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
         serve_process(config, host, port, log_config, sockets=sockets, metrics=metrics)
 
     return run_workers(workers, serve_worker)
+
+
+class ListenError(Exception):
+    """A listening socket cannot be had (exit status 3, as a server that fails to start)."""
+
+
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # SO_REUSEADDR (set by create_server): a restart need not wait for old connections' TIME_WAIT.
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        what = "is in use by another program" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        raise ListenError(
+            f"{host}:{port} {what}: stop what holds it, or choose another address or port ({setting})"
+        ) from None
 
 
 def serve_process(

@@ -1,0 +1,41 @@
+"""`gateway serve` when it cannot listen: one line that says what to do, and exit status 3."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.services import machine_redis_url
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path, workers: int) -> None:
+    settings: dict[str, object] = {"store": {"url": f"sqlite:///{tmp_path}/gateway.db"}}
+    if workers > 1:
+        settings["redis"] = {"url": machine_redis_url()}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # another program's server
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+            + ["--workers", str(workers)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+            check=False,
+        )
+    assert done.returncode == 3
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "ERROR" in line]
+    assert errors == [
+        f"Error: 127.0.0.1:{port} is in use by another program: stop what holds it,"
+        " or choose another address or port (--port, listen.port)"
+    ]
+    assert "Traceback" not in done.stderr
