@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,20 @@ def test_deleting_a_user_revokes_every_key_of_it_at_the_next_request(gw: Gateway
     assert_error(admin.delete(f"{API}/users/nobody"), 404, "not_found")
     # Another user's key is untouched.
     assert httpx.get(gw.url + "/x", headers=gw.auth).status_code == 200
+
+
+def test_attack_round_two_answers_stay_in_the_envelope_and_never_echo_a_key(
+    gw: GatewayProcess, admin: httpx.Client
+) -> None:
+    deleted = admin.delete(f"{API}/users/{gw.key}")
+    assert deleted.status_code == 404 and gw.key not in deleted.text
+    added = admin.post(f"{API}/users", json={"id": f"Bearer {gw.key}"})
+    assert added.status_code == 422 and gw.key not in added.text
+    for cursor in (
+        base64.urlsafe_b64encode(b"[1" + b"0" * 400 + b', "a"]').decode(),  # a float too large
+        base64.urlsafe_b64encode(b"[" * 3000).decode(),  # nested too deep
+    ):
+        assert_error(admin.get(f"{API}/keys", params={"cursor": cursor}), 422, "validation_failed", "cursor")
+        assert_error(admin.get(f"{API}/users", params={"cursor": cursor}), 422, "validation_failed", "cursor")
+    slash = admin.get(f"{API}/users/", follow_redirects=False)  # no redirect built from the Host header
+    assert_error(slash, 404, "not_found")

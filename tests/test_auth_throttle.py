@@ -46,3 +46,11 @@ def test_an_ipv6_network_is_one_client(clock: Clock) -> None:
     assert throttle.reserve("2001:db8:1:2:abcd::1") == 60  # the same /64
     assert throttle.reserve("2001:db8:1:3::1") is None  # another network
     assert throttle.reserve("192.0.2.1") is None and throttle.reserve("192.0.2.2") is None
+
+
+def test_an_ipv4_client_on_a_dual_stack_socket_is_itself(clock: Clock) -> None:
+    throttle = LookupThrottle(parse_limits("1/minute")[0], clock=clock)
+    assert throttle.reserve("::ffff:198.51.100.7") is None
+    assert throttle.reserve("::ffff:198.51.100.7") == 60
+    assert throttle.reserve("::ffff:203.0.113.50") is None  # another client, not the same "::" /64
+    assert throttle.reserve("198.51.100.7") == 60  # the same client, however its address is written

@@ -134,3 +134,58 @@ async def test_what_was_spent_while_redis_was_out_is_not_spent_again(
     # Redis comes back holding 9: the balance is read again from the store, less what was spent
     # and what is in flight: ten forwarded in all.
     assert await reserve_all(wallet, user, 20) == []
+
+
+async def test_a_change_made_while_a_balance_is_read_is_not_written_over(
+    store: KeyStore, state: RedisState, clock: Clock
+) -> None:
+    service, user = await operator(store, state, clock, 10)
+    wallet = replica(store, state, clock)
+    outcome, version, _, _ = await state.reserve_credits(user, 1, "-")
+    assert outcome == -1  # not in Redis yet: this replica reads it from the store...
+    balance, set_at = await wallet._local.stored_balance(user)
+    clock.tick(1)
+    await service.credits(user, set_to=0)  # ...and the operator's set lands meanwhile
+    assert not await state.start_credits(user, balance, "-", set_at, version=version)
+    assert await reserve_all(wallet, user, 5) == []  # the set counts
+
+
+async def test_generations_are_never_reused_when_redis_loses_its_counter(
+    store: KeyStore, state: RedisState, clock: Clock
+) -> None:
+    _, user = await operator(store, state, clock, 10)
+    wallet = replica(store, state, clock)
+    (first,) = await reserve_all(wallet, user, 1)
+    await state.client.delete("gateway-wallet-generation")
+    await state.forget_credits(user)  # as a Redis restart loses both
+    (second,) = await reserve_all(wallet, user, 1)
+    assert second > first
+    wallet.release(user, 1, first)  # given back to the balance it came from, not to this one
+    await asyncio.gather(*wallet._releases)
+    assert len(await reserve_all(wallet, user, 20)) == 8  # 10 - the one in flight - the first one
+
+
+async def test_while_redis_is_out_a_replica_pays_from_the_stored_balance_read_afresh(
+    store: KeyStore, state: RedisState, clock: Clock
+) -> None:
+    service, user = await operator(store, state, clock, 100)
+    out = False
+    one = replica(store, state, clock, degraded=lambda: out)
+    two = replica(store, state, clock)
+    for token in await reserve_all(one, user, 1):
+        one.commit(user, 1, token)
+    for token in await reserve_all(two, user, 79):
+        two.commit(user, 1, token)
+    await one._local.flush()
+    await two._local.flush()
+    assert await service.credits(user) == 20
+    out = True
+    apart = await reserve_all(one, user, 100)
+    assert len(apart) == 20  # not the 99 this process last knew of
+    for token in apart:
+        one.commit(user, 1, token)
+    await one._local.flush()
+    out = False
+    _, other = await operator(store, state, clock, 1)
+    assert len(await reserve_all(one, other, 1)) == 1  # Redis answers: the stale balance goes
+    assert await reserve_all(two, user, 10) == []  # every replica reads it again: none left

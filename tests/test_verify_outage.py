@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.auth.keys import generate_key
 from gateway.auth.verify import Verifier
 from gateway.errors import InvalidCredentials, StoreUnavailable
 from gateway.manage.service import ManagementService
 from gateway.store import KeyStore, open_store
+from gateway.store.postgres import PostgresStore
 from tests.adversarial.fault_proxy import FaultProxy
 from tests.fakes import Clock
 from tests.services import postgres_schema
@@ -47,6 +49,15 @@ async def operator(postgres_url: str) -> AsyncIterator[ManagementService]:
     await store.close()
 
 
+async def cut_off(relay: FaultProxy, store: KeyStore) -> None:
+    """Every connection to the store cut, and new ones refused; back once the store knows its
+    notifications are lost."""
+    relay.inject("reset")
+    async with asyncio.timeout(10):
+        while store.unheard_since() is None:
+            await asyncio.sleep(0.01)
+
+
 async def key_heard_of(store: KeyStore, operator: ManagementService) -> list[bytes]:
     """A new user's new key, once ``store`` has heard of both writes (NOTIFY arrives on its own)."""
     seen = store.changes()
@@ -59,6 +70,8 @@ async def key_heard_of(store: KeyStore, operator: ManagementService) -> list[byt
 
 
 def verifier(store: KeyStore, clock: Clock, *, announced: bool) -> Verifier:
+    assert isinstance(store, PostgresStore)
+    store.clock = clock  # when its notifications were lost, on the test's clock
     return Verifier(
         store,
         prefix=PREFIX,
@@ -79,7 +92,7 @@ async def test_a_key_revoked_while_the_database_is_out_of_reach_stops_within_one
     gateway = verifier(through_relay, clock, announced=False)
     await gateway.verify(bearer)
     clock.tick(TTL)  # no longer fresh: the next request reads the store
-    relay.inject("reset")
+    await cut_off(relay, through_relay)
     await gateway.verify(bearer)  # known good, and the outage has just begun
     (key,) = await operator.list_keys("alice")
     await operator.revoke_key(key.id)  # the operator still reaches the database
@@ -88,6 +101,14 @@ async def test_a_key_revoked_while_the_database_is_out_of_reach_stops_within_one
     clock.tick(TTL / 2)
     with pytest.raises(StoreUnavailable):
         await gateway.verify(bearer)  # never let in past it while nothing can be checked
+    # A look-up that succeeds meanwhile (a brief flap) restarts no clock: only hearing of writes
+    # again does (and then every verdict is read again).
+    relay.heal()
+    with pytest.raises(InvalidCredentials):
+        await gateway.verify([f"Bearer {generate_key(PREFIX)}".encode()])  # an unknown key, looked up
+    await cut_off(relay, through_relay)
+    with pytest.raises((StoreUnavailable, InvalidCredentials)):
+        await gateway.verify(bearer)  # 503 while cut off, or 401 once the revocation is read
 
 
 async def test_with_redis_announcing_writes_a_known_key_outlives_the_ttl(
@@ -97,7 +118,7 @@ async def test_with_redis_announcing_writes_a_known_key_outlives_the_ttl(
     gateway = verifier(through_relay, clock, announced=True)
     await gateway.verify(bearer)
     clock.tick(TTL)
-    relay.inject("reset")
+    await cut_off(relay, through_relay)
     clock.tick(10 * TTL)
     await gateway.verify(bearer)  # a write would have been announced (and forgotten it)
     gateway.set_degraded(True)  # Redis is out too: nothing would be announced

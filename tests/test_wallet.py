@@ -100,3 +100,15 @@ def test_refill_periods() -> None:
     )
     daily = CreditRefill(amount=5, every="day")
     assert refill_period(daily, calendar.timegm((2026, 2, 28, 12, 0, 0, 0, 0, 0)))[0] == "2026-02-28"
+
+
+async def test_what_the_last_period_spent_unwritten_is_not_taken_off_the_refill(store: KeyStore) -> None:
+    clock = Clock(calendar.timegm((2026, 12, 31, 23, 59, 59, 0, 0, 0)))
+    await user_with(store, 10, clock)
+    wallet = Wallet(store, refill=CreditRefill(amount=10, every="day"), clock=clock)
+    for token in await asyncio.gather(*(wallet.reserve("alice", 1) for _ in range(10))):
+        assert token is not None
+        wallet.commit("alice", 1, token)  # spent in the old day, not written yet
+    clock.tick(2)  # a new day: refilled to 10
+    tokens = await asyncio.gather(*(wallet.reserve("alice", 1) for _ in range(12)))
+    assert sum(token is not None for token in tokens) == 10

@@ -92,6 +92,11 @@ class Wallet:
         self._reserved[user_id] = self._reserved.get(user_id, 0) + cost
         return 0
 
+    def forget_balance(self, user_id: str) -> None:
+        """Read the user's balance from the store at its next request (what this process holds of
+        it may be stale: spending by others, written meanwhile, changes no counter it watches)."""
+        self._known.pop(user_id, None)
+
     def hold(self, user_id: str, cost: int) -> None:
         """Count a reservation made elsewhere (in Redis) as this process's own in flight: a balance
         this process reads meanwhile, or pays from while Redis is out, leaves it aside."""
@@ -163,7 +168,10 @@ class Wallet:
             found = await self._store.credit_balance(user_id)
             # Only forwards: a replica whose clock lags must not refill an earlier period again.
             if found is not None and (found[1] is None or found[1] < period):
-                await self._store.refill_credits(user_id, amount=self._refill.amount, period=period, at=now)
+                pending = self._unwritten.get(user_id, 0)
+                await self._store.refill_credits(
+                    user_id, amount=self._refill.amount, period=period, at=now, pending=pending
+                )
         found = await self._store.credit_balance(user_id)
         if found is None:
             return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -37,9 +38,11 @@ from gateway.manage.documents import (
 )
 from gateway.manage.service import ManagementService, open_service
 from gateway.manage.transfer import decode_line
-from gateway.store import ApiKey, User
+from gateway.store import ApiKey, StoreError, User
 
 __all__ = ["create_admin_app"]
+
+logger = logging.getLogger("gateway.error")
 
 router = APIRouter(route_class=JsonBodyRoute)
 
@@ -110,7 +113,11 @@ async def readyz(service: Service, config: Config) -> Any:
     try:
         await asyncio.wait_for(service.store.check(), timeout=2)
     except Exception as exc:  # whatever the reason, not ready
-        return _unavailable(f"store: {exc or type(exc).__name__}")
+        # No token is needed here: the reason is the gateway's own words (a file replaced, a
+        # folder gone), or the failure's kind; a driver's message, which may name the server, is
+        # only logged.
+        logger.warning("readyz: the key store does not answer (%s: %s)", type(exc).__name__, exc)
+        return _unavailable(f"store: {(str(exc) if isinstance(exc, StoreError) else '') or type(exc).__name__}")
     if config.health.check_upstream:
         url = urlsplit(config.upstream.url)
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -440,6 +447,8 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
             yield
 
     app = FastAPI(
+        # /admin/v1/users/ is a 404 in the envelope, not a redirect built from the client's Host.
+        redirect_slashes=False,
         # The document is served by openapi_json, written once; no /docs or /redoc pages, which
         # would load their scripts from another host.
         openapi_url=None,

@@ -31,7 +31,7 @@ def decode_cursor(cursor: object) -> Position:
     try:
         created_at, item_id = json.loads(base64.urlsafe_b64decode(str(cursor).encode()))
         return float(created_at), str(item_id)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):  # a tampered one, however made
         raise ValueError("not a cursor this API gave") from None
 
 

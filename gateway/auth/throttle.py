@@ -27,9 +27,12 @@ def _client(address: str) -> str:
     if ":" not in address:
         return address
     try:
-        return str(ipaddress.IPv6Network((address.split("%", 1)[0], 64), strict=False).network_address)
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
     except ValueError:
         return address
+    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d (a dual-stack socket): an IPv4 client
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address)
 
 
 class LookupThrottle:

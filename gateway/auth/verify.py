@@ -98,8 +98,9 @@ class Verifier:
         self._inflight: dict[bytes, asyncio.Future[Verdict]] = {}
         self._seen = store.changes()
         self._store_failing = False
-        self._failing_since = 0.0  # timer
         self._ttl = ttl
+        # The clock the store's unheard_since is in.
+        self._store_clock: Callable[[], float] = getattr(store, "clock", time.monotonic)
         # Whether Redis announces every write (redis.url): see _last_known_holds.
         self._changes_announced = changes_announced
         # The shared change epoch (Redis) last seen; see note_epoch.
@@ -158,13 +159,15 @@ class Verifier:
         return identity
 
     def _last_known_holds(self) -> bool:
-        """Whether verdicts read before the store stopped answering still hold. For a file on
-        this host, while it fails: nothing can be written to it meanwhile (a known write forgets
-        them). For a database server others may reach, only while Redis would announce their
-        writes; without it, for one cache TTL from the first failure, as a cached verdict would."""
+        """Whether verdicts read before the store stopped answering still hold: while a write made
+        by others would still be heard of (a known write forgets them). For a file on this host,
+        always (a lock that keeps this process out keeps writers out too). For a database server
+        others may reach, while Redis announces writes, or the store's own notifications are
+        heard; once neither is, for one cache TTL, as a cached verdict would."""
         if not self._store.shared or (self._changes_announced and not self._degraded):
             return True
-        return self._timer() - self._failing_since < self._ttl
+        unheard = self._store.unheard_since()
+        return unheard is None or self._store_clock() - unheard < self._ttl
 
     def _count_look_up(self, digest: bytes, address: str | None) -> str | None:
         """Count a look-up against ``address`` before it starts (so that concurrent guesses cannot
@@ -273,7 +276,6 @@ class Verifier:
             # Neither let in nor turned away, and never cached: the next request asks again.
             if not self._store_failing:
                 self._store_failing = True
-                self._failing_since = self._timer()
                 logger.warning("the key store cannot be read (%s); keys not known good get 503", _describe(exc))
             raise StoreUnavailable(f"key store: {_describe(exc)}") from None
         if self._store_failing:

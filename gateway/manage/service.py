@@ -97,11 +97,13 @@ class ManagementService:
         clock: Callable[[], float] = time.time,
         announce: Callable[[], Awaitable[object]] | None = None,
         change_credits: CreditsChanged | None = None,
+        other_prefixes: Sequence[str] = (),
     ) -> None:
         """``announce`` tells every gateway process of a change (RedisState.announce_change);
         ``change_credits`` makes the same change to a user's credit balance held in Redis (RedisState)."""
         self.store = store
         self._prefix = key_prefix
+        self._key_prefixes = (key_prefix, *other_prefixes)
         self._clock = clock
         self._announce = announce
         self._change_credits = change_credits
@@ -136,7 +138,9 @@ class ManagementService:
     # ------------------------------------------------------------------------------ users
 
     def _looks_like_a_key(self, text: str) -> bool:
-        return text.startswith(self._prefix) and len(text) > len(self._prefix) + 8
+        """Whether ``text`` holds what may be a full key, of any prefix this gateway takes (its
+        own, an earlier one, an imported one), anywhere in it ("Bearer mk_live_...")."""
+        return any(prefix in text and len(text) > len(prefix) + 8 for prefix in self._key_prefixes)
 
     def _no_user(self, user_id: str) -> NotFound:
         """No such user, said without echoing a full key given for its id."""
@@ -226,9 +230,10 @@ class ManagementService:
         """Revoke all the user's keys at once and make it inactive, so that no key of it, old or
         new, works; the user and how many keys were revoked now. Its record and usage stay: an id
         is the operator's own, and the usage history still answers for it."""
+        self._known_shape(user_id)
         retired = await self._write(lambda: self.store.retire_user(user_id, self._clock()))
         if retired is None:
-            raise NotFound(f"no user {user_id!r}")
+            raise self._no_user(user_id)
         return retired
 
     async def list_users(self) -> Sequence[User]:
@@ -293,7 +298,7 @@ class ManagementService:
         # An id no key can have (a NUL byte, say) is never sent to a store that would fail on it.
         key = await self.store.get_key(key_id) if key_id.isprintable() and len(key_id) <= 255 else None
         if key is None:
-            if key_id.startswith(self._prefix) and len(key_id) > len(self._prefix) + 8:
+            if self._looks_like_a_key(key_id):
                 # A full key given for its id: never echoed (it would land in a terminal's
                 # scrollback, a shell history's neighbour, an admin API log).
                 raise NotFound(f"no such key id: that looks like a full key ({self._prefix}...), not its id")
@@ -370,7 +375,7 @@ async def open_service(
     store = await open_store(config.store.url)
     try:
         if config.redis.url is None:
-            yield ManagementService(store, key_prefix=config.keys.prefix)
+            yield ManagementService(store, key_prefix=config.keys.prefix, other_prefixes=_other_prefixes(config))
             return
         from gateway.ratelimit.redis_state import RedisState
 
@@ -379,6 +384,7 @@ async def open_service(
             yield ManagementService(
                 store,
                 key_prefix=config.keys.prefix,
+                other_prefixes=_other_prefixes(config),
                 announce=state.announce_change,
                 change_credits=state.change_credits,
             )
@@ -386,3 +392,8 @@ async def open_service(
             await state.aclose()
     finally:
         await store.close()
+
+
+def _other_prefixes(config: GatewayConfig) -> tuple[str, ...]:
+    """The prefixes of keys this gateway takes besides its own: never to be echoed or taken for an id."""
+    return (*config.keys.earlier_prefixes, *config.keys.legacy_prefixes)

@@ -82,51 +82,81 @@ return redis.call('INCR', KEYS[1])
 # stored balance less what is spent and reserved), the refill period it was read in, and a
 # generation ("gen", new at each read from the store) that reservations carry.
 # Connections to Redis per process: each carries one script call at a time.
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 256
 
 WALLET_PREFIX = "gateway-wallet:"
+# Each user's change version, apart from the hash so that deleting the hash keeps it: bumped by
+# every operator change and every deletion, so that a balance read from the store before one of
+# them is never written over it.
+_WALLET_VERSION = "gateway-wallet-version:"
 _WALLET_GENERATION = "gateway-wallet-generation"
 
-# A user's hash: bal (left to spend), period (the refill period it is of), gen (bumped whenever the
-# balance is read or set anew), setat (the tag of the operator's last --set, a string: spending is
-# taken off the store only under the set it was made under).
+# A new generation: the time in microseconds, or one more than the last if that is later. Never
+# reused, even after Redis restarts and loses the counter: a reservation of an earlier generation
+# is never given back to a later balance, and its set tag is never taken for another's.
+_NEXT_GENERATION = """
+local function next_generation(counter)
+  local now = redis.call('TIME')
+  local g = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last = tonumber(redis.call('GET', counter) or '0')
+  if g <= last then g = last + 1 end
+  redis.call('SET', counter, g)
+  return g
+end
+"""
+
+# A user's hash: bal (left to spend), period (the refill period it is of), gen (its generation,
+# new whenever the balance is read or set anew), setat (the tag of the operator's last --set, a
+# string: spending is taken off the store only under the set it was made under).
 #
-# KEYS: the hash. ARGV: the cost, the refill period. {-1}: not known (or of an earlier period):
-# read it from the store first; {0, bal}: refused; {1, bal left, gen, setat}: reserved. A hash of
-# a later period than the caller's (its clock lags) is the current one.
+# KEYS: the hash, the version. ARGV: the cost, the refill period. {-1, version}: not known (or of
+# an earlier period): read it from the store first; {0, bal}: refused; {1, bal left, gen, setat}:
+# reserved. A hash of a later period than the caller's (its clock lags) is the current one.
 _WALLET_RESERVE = """
 local h = redis.call('HMGET', KEYS[1], 'bal', 'period', 'gen', 'setat')
-if not h[1] or not h[2] or h[2] < ARGV[2] then return {-1} end
+if not h[1] or not h[2] or h[2] < ARGV[2] then
+  return {-1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
 local bal = tonumber(h[1])
 if bal < tonumber(ARGV[1]) then return {0, bal} end
 bal = redis.call('HINCRBY', KEYS[1], 'bal', -tonumber(ARGV[1]))
 return {1, bal, tonumber(h[3]), h[4] or '0'}
 """
 
-# KEYS: the hash, the generation counter. ARGV: the balance read from the store, its period, the
-# set's tag. Another replica's read of the same or a later period stands (its reservations are in
-# it already).
-_WALLET_START = """
+# KEYS: the hash, the generation counter, the version. ARGV: the balance read from the store, its
+# period, the set's tag, the version seen before it was read. Written only if no change came
+# since (else the caller reads again), and over no balance of the same or a later period (another
+# replica's read stands: its reservations are in it already).
+_WALLET_START = (
+    _NEXT_GENERATION
+    + """
+if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[4]) then return 0 end
 local period = redis.call('HGET', KEYS[1], 'period')
-if period and period >= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'period', ARGV[2], 'setat', ARGV[3],
-  'gen', redis.call('INCR', KEYS[2]))
+if period and period >= ARGV[2] then return 1 end
+redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'period', ARGV[2], 'setat', ARGV[3], 'gen', next_generation(KEYS[2]))
 return 1
 """
+)
 
-# KEYS: the hash, the generation counter. ARGV: 'add' or 'set', the credits, the set's tag. An
-# operator's change applied to the balance in Redis as it was to the store's, so that the
-# reservations in flight stay counted (reading the balance again would give them back). A set
-# starts a new generation: what was reserved before it is not given back to it.
-_WALLET_CHANGE = """
+# KEYS: the hash, the generation counter, the version. ARGV: 'add', 'set' or 'forget', the
+# credits, the set's tag. An operator's change made to the balance in Redis as to the store's,
+# so that the reservations in flight stay counted (reading the balance again would give them
+# back). A set starts a new generation: what was reserved before it is not given back to it.
+# 'forget' deletes the balance: every replica reads it from the store again.
+_WALLET_CHANGE = (
+    _NEXT_GENERATION
+    + """
+redis.call('INCR', KEYS[3])
+if ARGV[1] == 'forget' then redis.call('DEL', KEYS[1]) return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[1] == 'add' then
   redis.call('HINCRBY', KEYS[1], 'bal', ARGV[2])
 else
-  redis.call('HSET', KEYS[1], 'bal', ARGV[2], 'setat', ARGV[3], 'gen', redis.call('INCR', KEYS[2]))
+  redis.call('HSET', KEYS[1], 'bal', ARGV[2], 'setat', ARGV[3], 'gen', next_generation(KEYS[2]))
 end
 return 1
 """
+)
 
 # KEYS: the hash. ARGV: the cost, the reservation's generation: given back only to the balance it
 # was taken from (a balance read again since already has it).
@@ -230,17 +260,21 @@ class RedisState:
         return int(await self._announce(keys=[EPOCH_KEY]))
 
     async def reserve_credits(self, user_id: str, cost: int, period: str) -> tuple[int, int, int, float]:
-        """(-1, 0, 0, 0): the balance is not known for this period; (0, balance, 0, 0): refused;
-        (1, left, generation, the set's tag): reserved."""
-        answer = await self._wallet_reserve(keys=[WALLET_PREFIX + user_id], args=[cost, period])
+        """(-1, version, 0, 0): the balance is not known for this period, read it (and start it
+        with that version); (0, balance, 0, 0): refused; (1, left, generation, the set's tag):
+        reserved."""
+        answer = await self._wallet_reserve(
+            keys=[WALLET_PREFIX + user_id, _WALLET_VERSION + user_id], args=[cost, period]
+        )
         if answer[0] != 1:
             return answer[0], answer[1] if len(answer) > 1 else 0, 0, 0.0
         return 1, answer[1], answer[2], float(answer[3])
 
-    async def start_credits(self, user_id: str, balance: int, period: str, set_at: float) -> None:
-        await self._wallet_start(
-            keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[balance, period, repr(set_at)]
-        )
+    async def start_credits(self, user_id: str, balance: int, period: str, set_at: float, version: int) -> bool:
+        """Whether the balance read is the user's in Redis now (False: a change came since it was
+        read: read it again)."""
+        keys = [WALLET_PREFIX + user_id, _WALLET_GENERATION, _WALLET_VERSION + user_id]
+        return bool(await self._wallet_start(keys=keys, args=[balance, period, repr(set_at), version]))
 
     async def change_credits(self, user_id: str, *, add: int | None, set_to: int | None, set_at: float) -> None:
         """An operator changed the stored balance: the same change to the balance in Redis (if a
@@ -251,14 +285,19 @@ class RedisState:
             await self.forget_credits(user_id)
             return
         mode, amount = ("set", set_to) if set_to is not None else ("add", add)
-        await self._wallet_change(keys=[WALLET_PREFIX + user_id, _WALLET_GENERATION], args=[mode, amount, repr(set_at)])
+        await self._wallet_change(keys=self._change_keys(user_id), args=[mode, amount, repr(set_at)])
 
     async def release_credits(self, user_id: str, cost: int, generation: int) -> None:
         await self._wallet_release(keys=[WALLET_PREFIX + user_id], args=[cost, generation])
 
     async def forget_credits(self, user_id: str) -> None:
-        """Every replica reads the user's balance from the store again at its next request."""
-        await self.client.delete(WALLET_PREFIX + user_id)
+        """Every replica reads the user's balance from the store again at its next request (and a
+        read under way is not written)."""
+        await self._wallet_change(keys=self._change_keys(user_id), args=["forget", 0, "0"])
+
+    @staticmethod
+    def _change_keys(user_id: str) -> list[str]:
+        return [WALLET_PREFIX + user_id, _WALLET_GENERATION, _WALLET_VERSION + user_id]
 
     async def ping(self) -> None:
         await self.client.ping()

@@ -22,6 +22,10 @@ logger = logging.getLogger("gateway.error")
 # The token of a reservation held in this process's own wallet (Redis could not be used).
 _LOCAL = -1
 _NO_REFILL = "-"
+# Reads of a balance in a row that a change may overtake before the request gives up (503).
+_LOAD_ATTEMPTS = 3
+# Set tags kept, by generation, for the reservations in flight.
+_TAGS_KEPT = 10_000
 
 
 class SharedWallet:
@@ -42,14 +46,16 @@ class SharedWallet:
         self._degraded = degraded  # Redis is known not to answer (the limiter probes it)
         self._clock = clock
         self._left: dict[str, int] = {}  # each user's balance left, as Redis last said
-        # Each balance generation's set tag, for the reservations made from it (a few: a new one
-        # comes with a read or a set of a balance).
+        # Each balance generation's set tag, for the reservations made from it (a generation is
+        # new with each read or set of a balance, and never reused).
         self._set_at: dict[int, float] = {}
-        # Users who spent from this process's own wallet while Redis could not be used: their
-        # balance in Redis does not know of it, and is read again from the store (which will).
-        self._spent_apart: set[str] = set()
-        # Releases Redis did not take: given back once it answers again.
-        self._unreleased: list[tuple[str, int, int]] = []
+        # Users whose balance in Redis is wrong until read again from the store, which is right:
+        # they spent from this process's own wallet while Redis could not be used, or a release
+        # did not reach it. Read again at the first call Redis answers, for all of them at once.
+        self._read_again: set[str] = set()
+        # Users whose balance this process read from the store during the current outage (the
+        # one it held from before is stale: other replicas spent meanwhile and wrote it).
+        self._read_apart: set[str] = set()
         self._releases: set[asyncio.Task[None]] = set()
 
     async def reserve(self, user_id: str, cost: int) -> int | None:
@@ -59,39 +65,47 @@ class SharedWallet:
             return await self._reserve_apart(user_id, cost)
         period = refill_period(self._refill, self._clock())[0] if self._refill is not None else _NO_REFILL
         try:
-            if user_id in self._spent_apart:
-                await self._state.forget_credits(user_id)
-                self._spent_apart.discard(user_id)
-            answer = await self._state.reserve_credits(user_id, cost, period)
-            if answer[0] == -1:  # first use, a new period, a Redis restart, or `credits --add 0`
-                balance, set_at = await self._local.stored_balance(user_id)
-                await self._state.start_credits(user_id, balance, period, set_at)
+            while self._read_again:
+                stale = next(iter(self._read_again))
+                await self._state.forget_credits(stale)
+                self._read_again.discard(stale)
+            for _ in range(_LOAD_ATTEMPTS):
                 answer = await self._state.reserve_credits(user_id, cost, period)
+                if answer[0] != -1:
+                    break
+                # First use, a new period, a Redis restart, or a balance to read again. A change
+                # made while it is read (its version moved) is not written over: read again.
+                balance, set_at = await self._local.stored_balance(user_id)
+                await self._state.start_credits(user_id, balance, period, set_at, version=answer[1])
+            else:
+                raise StoreUnavailable("the credit balance kept changing while it was read", retry_after=1)
         except Exception as exc:
             if not is_redis_failure(exc):
                 raise
             return await self._reserve_apart(user_id, cost)
-        if self._unreleased:
-            self._retry_releases()
+        self._read_apart.clear()  # Redis answers: balances are its again
         outcome, left, generation, set_at = answer
         self._left[user_id] = left
         if outcome != 1:
             return None
         if generation not in self._set_at:
-            if len(self._set_at) > 1000:  # bounded: a lost tag costs only a set's precision
-                self._set_at.clear()
+            while len(self._set_at) >= _TAGS_KEPT:  # the oldest first: no reservation is that old
+                del self._set_at[next(iter(self._set_at))]
             self._set_at[generation] = set_at
         self._local.hold(user_id, cost)
         return generation
 
     async def _reserve_apart(self, user_id: str, cost: int) -> int | None:
         """Redis cannot be used: refused (redis.on_failure: closed), or paid from this process's
-        own wallet until Redis answers again (open)."""
+        own wallet, from the balance read afresh from the store, until Redis answers again (open)."""
         if not self._fail_open:
             raise StoreUnavailable("Redis cannot be used and redis.on_failure is closed", retry_after=1)
+        if user_id not in self._read_apart:
+            self._local.forget_balance(user_id)
+            self._read_apart.add(user_id)
         if await self._local.reserve(user_id, cost) is None:
             return None
-        self._spent_apart.add(user_id)
+        self._read_again.add(user_id)
         return _LOCAL
 
     def commit(self, user_id: str, cost: int, token: int = 0) -> None:
@@ -120,16 +134,15 @@ class SharedWallet:
         except Exception as exc:
             if not is_redis_failure(exc):
                 raise
+            # Not tried again: Redis may have run it all the same (a late answer), and twice
+            # would give the credits back twice. The store is right: the balance is read again.
             logger.warning(
-                "could not give %d credits back in Redis (%s: %s); will once it answers", cost, type(exc).__name__, exc
+                "could not give %d credits back in Redis (%s: %s); the balance will be read again",
+                cost,
+                type(exc).__name__,
+                exc,
             )
-            if len(self._unreleased) < 100_000:  # bounded: past it, the user waits for a new read
-                self._unreleased.append((user_id, cost, generation))
-
-    def _retry_releases(self) -> None:
-        pending, self._unreleased = self._unreleased, []
-        for user_id, cost, generation in pending:
-            self._release_later(user_id, cost, generation)
+            self._read_again.add(user_id)
 
     def available(self, user_id: str) -> int:
         left = self._left.get(user_id)

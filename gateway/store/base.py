@@ -147,9 +147,13 @@ SPEND_CREDITS = (
     "UPDATE users SET credit_balance = credit_balance - ?"
     " WHERE id = ? AND (credits_set_at IS NULL OR credits_set_at <= ?) RETURNING credit_balance"
 )
+# A refill that raises the balance (as it stands with the refiller's spending not yet written,
+# "pending") sets it, as an operator's --set does: what was spent in the period before, and not
+# yet written, is not taken off the new period's credits.
 REFILL_CREDITS = (
     "UPDATE users SET credits_refilled = ?,"
-    " credit_balance = CASE WHEN credit_balance < ? THEN ? ELSE credit_balance END"
+    " credit_balance = CASE WHEN credit_balance - ? < ? THEN ? ELSE credit_balance END,"
+    " credits_set_at = CASE WHEN credit_balance - ? < ? THEN ? ELSE credits_set_at END"
     " WHERE id = ? AND (credits_refilled IS NULL OR credits_refilled < ?) RETURNING credit_balance"
 )
 
@@ -260,6 +264,11 @@ class KeyStore(Protocol):
     # bounded time only.
     shared: bool
 
+    def unheard_since(self) -> float | None:
+        """Since when (``time.monotonic``) this process cannot hear of writes made by others (a
+        shared store's notifications are lost), or None while it can. No I/O."""
+        ...
+
     async def close(self) -> None: ...
 
     def changes(self) -> int:
@@ -333,8 +342,9 @@ class KeyStore(Protocol):
         """Add to the balance, or set it; the change is recorded. The new balance (None: no user)."""
         ...
 
-    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
-        """Raise the balance to ``amount`` unless ``period``'s refill is applied already (recorded)."""
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float, pending: int = 0) -> None:
+        """Raise the balance to ``amount`` unless ``period``'s refill is applied already (recorded);
+        ``pending``: what the caller spent and has not written yet (the balance it raises is that less)."""
         ...
 
     async def spend_credits(self, spent: Sequence[tuple[str, float, int]], at: float) -> list[bool]:

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -108,12 +109,13 @@ def redact(url: str) -> str:
     credentials, at, host = rest.rpartition("@")
     if at and ":" in credentials:
         rest = f"{credentials.split(':', 1)[0]}:***@{host}"
-    rest = re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
+    rest = re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", rest)
     return f"{scheme}{sep}{rest}"
 
 
 class PostgresStore:
     shared = True
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # what unheard_since is in
 
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
@@ -123,6 +125,7 @@ class PostgresStore:
         self._reconnect: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closing = False
+        self._unheard_since: float | None = None
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -175,10 +178,15 @@ class PostgresStore:
                 if self._listener is listener:
                     self._lost()
 
+    def unheard_since(self) -> float | None:
+        return self._unheard_since
+
     def _lost(self, *_: object) -> None:
         # Not counted as a change yet: if the server is down, nothing can be written, and keys known
         # good must keep working. Reconnecting counts as one (whatever was missed meanwhile).
         self._listener = None
+        if self._unheard_since is None:
+            self._unheard_since = self.clock()
         if not self._closing and self._reconnect is None:
             logger.warning("lost the store's change notifications; reconnecting")
             self._reconnect = asyncio.get_running_loop().create_task(self._listen_again())
@@ -190,7 +198,8 @@ class PostgresStore:
                 await self._listen()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 continue
-            self._changes += 1
+            self._changes += 1  # whatever was missed meanwhile: every cached verdict goes
+            self._unheard_since = None
             logger.warning("the store's change notifications are back")
             break
         self._reconnect = None
@@ -386,10 +395,12 @@ class PostgresStore:
         self._changes += 1
         return int(balance)
 
-    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float, pending: int = 0) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             before = await connection.fetchrow(_CREDIT_BALANCE + " FOR UPDATE", user_id)
-            balance = await connection.fetchval(_REFILL_CREDITS, period, amount, amount, user_id, period)
+            balance = await connection.fetchval(
+                _REFILL_CREDITS, period, pending, amount, amount, pending, amount, at, user_id, period
+            )
             if balance is not None and before is not None:
                 change = int(balance) - int(before[0])
                 await connection.execute(_RECORD_CREDIT_CHANGE, user_id, at, change, balance, f"refill {period}")

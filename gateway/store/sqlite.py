@@ -107,6 +107,9 @@ class SQLiteStore:
     # A file on this host: a lock that keeps this process from reading keeps writers out too.
     shared = False
 
+    def unheard_since(self) -> float | None:
+        return None  # the change counter is a file on this host: always read
+
     def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
         # One connection serves every coroutine of the process: a write must not land inside
         # another's open transaction (a rotation, a usage flush, an import), so each holds this.
@@ -376,12 +379,14 @@ class SQLiteStore:
         self._counter.bump()  # a change the running gateways must see
         return int(balance)
 
-    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float) -> None:
+    async def refill_credits(self, user_id: str, *, amount: int, period: str, at: float, pending: int = 0) -> None:
         async with self._writing:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = await self._one(CREDIT_BALANCE, (user_id,))
-                rows = await self._db.execute_fetchall(REFILL_CREDITS, (period, amount, amount, user_id, period))
+                rows = await self._db.execute_fetchall(
+                    REFILL_CREDITS, (period, pending, amount, amount, pending, amount, at, user_id, period)
+                )
                 if rows and before is not None:
                     balance = int(next(iter(rows))[0])
                     await self._db.execute(
