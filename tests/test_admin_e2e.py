@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import GatewayFactory
-from tests.servers import GatewayProcess, free_port
+from tests.servers import GatewayProcess, free_port, gateway_cli
 
 API = "/admin/v1"
 
@@ -290,7 +291,7 @@ def test_every_operation_refuses_an_unknown_query_parameter(gw: GatewayProcess, 
             assert_error(response, 422, "validation_failed", "colour")
             assert response.json()["error"]["message"] == "unknown query parameter 'colour'"
             tried += 1
-    assert tried == 18
+    assert tried == 20
 
 
 def test_the_subscription_is_set_by_its_documents_name_and_by_its_old_one(admin: httpx.Client) -> None:
@@ -397,3 +398,25 @@ def test_attack_round_two_answers_stay_in_the_envelope_and_never_echo_a_key(
         assert_error(admin.get(f"{API}/users", params={"cursor": cursor}), 422, "validation_failed", "cursor")
     slash = admin.get(f"{API}/users/", follow_redirects=False)  # no redirect built from the Host header
     assert_error(slash, 404, "not_found")
+
+
+def test_a_full_key_is_looked_up_without_being_echoed(gw: GatewayProcess, admin: httpx.Client) -> None:
+    found = admin.post(f"{API}/keys/lookup", json={"key": gw.key})
+    assert found.status_code == 200
+    assert (found.json()["id"], found.json()["user_id"]) == (gw.key_id, gw.user_id)
+    assert gw.key not in found.text
+    made_up = "mk_live_" + "A" * 46
+    unknown = admin.post(f"{API}/keys/lookup", json={"key": made_up})
+    assert_error(unknown, 404, "not_found")
+    assert "AAAA" not in unknown.text
+    assert_error(admin.post(f"{API}/keys/lookup", json={}), 422, "validation_failed", "key")
+
+
+def test_export_streams_what_gateway_export_writes(gw: GatewayProcess, admin: httpx.Client) -> None:
+    answer = admin.get(f"{API}/export")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/x-ndjson")
+    over_http = [json.loads(line) for line in answer.text.splitlines()]
+    from_cli = [json.loads(line) for line in gateway_cli(gw.config_path, "export").stdout.splitlines()]
+    assert over_http == from_cli and any(line.get("id") == gw.key_id for line in over_http)
+    assert gw.key not in answer.text
+    assert httpx.get(f"{gw.admin_url}{API}/export").status_code == 401  # the token, as everywhere

@@ -250,7 +250,7 @@ def test_commands_are_pinned() -> None:
     groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
     assert groups == {
         "db": ["migrate"],
-        "keys": ["create", "list", "revoke", "rotate", "set-limits", "show"],
+        "keys": ["create", "find", "list", "revoke", "rotate", "set-limits", "show"],
         "users": ["add", "credits", "delete", "list", "set-limits", "set-subscription"],
     }
 
@@ -303,3 +303,18 @@ def test_rate_limit_options(gateway: Gateway) -> None:
             "legacy_last_used_at": None,
         }
     ]
+
+
+def test_keys_find_names_a_leaked_keys_owner_without_echoing_it(gateway: Gateway, config_path: Path) -> None:
+    gateway("users", "add", "alice")
+    created = ok_json(gateway("keys", "create", "--user", "alice", "--name", "ci", "--json"))
+    assert isinstance(created, dict)
+    result = CliRunner().invoke(
+        main, ["keys", "find", "--json", "--config", str(config_path)], input=created["key"] + "\n"
+    )
+    found = json.loads(result.stdout)
+    assert result.exit_code == 0 and (found["id"], found["user_id"]) == (created["id"], "alice")
+    assert created["key"] not in result.stdout + result.stderr
+    other = CliRunner().invoke(main, ["keys", "find", "--config", str(config_path)], input="mk_live_" + "A" * 46 + "\n")
+    fails_with(other, 1, "no stored key is that key")
+    assert "AAAA" not in other.stderr

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, FastAPI, Query
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from gateway.accounting.metrics import Metrics
 from gateway.admin import models, openapi
@@ -37,7 +37,7 @@ from gateway.manage.documents import (
     user_document,
 )
 from gateway.manage.service import ManagementService, open_service
-from gateway.manage.transfer import decode_line
+from gateway.manage.transfer import decode_line, export_lines
 from gateway.store import ApiKey, StoreError, User
 
 __all__ = ["create_admin_app"]
@@ -301,6 +301,37 @@ async def list_keys(query: Annotated[models.KeysQuery, Query()], service: Servic
     found = [key for key in await service.list_keys(query.user_id) if query.status in (None, key.status(now))]
     shown, next_cursor = page(found, _position, query.cursor, query.limit)
     return {"items": [key_document(key, now) for key in shown], "next_cursor": next_cursor}
+
+
+@router.post(
+    f"{API}/keys/lookup",
+    tags=["keys"],
+    summary="The key a full key is (find a leaked key's owner); the key is never echoed",
+    operation_id="lookUpKey",
+    response_model=models.Key,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def look_up_key(lookup: models.KeyLookup, service: Service) -> Any:
+    return key_document(await service.find_key(lookup.key), service.now())
+
+
+@router.get(
+    f"{API}/export",
+    tags=["import"],
+    summary="Every user and key (with its hash) and their usage, as JSON Lines (as gateway export writes)",
+    operation_id="exportUsersAndKeys",
+    response_class=StreamingResponse,
+    responses=answers()
+    | {200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "description": "JSON Lines"}},
+    dependencies=NO_QUERY,
+)
+async def export(service: Service) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        async for line in export_lines(service.store):
+            yield line.encode()  # each ends its line
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 @router.get(

@@ -183,6 +183,12 @@ class NewKey(Checked):
     rate_limits: RateLimits = Field(None, description=_LIMITS)
 
 
+class KeyLookup(Checked):
+    key: Annotated[StrictStr, Field(min_length=1, max_length=512)] = Field(
+        description="a full key, as its holder sends it; never echoed, stored or logged"
+    )
+
+
 class Rotation(Checked):
     grace: Grace | None = Field(
         None, description=f"{_DURATION}: how long the old key keeps working (null or 0: it stops now)"

@@ -8,6 +8,7 @@ and ``keys rotate``, and never again.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -211,7 +212,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.group()
 @config_option
 def keys() -> None:
-    """API keys: create, list, show, revoke, rotate, set-limits."""
+    """API keys: create, list, show, find, revoke, rotate, set-limits."""
 
 
 @keys.command("create")
@@ -269,6 +270,20 @@ def keys_list(ctx: click.Context, user_id: str | None, wide: bool, as_json: bool
         for document in documents
     ]
     emit(as_json, documents, table(rows, KEY_COLUMNS, widest=KEY_WIDEST))
+
+
+@keys.command("find")
+@config_option
+@json_option
+@click.pass_context
+def keys_find(ctx: click.Context, as_json: bool) -> None:
+    """The key whose full key is read from stdin (find a leaked key's owner); never echoed."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise click.UsageError("give the full key on stdin, e.g. gateway keys find < leaked.txt")
+    found = run(ctx, lambda service: service.find_key(key))
+    document = key_document(found, time.time())
+    emit(as_json, document, fields(document | {"rate_limits": limits_text(found)}))
 
 
 @keys.command("show")

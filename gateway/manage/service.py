@@ -305,6 +305,14 @@ class ManagementService:
             raise NotFound(f"no key {key_id!r}")
         return key
 
+    async def find_key(self, key: str) -> ApiKey:
+        """The stored key whose full key is ``key`` (a leaked key's owner); NotFound otherwise. The
+        key is never echoed: it is hashed, looked up by its hash, and forgotten."""
+        found = await self.store.find_key(hash_key(key.strip().encode()))
+        if found is None:
+            raise NotFound("no stored key is that key")
+        return found[0]
+
     async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
         if user_id is not None:
             await self.get_user(user_id)
