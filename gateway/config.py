@@ -213,6 +213,8 @@ class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 8081
     token_file: str | None = None
+    # Named tokens, each from a file: (name, token file). The name is who the audit says made a change.
+    tokens: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +272,16 @@ class GatewayConfig:
     redis: RedisConfig = field(default_factory=RedisConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin_token: str | None = field(default=None, repr=False)
+    # admin.tokens as read: (name, token).
+    named_admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Where the settings came from, for messages: a path, or "defaults".
     source: str = "defaults"
+
+    def admin_tokens(self) -> tuple[tuple[str, str], ...]:
+        """Every admin token with its name: the unnamed one (GATEWAY_ADMIN_TOKEN or
+        admin.token_file) is "admin". None: the admin listener is off."""
+        unnamed = ((UNNAMED_ADMIN_TOKEN, self.admin_token),) if self.admin_token is not None else ()
+        return unnamed + self.named_admin_tokens
 
 
 # ---------------------------------------------------------------------------------- values
@@ -406,6 +416,29 @@ def _legacy_prefixes(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() == v and v for v in value):
         raise ValueError("a list of key prefixes such as [mk_live_, mpa_]")
     return tuple(value)
+
+
+_TOKEN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+UNNAMED_ADMIN_TOKEN = "admin"
+
+
+def _named_token_files(value: object) -> tuple[tuple[str, str], ...]:
+    expected = "a list of {name, token_file} such as [{name: ops, token_file: /run/secrets/ops-token}]"
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    named: list[tuple[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"name", "token_file"}:
+            raise ValueError(expected)
+        name, token_file = item["name"], item["token_file"]
+        if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name) or name == UNNAMED_ADMIN_TOKEN:
+            raise ValueError(f"{expected}; a name is 1 to 64 of a-z 0-9 _ . - (and not {UNNAMED_ADMIN_TOKEN!r})")
+        if not isinstance(token_file, str) or not token_file:
+            raise ValueError(expected)
+        if name in {n for n, _ in named}:
+            raise ValueError(f"{expected}; each name once ({name!r} twice)")
+        named.append((name, token_file))
+    return tuple(named)
 
 
 def _path_prefixes(value: object) -> tuple[str, ...]:
@@ -565,6 +598,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "admin.host": _string,
     "admin.port": _port,
     "admin.token_file": lambda value: None if value is None else _string(value),
+    "admin.tokens": _named_token_files,
     "health.check_upstream": _boolean,
     "metrics.public": _boolean,
     "store.url": _store_url,
@@ -637,6 +671,14 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
         where = "environment variable GATEWAY_ADMIN_TOKEN" if environ.get("GATEWAY_ADMIN_TOKEN") else source
         raise ConfigError(f"{where}: admin token: expected at least {MIN_ADMIN_TOKEN} characters")
+    named_tokens: list[tuple[str, str]] = []
+    for name, token_file in values.get("admin.tokens", ()):
+        token = _read_token(token_file, source, key=f"admin.tokens ({name})")
+        if len(token) < MIN_ADMIN_TOKEN:
+            raise ConfigError(f"{source}: admin.tokens ({name}): expected at least {MIN_ADMIN_TOKEN} characters")
+        if token == admin_token or token in {t for _, t in named_tokens}:
+            raise ConfigError(f"{source}: admin.tokens ({name}): the same token as another; give each its own")
+        named_tokens.append((name, token))
 
     profiles: dict[str, ErrorProfile] = dict(BUILTIN_PROFILES)
     for name, definition in custom_profiles.items():
@@ -658,19 +700,25 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     for section, cls in _SECTIONS.items():
         prefix = section + "."
         sections[section] = cls(**{k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})
-    return GatewayConfig(**sections, error_profile=profiles[profile_name], admin_token=admin_token, source=source)
+    return GatewayConfig(
+        **sections,
+        error_profile=profiles[profile_name],
+        admin_token=admin_token,
+        named_admin_tokens=tuple(named_tokens),
+        source=source,
+    )
 
 
 MIN_ADMIN_TOKEN = 16
 
 
-def _read_token(token_file: str, source: str) -> str:
+def _read_token(token_file: str, source: str, key: str = "admin.token_file") -> str:
     try:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{source}: admin.token_file: cannot read {token_file}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{source}: {key}: cannot read {token_file}: {exc.strerror or exc}") from None
     if not token:
-        raise ConfigError(f"{source}: admin.token_file: {token_file} is empty")
+        raise ConfigError(f"{source}: {key}: {token_file} is empty")
     return token
 
 

@@ -420,3 +420,20 @@ def test_export_streams_what_gateway_export_writes(gw: GatewayProcess, admin: ht
     assert over_http == from_cli and any(line.get("id") == gw.key_id for line in over_http)
     assert gw.key not in answer.text
     assert httpx.get(f"{gw.admin_url}{API}/export").status_code == 401  # the token, as everywhere
+
+
+def test_named_admin_tokens_each_open_the_api(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    ops, ci = tmp_path / "ops-token", tmp_path / "ci-token"
+    ops.write_text("ops-token-0123456789abcdef\n")
+    ci.write_text("ci-token-0123456789abcdef")
+    tokens = [{"name": "ops", "token_file": str(ops)}, {"name": "ci", "token_file": str(ci)}]
+    server = gateway_factory({"admin": {"tokens": tokens}}, admin=True)
+    for token in (GatewayProcess.ADMIN_TOKEN, "ops-token-0123456789abcdef", "ci-token-0123456789abcdef"):
+        answer = httpx.get(f"{server.admin_url}{API}/users", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, token
+    assert_error(
+        httpx.get(f"{server.admin_url}{API}/users", headers={"Authorization": "Bearer ops-token-0123456789abcdeX"}),
+        401,
+        "unauthorized",
+    )
+    assert server.wait_for_log("(tokens: admin, ops, ci)")

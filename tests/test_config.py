@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,26 @@ def test_upstream_url_may_carry_a_base_path(tmp_path: Path, url: str, origin: st
 def test_a_base_path_with_dot_segments_a_query_or_spaces_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError, match="upstream.url: expected an http:// or https:// URL"):
         load_config(write(tmp_path, {"upstream": {"url": url}}), environ={})
+
+
+def test_named_admin_tokens(tmp_path: Path) -> None:
+    (tmp_path / "ops").write_text("ops-token-0123456789\n")
+    (tmp_path / "short").write_text("short")
+    named = {"admin": {"tokens": [{"name": "ops", "token_file": str(tmp_path / "ops")}]}}
+    config = load_config(write(tmp_path, named), environ={"GATEWAY_ADMIN_TOKEN": "the-unnamed-one-0123"})
+    assert config.admin_tokens() == (("admin", "the-unnamed-one-0123"), ("ops", "ops-token-0123456789"))
+    assert "ops-token" not in repr(config)
+    for tokens, message in (
+        ([{"name": "ops", "token_file": str(tmp_path / "short")}], "admin.tokens (ops): expected at least 16"),
+        (
+            [{"name": "admin", "token_file": str(tmp_path / "ops")}],
+            "admin.tokens: expected a list of {name, token_file}",
+        ),
+        ([{"name": "ops", "token_file": str(tmp_path / "ops")}] * 2, "each name once"),
+        ([{"name": "ops", "token_file": str(tmp_path / "none")}], "admin.tokens (ops): cannot read"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(write(tmp_path, {"admin": {"tokens": tokens}}), environ={})
 
 
 def test_the_documented_config_yaml_is_the_defaults() -> None:

@@ -468,8 +468,8 @@ async def import_(
 
 
 def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
-    """The admin ASGI app, showing ``metrics``; ``config.admin_token`` must be set."""
-    assert config.admin_token is not None
+    """The admin ASGI app, showing ``metrics``; ``config`` must have an admin token."""
+    assert config.admin_tokens(), "the admin listener is on only with a token"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -495,4 +495,4 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     app.state.metrics = metrics
     app.include_router(router)
     app.state.openapi = openapi.document(app, public_metrics=config.metrics.public)
-    return AdminToken(HeadAsGet(app), config.admin_token, metrics, public_metrics=config.metrics.public)
+    return AdminToken(HeadAsGet(app), config.admin_tokens(), metrics, public_metrics=config.metrics.public)

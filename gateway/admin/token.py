@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
 from gateway.accounting.metrics import Metrics
 from gateway.admin.errors import envelope
@@ -26,21 +27,35 @@ def needs_token(path: str, *, public_metrics: bool) -> bool:
 
 
 class AdminToken:
-    """Requires the admin token where ``needs_token`` says (pure ASGI, constant-time compare);
-    every refusal is counted in ``gateway_admin_auth_failures_total``."""
+    """Requires an admin token where ``needs_token`` says (pure ASGI, constant-time compare);
+    every refusal is counted in ``gateway_admin_auth_failures_total``. The name of the token given
+    is in ``scope["state"]["admin"]`` for what the request does (the audit's "who")."""
 
-    def __init__(self, app: ASGIApp, token: str, metrics: Metrics, *, public_metrics: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, tokens: Sequence[tuple[str, str]], metrics: Metrics, *, public_metrics: bool
+    ) -> None:
+        assert tokens, "the admin listener is on only with a token"
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = [(name, f"Bearer {token}".encode()) for name, token in tokens]
         self._metrics = metrics
         self._public_metrics = public_metrics
 
+    def _who(self, given: list[bytes]) -> str | None:
+        """The name of the token given, or None. Every token is compared, whatever was sent and
+        whichever matches: nothing to time."""
+        sent = given[0] if len(given) == 1 else b""
+        who = None
+        for name, expected in self._expected:
+            if hmac.compare_digest(sent, expected):
+                who = name
+        return who if len(given) == 1 else None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and needs_token(scope["path"], public_metrics=self._public_metrics):
-            given = [value for name, value in scope["headers"] if name == b"authorization"]
-            # compare_digest on every request, whatever was sent: no early exit to time.
-            ok = hmac.compare_digest(given[0] if len(given) == 1 else b"", self._expected) and len(given) == 1
-            if not ok:
+            who = self._who([value for name, value in scope["headers"] if name == b"authorization"])
+            if who is not None:
+                scope.setdefault("state", {})["admin"] = who
+            else:
                 self._metrics.admin_auth_failures.inc()
                 message = "send the admin token as 'Authorization: Bearer <token>'"
                 response = envelope(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import logging.config
-import os
 import socket
 from typing import Any
 
@@ -37,18 +36,18 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
         config.error_profile.name,
         config.upstream.client,
     )
-    if config.admin_token is None:
+    if not config.admin_tokens():
         logger.info("the admin API is off: no admin token (GATEWAY_ADMIN_TOKEN)")
     else:
         logger.info(
-            "admin API on http://%s:%d (token from %s)",
+            "admin API on http://%s:%d (tokens: %s)",
             config.admin.host,
             config.admin.port,
-            "GATEWAY_ADMIN_TOKEN" if os.environ.get("GATEWAY_ADMIN_TOKEN") else "admin.token_file",
+            ", ".join(name for name, _ in config.admin_tokens()),
         )
     # A port that cannot be had stops the start with one line, before anything starts.
     addresses = [(host, port, "--port, listen.port")]
-    if config.admin_token is not None:
+    if config.admin_tokens():
         addresses.append((config.admin.host, config.admin.port, "admin.port"))
     if workers == 1:
         for address in addresses:
@@ -129,7 +128,7 @@ def serve_process(
         timeout_keep_alive=config.limits.keepalive_timeout,  # type: ignore[arg-type]
         **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.rules, app.ledger)}),
     )
-    if config.admin_token is None:
+    if not config.admin_tokens():
         run_servers([public], sockets)
         return
     from gateway.admin.api import create_admin_app
