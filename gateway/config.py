@@ -664,18 +664,18 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     for key, value in values.items():
         if (missing := _missing_extra(key, value)) is not None:
             raise ConfigError(f"{origins[key]}: {key}: {missing}")
-    admin_token = environ.get("GATEWAY_ADMIN_TOKEN") or None
+    admin_token = environ.get("GATEWAY_ADMIN_TOKEN", "").strip() or None
     token_file = values.get("admin.token_file")
     if admin_token is None and token_file is not None:
         admin_token = _read_token(token_file, source)
-    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+    if admin_token is not None and not _usable_token(admin_token):
         where = "environment variable GATEWAY_ADMIN_TOKEN" if environ.get("GATEWAY_ADMIN_TOKEN") else source
-        raise ConfigError(f"{where}: admin token: expected at least {MIN_ADMIN_TOKEN} characters")
+        raise ConfigError(f"{where}: admin token: expected {TOKEN_RULE}")
     named_tokens: list[tuple[str, str]] = []
     for name, token_file in values.get("admin.tokens", ()):
         token = _read_token(token_file, source, key=f"admin.tokens ({name})")
-        if len(token) < MIN_ADMIN_TOKEN:
-            raise ConfigError(f"{source}: admin.tokens ({name}): expected at least {MIN_ADMIN_TOKEN} characters")
+        if not _usable_token(token):
+            raise ConfigError(f"{source}: admin.tokens ({name}): expected {TOKEN_RULE}")
         if token == admin_token or token in {t for _, t in named_tokens}:
             raise ConfigError(f"{source}: admin.tokens ({name}): the same token as another; give each its own")
         named_tokens.append((name, token))
@@ -712,11 +712,21 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
 MIN_ADMIN_TOKEN = 16
 
 
+TOKEN_RULE = f"at least {MIN_ADMIN_TOKEN} characters, printable ASCII without spaces, not all one character"
+
+
+def _usable_token(token: str) -> bool:
+    """What a client can send as ``Bearer <token>``, and not trivially guessed."""
+    return len(token) >= MIN_ADMIN_TOKEN and all("!" <= character <= "~" for character in token) and len(set(token)) > 1
+
+
 def _read_token(token_file: str, source: str, key: str = "admin.token_file") -> str:
     try:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{source}: {key}: cannot read {token_file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: {key}: {token_file} is not UTF-8 text") from None
     if not token:
         raise ConfigError(f"{source}: {key}: {token_file} is empty")
     return token

@@ -79,7 +79,10 @@ def test_named_admin_tokens(tmp_path: Path) -> None:
     assert config.admin_tokens() == (("admin", "the-unnamed-one-0123"), ("ops", "ops-token-0123456789"))
     assert "ops-token" not in repr(config)
     for tokens, message in (
-        ([{"name": "ops", "token_file": str(tmp_path / "short")}], "admin.tokens (ops): expected at least 16"),
+        (
+            [{"name": "ops", "token_file": str(tmp_path / "short")}],
+            "admin.tokens (ops): expected at least 16 characters, printable",
+        ),
         (
             [{"name": "admin", "token_file": str(tmp_path / "ops")}],
             "admin.tokens: expected a list of {name, token_file}",
@@ -89,6 +92,20 @@ def test_named_admin_tokens(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(write(tmp_path, {"admin": {"tokens": tokens}}), environ={})
+
+
+def test_admin_tokens_are_usable_and_each_its_own(tmp_path: Path) -> None:
+    (tmp_path / "ops").write_text("OPS-TOKEN-0123456789abcdef")
+    (tmp_path / "binary").write_bytes(b"\xff" * 20)
+    named = {"admin": {"tokens": [{"name": "ops", "token_file": str(tmp_path / "ops")}]}}
+    with pytest.raises(ConfigError, match="the same token as another"):  # the variable is trimmed as files are
+        load_config(write(tmp_path, named), environ={"GATEWAY_ADMIN_TOKEN": " OPS-TOKEN-0123456789abcdef\n"})
+    for weak in ("a" * 16, "spaces in the token 1234", "short"):
+        with pytest.raises(ConfigError, match="GATEWAY_ADMIN_TOKEN: admin token: expected at least 16 characters"):
+            load_config(environ={"GATEWAY_ADMIN_TOKEN": weak})
+    binary = {"admin": {"tokens": [{"name": "bin", "token_file": str(tmp_path / "binary")}]}}
+    with pytest.raises(ConfigError, match=r"admin.tokens \(bin\): .* is not UTF-8 text"):
+        load_config(write(tmp_path, binary), environ={})
 
 
 def test_the_documented_config_yaml_is_the_defaults() -> None:

@@ -14,6 +14,7 @@ refusal, whoever raised it; FastAPI's and pydantic's own formats never reach a c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -91,6 +92,10 @@ def _http_errors(routes: Sequence[BaseRoute]) -> Handler:
     return http_error
 
 
+# What a field or parameter name of this API can look like: an unknown one unlike it is not echoed.
+_NAME = re.compile(r"[a-z][a-z_]{0,31}")
+
+
 async def _refused(request: Request, exc: RequestValidationError) -> Response:
     """A request the models refused, in one line naming one field (pydantic lists them all)."""
     errors = exc.errors()
@@ -103,6 +108,9 @@ async def _refused(request: Request, exc: RequestValidationError) -> Response:
     if field is None:  # the body as a whole: JSON, but not an object
         return envelope(400, "invalid_json", "the request body must be a JSON object")
     if error["type"] == "extra_forbidden":
+        if not _NAME.fullmatch(field):
+            # No name of ours looks like this; it may be a key sent in the wrong place: not echoed.
+            field = "(not a name of this API)"
         message = f"unknown {'query parameter' if kind == 'query' else 'field'} {field!r}"
     elif error["type"] == "missing":
         message = f"{field} is required"

@@ -278,7 +278,10 @@ def keys_list(ctx: click.Context, user_id: str | None, wide: bool, as_json: bool
 @click.pass_context
 def keys_find(ctx: click.Context, as_json: bool) -> None:
     """The key whose full key is read from stdin (find a leaked key's owner); never echoed."""
-    key = sys.stdin.readline().strip()
+    try:
+        key = sys.stdin.readline().strip(" \t\r\n")  # the line as a file or a shell gives it
+    except UnicodeDecodeError:
+        raise click.UsageError("the key on stdin is not text; give the full key as it was shown") from None
     if not key:
         raise click.UsageError("give the full key on stdin, e.g. gateway keys find < leaked.txt")
     found = run(ctx, lambda service: service.find_key(key))

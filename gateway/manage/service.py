@@ -308,7 +308,8 @@ class ManagementService:
     async def find_key(self, key: str) -> ApiKey:
         """The stored key whose full key is ``key`` (a leaked key's owner); NotFound otherwise. The
         key is never echoed: it is hashed, looked up by its hash, and forgotten."""
-        found = await self.store.find_key(hash_key(key.strip().encode()))
+        # The key exactly as given (a key is printable ASCII: anything else finds nothing).
+        found = await self.store.find_key(hash_key(key.encode("utf-8", "replace")))
         if found is None:
             raise NotFound("no stored key is that key")
         return found[0]
