@@ -54,7 +54,7 @@ async def cut_off(relay: FaultProxy, store: KeyStore) -> None:
     notifications are lost."""
     relay.inject("reset")
     async with asyncio.timeout(10):
-        while store.unheard_since() is None:
+        while store.unheard_for() is None:
             await asyncio.sleep(0.01)
 
 
@@ -71,7 +71,7 @@ async def key_heard_of(store: KeyStore, operator: ManagementService) -> list[byt
 
 def verifier(store: KeyStore, clock: Clock, *, announced: bool) -> Verifier:
     assert isinstance(store, PostgresStore)
-    store.clock = clock  # when its notifications were lost, on the test's clock
+    store.clock = clock  # how long its notifications have been lost, on the test's clock
     return Verifier(
         store,
         prefix=PREFIX,

@@ -99,8 +99,6 @@ class Verifier:
         self._seen = store.changes()
         self._store_failing = False
         self._ttl = ttl
-        # The clock the store's unheard_since is in.
-        self._store_clock: Callable[[], float] = getattr(store, "clock", time.monotonic)
         # Whether Redis announces every write (redis.url): see _last_known_holds.
         self._changes_announced = changes_announced
         # The shared change epoch (Redis) last seen; see note_epoch.
@@ -166,8 +164,8 @@ class Verifier:
         heard; once neither is, for one cache TTL, as a cached verdict would."""
         if not self._store.shared or (self._changes_announced and not self._degraded):
             return True
-        unheard = self._store.unheard_since()
-        return unheard is None or self._store_clock() - unheard < self._ttl
+        unheard = self._store.unheard_for()
+        return unheard is None or unheard < self._ttl
 
     def _count_look_up(self, digest: bytes, address: str | None) -> str | None:
         """Count a look-up against ``address`` before it starts (so that concurrent guesses cannot

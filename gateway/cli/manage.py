@@ -284,9 +284,7 @@ def keys_find(ctx: click.Context, as_json: bool) -> None:
         raise click.UsageError("the key on stdin is not text; give the full key as it was shown") from None
     if not key:
         raise click.UsageError("give the full key on stdin, e.g. gateway keys find < leaked.txt")
-    found = run(ctx, lambda service: service.find_key(key))
-    document = key_document(found, time.time())
-    emit(as_json, document, fields(document | {"rate_limits": limits_text(found)}))
+    _show_key(run(ctx, lambda service: service.find_key(key)), as_json)
 
 
 @keys.command("show")
@@ -296,7 +294,11 @@ def keys_find(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
     """One key, with its usage and rate limits (never the key)."""
-    key = run(ctx, lambda service: service.get_key(key_id), hint=" (see `gateway keys list`)")
+    _show_key(run(ctx, lambda service: service.get_key(key_id), hint=" (see `gateway keys list`)"), as_json)
+
+
+def _show_key(key: ApiKey, as_json: bool) -> None:
+    """One stored key, as `keys show` and `keys find` print it (never the key)."""
     document = key_document(key, time.time())
     emit(as_json, document, fields(document | {"rate_limits": limits_text(key)}))
 

@@ -264,9 +264,9 @@ class KeyStore(Protocol):
     # bounded time only.
     shared: bool
 
-    def unheard_since(self) -> float | None:
-        """Since when (``time.monotonic``) this process cannot hear of writes made by others (a
-        shared store's notifications are lost), or None while it can. No I/O."""
+    def unheard_for(self) -> float | None:
+        """For how many seconds this process has not been able to hear of writes made by others
+        (a shared store's notifications are lost), or None while it can. No I/O."""
         ...
 
     async def close(self) -> None: ...

@@ -115,7 +115,7 @@ def redact(url: str) -> str:
 
 class PostgresStore:
     shared = True
-    clock: Callable[[], float] = staticmethod(time.monotonic)  # what unheard_since is in
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # what unheard_for is measured with
 
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
@@ -178,8 +178,8 @@ class PostgresStore:
                 if self._listener is listener:
                     self._lost()
 
-    def unheard_since(self) -> float | None:
-        return self._unheard_since
+    def unheard_for(self) -> float | None:
+        return None if self._unheard_since is None else self.clock() - self._unheard_since
 
     def _lost(self, *_: object) -> None:
         # Not counted as a change yet: if the server is down, nothing can be written, and keys known

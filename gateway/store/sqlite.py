@@ -107,7 +107,7 @@ class SQLiteStore:
     # A file on this host: a lock that keeps this process from reading keeps writers out too.
     shared = False
 
-    def unheard_since(self) -> float | None:
+    def unheard_for(self) -> float | None:
         return None  # the change counter is a file on this host: always read
 
     def __init__(self, db: aiosqlite.Connection, counter: ChangeCounter, path: Path) -> None:
