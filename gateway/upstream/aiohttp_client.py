@@ -14,7 +14,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import describe_failure, leaves_bytes_behind
+from gateway.upstream.base import UnreadBytes, describe_failure, leaves_bytes_behind
 
 __all__ = ["AiohttpUpstream"]
 
@@ -66,6 +66,12 @@ class _Handler(ResponseHandler):
     over aiohttp's line limit) fails its body's reader too: aiohttp 3.14 fails the protocol only,
     closes the connection, and leaves the reader, and so the client's answer, waiting for ever."""
 
+    unread = UnreadBytes(None)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.unread = UnreadBytes(transport)
+
     def set_exception(self, exc: BaseException, *args: Any) -> None:
         payload = self._payload
         super().set_exception(exc, *args)
@@ -75,9 +81,9 @@ class _Handler(ResponseHandler):
 
 class _Connector(aiohttp.TCPConnector):
     """aiohttp's connector, with ``_Handler`` for its connections, and a pooled connection on
-    which bytes arrived while it sat idle is closed instead of reused: nothing asked for them, and
-    aiohttp would read them as the response to the next request (another client's). aiohttp itself
-    only checks that the socket is open."""
+    which bytes arrived while it sat idle, read or still in the socket (``UnreadBytes``), is closed
+    instead of reused: nothing asked for them, and aiohttp would read them as the response to the
+    next request (another client's). aiohttp itself only checks that the socket is open."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -86,7 +92,10 @@ class _Connector(aiohttp.TCPConnector):
     async def _get(self, *args: Any, **kwargs: Any) -> Any:
         while True:
             connection = await super()._get(*args, **kwargs)
-            if connection is None or connection.protocol is None or not connection.protocol.should_close:
+            if connection is None:
+                return None
+            protocol = cast("_Handler | None", connection.protocol)
+            if protocol is None or not (protocol.should_close or protocol.unread.waiting()):
                 return connection
             connection.close()
 

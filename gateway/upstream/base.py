@@ -5,12 +5,14 @@ The design notes: docs/internals.md, "gateway/upstream/base.py"."""
 from __future__ import annotations
 
 import re
+import select
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
 __all__ = [
     "UpstreamClient",
     "UpstreamResponse",
+    "UnreadBytes",
     "describe_failure",
     "frames_a_body_it_cannot_have",
     "leaves_bytes_behind",
@@ -86,3 +88,32 @@ def frames_a_body_it_cannot_have(status: int, headers: list[tuple[bytes, bytes]]
         if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip(b" 0")):
             return True
     return False
+
+
+class UnreadBytes:
+    """Whether bytes, or the end of the connection, have reached a pooled connection's socket that
+    the event loop has not read yet: asked before the connection carries another exchange.
+
+    A connection goes back to the pool the moment its answer ends. An upstream that writes an
+    answer nobody asked for right behind it (a desync, a bug) has those bytes in the kernel's
+    buffer already, but the loop reads them only at its next poll, and under load another request
+    takes the connection first and would read them as its own answer. One ``poll(0)`` on the
+    socket (0.6 µs, against 4.5 for a ``MSG_PEEK`` that raises when there is nothing) sees them
+    without reading them. Not over TLS, where a record the TLS layer keeps for itself (a session
+    ticket) would close good connections; bytes that come later than this look are what
+    ``upstream.check_request_id`` is for."""
+
+    __slots__ = ("_poll",)
+
+    def __init__(self, transport: object) -> None:
+        self._poll: select.poll | None = None
+        get_extra_info = getattr(transport, "get_extra_info", None)
+        if get_extra_info is None or get_extra_info("sslcontext") is not None:
+            return
+        sock = get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
+
+    def waiting(self) -> bool:
+        return self._poll is not None and bool(self._poll.poll(0))

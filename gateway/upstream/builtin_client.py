@@ -13,7 +13,7 @@ import httptools
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import leaves_bytes_behind
+from gateway.upstream.base import UnreadBytes, leaves_bytes_behind
 
 __all__ = ["BuiltinUpstream"]
 
@@ -35,6 +35,7 @@ class _Exchange(asyncio.Protocol):
         self._pool = pool
         self._loop = pool._loop
         self.transport: asyncio.Transport | None = None
+        self.unread = UnreadBytes(None)
         self._parser = httptools.HttpResponseParser(self)
         self.reusable = False  # set once an exchange ended cleanly with keep-alive
         self.closed = False
@@ -70,6 +71,7 @@ class _Exchange(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not asyncio's class
+        self.unread = UnreadBytes(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -403,8 +405,13 @@ class BuiltinUpstream:
         """A connection, and whether it comes from the pool."""
         while self._idle and not fresh:
             pooled = self._idle.pop()
-            if not pooled.closed:
-                return pooled, True
+            if pooled.closed:
+                continue
+            if pooled.unread.waiting():
+                # Bytes nobody asked for (or the upstream's end), not yet read: never this request's answer.
+                pooled.close()
+                continue
+            return pooled, True
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await self._loop.create_connection(

@@ -18,6 +18,8 @@ and answers by the path:
 - ``/slow``: 200 ``slow`` after 0.3 s, keeping the connection;
 - ``/late-extra``: 200 with a small body, then, 0.2 s later on the same connection, a second,
   unasked-for response (``forged``), recorded as an event once sent;
+- ``/extra-now``: 200 carrying the request's own ``X-Request-Id`` (header and body), then at once,
+  in a write of its own, a second, unasked-for response (``forged``, ``X-Request-Id: forged``);
 - ``/hang``: never answers; the connection's end is recorded as an event;
 - ``/interim-hang``: an interim answer (``103 Early Hints``), then nothing, as ``/hang``;
 - ``/interim-drip``: a ``103 Early Hints`` every 0.2 s (at most 100), never a final answer;
@@ -173,6 +175,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 time.sleep(0.2)
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
                 recording.late_extra_sent.set()
+            elif path == b"/extra-now":
+                own = header(head, b"x-request-id") or b""
+                answer = b"HTTP/1.1 200 OK\r\nX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n%s"
+                sock.sendall(answer % (own, len(own), own))
+                sock.sendall(b"HTTP/1.1 200 OK\r\nX-Request-Id: forged\r\nContent-Length: 6\r\n\r\nforged")
             elif path in _CANNED:
                 sock.sendall(_CANNED[path])
             elif path == b"/close":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -215,6 +216,37 @@ def test_an_upstream_that_speaks_out_of_turn_loses_its_connection(
         # What the upstream sent unasked belongs to no request: never the answer to this one.
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n" + single.auth_line + b"\r\n")
         assert read_response(sock)[::2] == (200, b"ok")
+
+
+@pytest.mark.parametrize("client", UPSTREAM_CLIENTS)
+def test_with_request_ids_checked_an_answer_nobody_asked_for_never_reaches_another_client(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream, client: str
+) -> None:
+    # Under load, an extra answer can come after its connection has gone to the next request, too
+    # late for any HTTP/1.1 client to tell (tests/test_upstream_reuse.py shows the early case):
+    # with check_request_id it is refused, never another client's answer.
+    few = gateway_factory(
+        {"upstream": {"url": upstream.url, "client": client, "max_connections": 2, "check_request_id": True}}
+    )
+
+    def one_client(number: int) -> list[tuple[bytes, int, bytes, bytes]]:
+        seen = []
+        with connect(few.port) as sock:
+            for turn in range(8):
+                own = b"c%d-%d" % (number, turn)
+                path = b"/extra-now" if (number + turn) % 2 else b"/echo-id"
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\n%s\r\n" % (path, own, few.auth_line))
+                status, headers, body = read_response(sock)
+                seen.append((own, status, headers.get(b"x-request-id", b""), body))
+        return seen
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = [answer for seen in pool.map(one_client, range(24)) for answer in seen]
+    # Each client got its own answer, or a 502 in the gateway's dialect; never another's.
+    assert [a for a in answers if a[1] == 200 and a[2] != a[0]] == []
+    assert {a[1] for a in answers} <= {200, 502}
+    assert all(b"forged" not in a[3] for a in answers)
+    assert any(a[1] == 200 for a in answers)
 
 
 def test_a_connection_header_cannot_take_the_length_off_a_body(gw: GatewayProcess, upstream: FakeUpstream) -> None:
