@@ -182,6 +182,12 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    # How many days audit events are kept.
+    retention_days: int = 365
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     # The request line and headers together, and the number of headers (431 beyond either).
@@ -264,6 +270,7 @@ class GatewayConfig:
     auth_failures: AuthFailuresConfig = field(default_factory=AuthFailuresConfig)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -595,6 +602,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "credits.header": _header_name,
     "usage.flush_seconds": _positive_duration,
     "usage.history_days": _positive_int,
+    "audit.retention_days": _positive_int,
     "admin.host": _string,
     "admin.port": _port,
     "admin.token_file": lambda value: None if value is None else _string(value),
@@ -623,6 +631,7 @@ _SECTIONS = {
     "auth_failures": AuthFailuresConfig,
     "credits": CreditsConfig,
     "usage": UsageConfig,
+    "audit": AuditConfig,
     "admin": AdminConfig,
     "health": HealthConfig,
     "metrics": MetricsConfig,

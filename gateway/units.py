@@ -10,6 +10,7 @@ CLI, the admin API, an import.
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from limits import RateLimitItem, parse_many
 
 __all__ = [
     "Limits",
+    "iso_time",
+    "parse_instant",
     "format_duration",
     "limit_texts",
     "parse_duration",
@@ -87,6 +90,24 @@ def format_duration(seconds: float) -> str:
 
 
 Limits = tuple[RateLimitItem, ...]
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z (None stays None)."""
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def parse_instant(text: str) -> float:
+    """An ISO 8601 time (2027-01-01T00:00:00Z, or a day, 2027-01-01, meaning its start) as Unix
+    seconds; a time without a zone is UTC. ValueError otherwise."""
+    if not 10 <= len(text) <= 40:
+        raise ValueError("not a time")
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def utc_day(now: float) -> tuple[str, float]:

@@ -88,6 +88,18 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/gateway.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store of each kind: SQLite in a folder of its own, and a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gateway.db"
+    else:
+        from tests.services import postgres_schema
+
+        with postgres_schema() as url:
+            yield url
+
+
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[KeyStore]:
     opened = await open_store(store_url)

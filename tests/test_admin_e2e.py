@@ -291,7 +291,7 @@ def test_every_operation_refuses_an_unknown_query_parameter(gw: GatewayProcess, 
             assert_error(response, 422, "validation_failed", "colour")
             assert response.json()["error"]["message"] == "unknown query parameter 'colour'"
             tried += 1
-    assert tried == 20
+    assert tried == 22
 
 
 def test_the_subscription_is_set_by_its_documents_name_and_by_its_old_one(admin: httpx.Client) -> None:
@@ -446,3 +446,78 @@ def test_named_admin_tokens_each_open_the_api(gateway_factory: GatewayFactory, t
         "unauthorized",
     )
     assert server.wait_for_log("(tokens: admin, ops, ci)")
+
+
+def test_a_key_is_updated_by_the_fields_given(gw: GatewayProcess, admin: httpx.Client) -> None:
+    admin.post(f"{API}/users", json={"id": "patch-user"})
+    key = admin.post(f"{API}/keys", json={"user_id": "patch-user", "name": "web"}).json()
+    url = f"{API}/keys/{key['id']}"
+
+    changed = admin.patch(url, json={"metadata": {"team": "mobile", "seats": 3}})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["name"], changed.json()["metadata"]) == ("web", {"team": "mobile", "seats": 3})
+    assert admin.get(url).json()["metadata"] == {"team": "mobile", "seats": 3}
+    changed = admin.patch(url, json={"name": "web-2", "expires_at": "2031-01-01T00:00:00Z", "metadata": None})
+    assert [changed.json()[name] for name in ("name", "expires_at", "metadata")] == [
+        "web-2",
+        "2031-01-01T00:00:00Z",
+        None,
+    ]
+    # A past expiry stops the key at its next request, as a revocation does.
+    public = {"Authorization": f"Bearer {key['key']}"}
+    assert httpx.get(gw.url + "/api/v1/templates", headers=public).status_code == 200
+    assert admin.patch(url, json={"expires_at": "2020-01-01"}).json()["status"] == "expired"
+    assert httpx.get(gw.url + "/api/v1/templates", headers=public).status_code == 401
+
+    assert_error(admin.patch(url, json={}), 422, "validation_failed", "name")
+    assert_error(admin.patch(url, json={"metadata": [1]}), 422, "validation_failed", "metadata")
+    assert_error(admin.patch(url, json={"metadata": {"x": "y" * 3000}}), 422, "validation_failed", "metadata")
+    assert_error(admin.patch(url, json={"expires_at": "soon"}), 422, "validation_failed", "expires_at")
+    assert_error(admin.patch(url, json={"prefix": "mine"}), 422, "validation_failed", "prefix")
+    assert_error(admin.patch(f"{API}/keys/key_nope", json={"name": "x"}), 404, "not_found")
+    leaked = admin.patch(url, json={"metadata": {"note": key["key"]}})
+    assert_error(leaked, 422, "validation_failed", "metadata")
+    assert key["key"] not in leaked.text
+
+
+def test_the_audit_names_the_token_and_the_request_of_every_change(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    ops = tmp_path / "ops-token"
+    ops.write_text("ops-token-0123456789abcdef\n")
+    server = gateway_factory({"admin": {"tokens": [{"name": "ops", "token_file": str(ops)}]}}, admin=True)
+    assert server.admin_url is not None
+    as_ops = {"Authorization": "Bearer ops-token-0123456789abcdef"}
+    with httpx.Client(base_url=server.admin_url, headers=as_ops, timeout=10) as client:
+        added = client.post(f"{API}/users", json={"id": "audited"}, headers={"X-Request-Id": "ticket-4711"})
+        assert added.headers["x-request-id"] == "ticket-4711"
+        created = client.post(f"{API}/keys", json={"user_id": "audited", "name": "ci"})
+        made_id = created.headers["x-request-id"]
+        key = created.json()
+        assert client.delete(f"{API}/keys/{key['id']}").status_code == 204
+
+        page = client.get(f"{API}/audit", params={"actor": "ops"}).json()
+        assert [(e["action"], e["target"], e["via"]) for e in page["items"]] == [
+            ("key.revoke", key["id"], "api"),
+            ("key.create", key["id"], "api"),
+            ("user.add", "audited", "api"),
+        ]
+        assert [e["request_id"] for e in page["items"][1:]] == [made_id, "ticket-4711"]
+        assert key["key"] not in json.dumps(page)
+        assert page["next_cursor"] is None
+
+        first = client.get(f"{API}/audit", params={"target": key["id"], "limit": 1}).json()
+        assert [e["action"] for e in first["items"]] == ["key.revoke"]
+        rest = client.get(f"{API}/audit", params={"target": key["id"], "cursor": first["next_cursor"]}).json()
+        assert [e["action"] for e in rest["items"]] == ["key.create"]
+        assert client.get(f"{API}/audit", params={"action": "user.add", "since": "2000-01-01"}).json()["items"]
+        assert not client.get(f"{API}/audit", params={"since": "2999-01-01T00:00:00Z"}).json()["items"]
+        assert_error(client.get(f"{API}/audit", params={"cursor": "nope"}), 422, "validation_failed", "cursor")
+        assert_error(client.get(f"{API}/audit", params={"action": "drop"}), 422, "validation_failed", "action")
+
+    # The CLI's changes are the operating system user's.
+    done = gateway_cli(server.config_path, "users", "add", "by-cli")
+    assert done.returncode == 0, done.stderr
+    shown = gateway_cli(server.config_path, "audit", "--target", "by-cli")
+    assert shown.returncode == 0, shown.stderr
+    assert "cli:" in shown.stdout and "user.add" in shown.stdout

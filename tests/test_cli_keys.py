@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sqlite3
@@ -136,7 +137,7 @@ def test_create_prints_the_key_once(gateway: Gateway, tmp_path: Path) -> None:
     assert isinstance(listed, list)
     assert set(listed[0]) == {
         "id", "prefix", "name", "user_id", "status", "created_at", "expires_at", "last_used_at",
-        "requests", "rate_limited", "credits", "legacy", "rate_limits", "replaced_by",
+        "requests", "rate_limited", "credits", "legacy", "rate_limits", "replaced_by", "metadata",
     }  # fmt: skip
     assert [k["status"] for k in listed] == ["active", "active"]
     with closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
@@ -246,11 +247,11 @@ def test_missing_store_folder(tmp_path: Path) -> None:
 
 def test_commands_are_pinned() -> None:
     """The command names are a contract (scripts call them)."""
-    assert sorted(main.commands) == ["db", "export", "import", "keys", "serve", "usage", "users"]
+    assert sorted(main.commands) == ["audit", "db", "export", "import", "keys", "serve", "usage", "users"]
     groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
     assert groups == {
         "db": ["migrate"],
-        "keys": ["create", "find", "list", "revoke", "rotate", "set-limits", "show"],
+        "keys": ["create", "find", "list", "revoke", "rotate", "set-limits", "show", "update"],
         "users": ["add", "credits", "delete", "list", "set-limits", "set-subscription"],
     }
 
@@ -318,3 +319,29 @@ def test_keys_find_names_a_leaked_keys_owner_without_echoing_it(gateway: Gateway
     other = CliRunner().invoke(main, ["keys", "find", "--config", str(config_path)], input="mk_live_" + "A" * 46 + "\n")
     fails_with(other, 1, "no stored key is that key")
     assert "AAAA" not in other.stderr
+
+
+def test_a_key_is_updated_and_every_change_is_in_the_audit(gateway: Gateway) -> None:
+    ok_json(gateway("users", "add", "alice", "--json"))
+    key_id = ok_json(gateway("keys", "create", "--user", "alice", "--name", "prod", "--json"))["id"]
+
+    updated = ok_json(gateway("keys", "update", key_id, "--metadata", '{"plan": "pro"}', "--name", "web", "--json"))
+    assert (updated["name"], updated["metadata"]) == ("web", {"plan": "pro"})
+    assert 'metadata: {"plan":"pro"}' in gateway("keys", "show", key_id).stdout
+    assert ok_json(gateway("keys", "update", key_id, "--expires-at", "2031-01-01", "--json"))["expires_at"] == (
+        "2031-01-01T00:00:00Z"
+    )
+    cleared = ok_json(gateway("keys", "update", key_id, "--expires-at", "never", "--metadata", "null", "--json"))
+    assert (cleared["expires_at"], cleared["metadata"]) == (None, None)
+
+    fails_with(gateway("keys", "update", key_id), 2, "give what to change")
+    fails_with(gateway("keys", "update", key_id, "--metadata", "{oops"), 2, "expected a JSON object")
+    fails_with(gateway("keys", "update", key_id, "--metadata", "[1]"), 2, "expected a JSON object")
+    fails_with(gateway("keys", "update", key_id, "--expires-at", "soon"), 2, "expected a time")
+
+    events = ok_json(gateway("audit", "--target", key_id, "--json"))
+    assert [event["action"] for event in events] == ["key.update", "key.update", "key.update", "key.create"]
+    assert {event["actor"] for event in events} == {f"cli:{getpass.getuser()}"}
+    text = gateway("audit", "--action", "key.update").stdout
+    assert "name: prod -> web" in text and 'metadata: - -> {"plan":"pro"}' in text
+    fails_with(gateway("audit", "--since", "yesterday"), 2, "expected a time")

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,11 @@ from gateway.store import (
 )
 from gateway.store.schema import SCHEMA_VERSION
 from gateway.store.sqlite import sqlite_path
-from tests.services import postgres_schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/gateway.db"
-    else:
-        with postgres_schema() as url:
-            yield url
+@pytest.fixture
+def store_url(each_store_url: str) -> str:
+    return each_store_url
 
 
 async def set_schema_version(url: str, version: int) -> None:

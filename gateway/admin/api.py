@@ -23,12 +23,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from gateway.accounting.metrics import Metrics
 from gateway.admin import models, openapi
+from gateway.admin.acting import ActingAs
 from gateway.admin.errors import answers, handlers
 from gateway.admin.pages import Position, page
 from gateway.admin.routing import HeadAsGet, JsonBodyRoute
 from gateway.admin.token import API, OPENAPI_PATH, AdminToken
 from gateway.config import GatewayConfig
 from gateway.manage.documents import (
+    audit_document,
     created_document,
     daily_usage_document,
     iso,
@@ -379,6 +381,20 @@ async def rotate_key(key_id: str, rotation: models.Rotation, service: Service) -
     return created_document(created) | {"replaces": old.id, "replaced_key_stops_at": iso(stops_at)}
 
 
+@router.patch(
+    f"{API}/keys/{{key_id}}",
+    tags=["keys"],
+    summary="Change a key's name, expiry or metadata (the fields given; null clears one)",
+    operation_id="updateKey",
+    response_model=models.Key,
+    responses=answers(400, 404),
+    dependencies=NO_QUERY,
+)
+async def update_key(key_id: str, change: models.KeyUpdate, service: Service) -> Any:
+    given = {name: getattr(change, name) for name in change.model_fields_set}
+    return key_document(await service.update_key(key_id, **given), service.now())
+
+
 @router.put(
     f"{API}/keys/{{key_id}}/rate-limits",
     tags=["keys"],
@@ -390,6 +406,29 @@ async def rotate_key(key_id: str, rotation: models.Rotation, service: Service) -
 )
 async def set_rate_limits(key_id: str, change: models.RateLimitsChange, service: Service) -> Any:
     return key_document(await service.set_rate_limits(key_id, change.rate_limits), service.now())
+
+
+# ------------------------------------------------------------------------------------ audit
+
+
+@router.get(
+    f"{API}/audit",
+    tags=["audit"],
+    summary="Every change to users and keys, newest first: who, how, what, before and after",
+    operation_id="listAuditEvents",
+    response_model=models.AuditPage,
+    responses=answers(400),
+)
+async def list_audit_events(query: Annotated[models.AuditQuery, Query()], service: Service) -> Any:
+    events, next_cursor = await service.audit_events(
+        target=query.target,
+        actor=query.actor,
+        action=query.action,
+        since=query.since,
+        cursor=query.cursor,
+        limit=query.limit,
+    )
+    return {"items": [audit_document(event) for event in events], "next_cursor": next_cursor}
 
 
 # ------------------------------------------------------------------------------------ usage
@@ -495,4 +534,4 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     app.state.metrics = metrics
     app.include_router(router)
     app.state.openapi = openapi.document(app, public_metrics=config.metrics.public)
-    return AdminToken(HeadAsGet(app), config.admin_tokens(), metrics, public_metrics=config.metrics.public)
+    return AdminToken(ActingAs(HeadAsGet(app)), config.admin_tokens(), metrics, public_metrics=config.metrics.public)

@@ -31,12 +31,16 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from gateway.admin.pages import MAX_PAGE, Position, decode_cursor
-from gateway.manage.rules import MAX_DURATION, NAME_MAX, USER_ID_PATTERN
-from gateway.units import parse_duration
+from gateway.manage.audit import AUDIT_ACTIONS
+from gateway.manage.rules import MAX_DURATION, METADATA_MAX_BYTES, NAME_MAX, USER_ID_PATTERN
+from gateway.units import parse_duration, parse_instant
 
 __all__ = [
     "REFUSED",
     "Alive",
+    "AuditEvent",
+    "AuditPage",
+    "AuditQuery",
     "Checked",
     "CreatedKey",
     "Credits",
@@ -50,6 +54,7 @@ __all__ = [
     "KeyDailyUsage",
     "KeyPage",
     "KeysQuery",
+    "KeyUpdate",
     "NewKey",
     "NewUser",
     "NoQuery",
@@ -183,6 +188,38 @@ class NewKey(Checked):
     rate_limits: RateLimits = Field(None, description=_LIMITS)
 
 
+def _instant(value: Any) -> Any:
+    """An ISO 8601 time as Unix seconds (units.parse_instant, as the CLI reads it); null stays null."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("not a time")
+    return parse_instant(value)
+
+
+_INSTANT_SCHEMA = {"type": "string", "format": "date-time"}
+Instant = Annotated[float, BeforeValidator(_instant), WithJsonSchema(_INSTANT_SCHEMA)]
+_METADATA = (
+    f"a JSON object of at most {METADATA_MAX_BYTES} bytes, the operator's own (never sent upstream); null clears it"
+)
+
+
+class KeyUpdate(Checked):
+    """The fields given are changed; those left out stay as they are; null clears one."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Annotated[StrictStr, Field(max_length=NAME_MAX)] | None = Field(
+        None, description=f"a label for people, at most {NAME_MAX} printable characters"
+    )
+    expires_at: Instant | None = Field(
+        None,
+        description="when the key stops, as 2027-01-01T00:00:00Z (at most 100 years ahead; a past time stops it now);"
+        " null: it never expires",
+    )
+    metadata: dict[str, Any] | None = Field(None, description=_METADATA)
+
+
 class KeyLookup(Checked):
     key: Annotated[StrictStr, Field(min_length=1, max_length=512)] = Field(
         description="a full key, as its holder sends it; never echoed, stored or logged"
@@ -213,6 +250,23 @@ class KeysQuery(PageQuery):
 
 class UsersQuery(PageQuery):
     q: StrictStr | SkipJsonSchema[None] = Field(None, description="only users whose id starts with this")
+
+
+class AuditQuery(Checked):
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"a whole number from 1 to {MAX_PAGE}")
+    cursor: Annotated[StrictStr, Field(pattern="^[0-9a-f]{24}$")] | SkipJsonSchema[None] = Field(
+        None, description="the next_cursor of the page before, as this API gave it"
+    )
+    target: StrictStr | SkipJsonSchema[None] = Field(None, description="only events about this user or key id")
+    actor: StrictStr | SkipJsonSchema[None] = Field(
+        None, description="only events by this actor (an admin token's name, cli:<os user>)"
+    )
+    action: Literal[tuple(sorted(AUDIT_ACTIONS))] | SkipJsonSchema[None] = Field(  # type: ignore[valid-type]
+        None, description=f"only events of this action: {', '.join(sorted(AUDIT_ACTIONS))}"
+    )
+    since: Instant | SkipJsonSchema[None] = Field(
+        None, description="only events at or after this time, as 2026-12-01T00:00:00Z or 2026-12-01"
+    )
 
 
 class UsageQuery(Checked):
@@ -281,6 +335,7 @@ class Key(Document):
     legacy: bool = Field(description="imported from an earlier system (gateway import): no checksum of ours")
     rate_limits: list[str] | None = Field(description="its own limits; null: rate_limits.default")
     replaced_by: str | None = Field(description="the key that replaced it (keys rotate); null until then")
+    metadata: dict[str, Any] | None = Field(description="the operator's own notes on the key; never sent upstream")
 
 
 class KeyPage(Document):
@@ -378,6 +433,27 @@ class ImportReport(Document):
     errors: list[BadLine] = Field(description="the first bad lines (20 at most)")
     error_count: int = Field(ge=0)
     warnings: list[str]
+
+
+class AuditEvent(Document):
+    """One change: when, who (an admin token's name, cli:<os user>, portal:<user id>) and how,
+    what, and the fields it changed; never a key or its hash."""
+
+    id: str
+    at: Time
+    actor: str
+    via: Literal["api", "cli", "console", "portal", "unknown"]
+    action: str = Field(description=", ".join(sorted(AUDIT_ACTIONS)))
+    target_type: Literal["user", "key", "store"]
+    target: str = Field(description="the user's or the key's id (import: import)")
+    request_id: str | None = Field(description="the admin request's X-Request-Id, if made through a request")
+    before: dict[str, Any] | None = Field(description="the fields it changed, before; null for a creation")
+    after: dict[str, Any] | None = Field(description="the fields it changed, after")
+
+
+class AuditPage(Document):
+    items: list[AuditEvent]
+    next_cursor: str | None = Field(description="the cursor of the next page; null on the last")
 
 
 class Alive(Document):

@@ -22,6 +22,7 @@ TAGS = [
     {"name": "users", "description": "Users (the operator's own ids), their subscription, limits and credits"},
     {"name": "keys", "description": "API keys: created, listed, revoked, rotated; never shown again after creation"},
     {"name": "usage", "description": "Requests, refusals and credits, per user or per key and UTC day"},
+    {"name": "audit", "description": "Every change to users and keys: when, who, how, what, before and after"},
     {"name": "import", "description": "Users and key hashes of an existing deployment, as gateway import reads them"},
     {"name": "health", "description": "Probes for orchestrators: no token needed"},
     {"name": "metrics", "description": "Prometheus metrics, behind the token unless metrics.public"},

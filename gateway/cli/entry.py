@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from gateway import __version__
+from gateway.cli.audit import audit
 from gateway.cli.common import ConfigProblem, OneLineErrors, config_option, load
 from gateway.cli.manage import db, keys, usage, users
 from gateway.cli.transfer import export_command, import_command
@@ -62,3 +63,4 @@ main.add_command(usage)
 main.add_command(db)
 main.add_command(import_command)
 main.add_command(export_command)
+main.add_command(audit)

@@ -8,14 +8,16 @@ and ``keys rotate``, and never again.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from gateway.cli.common import config_option, emit, fields, json_option, load, shown, table
+from gateway.manage.audit import acting, cli_actor
 from gateway.manage.documents import (
     DAILY_FIELDS,
     KEY_FIELDS,
@@ -28,10 +30,10 @@ from gateway.manage.documents import (
     user_document,
 )
 from gateway.manage.rules import InvalidField, ServiceError, check_limits
-from gateway.manage.service import AlreadyExists, CreatedKey, ManagementService, NotFound, open_service
+from gateway.manage.service import UNCHANGED, AlreadyExists, CreatedKey, ManagementService, NotFound, open_service
 from gateway.store import ApiKey, StoreError
 from gateway.store.base import is_store_failure
-from gateway.units import parse_duration
+from gateway.units import parse_duration, parse_instant
 
 __all__ = ["db", "keys", "usage", "users"]
 
@@ -52,7 +54,8 @@ def run(ctx: click.Context, action: Callable[[ManagementService], Awaitable[T]],
     async def main() -> T:
         # An operator would rather wait a little for Redis than see a command fail.
         async with open_service(config, redis_timeout=max(config.redis.timeout, 5.0)) as service:
-            return await action(service)
+            with acting(cli_actor(), "cli"):  # the audit trail's "who"
+                return await action(service)
 
     try:
         return asyncio.run(main())
@@ -212,7 +215,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.group()
 @config_option
 def keys() -> None:
-    """API keys: create, list, show, find, revoke, rotate, set-limits."""
+    """API keys: create, list, show, find, update, revoke, rotate, set-limits."""
 
 
 @keys.command("create")
@@ -301,6 +304,74 @@ def _show_key(key: ApiKey, as_json: bool) -> None:
     """One stored key, as `keys show` and `keys find` print it (never the key)."""
     document = key_document(key, time.time())
     emit(as_json, document, fields(document | {"rate_limits": limits_text(key)}))
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """--expires-at: an ISO 8601 time (UTC unless it says), or "never"."""
+    if value is None:
+        return UNCHANGED
+    if value == "never":
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise click.BadParameter(f'expected a time such as 2027-01-01T00:00:00Z, or "never", got {value!r}') from None
+
+
+def _metadata(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """--metadata: a JSON object, or "null" to clear it."""
+    if value is None:
+        return UNCHANGED
+    try:
+        metadata = json.loads(value)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("not an object")
+        return metadata
+    except ValueError:
+        raise click.BadParameter(
+            f'expected a JSON object such as \'{{"plan": "pro"}}\', or null, got {value!r}'
+        ) from None
+
+
+@keys.command("update")
+@config_option
+@click.argument("key_id")
+@click.option("--name", default=None, help='A new label for people ("" clears it).')
+@click.option(
+    "--expires-at", callback=_instant, default=None, help='When it stops, e.g. 2027-01-01T00:00:00Z, or "never".'
+)
+@click.option("--expires-in", callback=duration, default=None, help="When it stops, from now, e.g. 30d.")
+@click.option(
+    "--metadata",
+    callback=_metadata,
+    default=None,
+    help='A JSON object of notes, e.g. \'{"plan": "pro"}\' (null clears).',
+)
+@json_option
+@click.pass_context
+def keys_update(
+    ctx: click.Context,
+    key_id: str,
+    name: str | None,
+    expires_at: Any,
+    expires_in: float | None,
+    metadata: Any,
+    as_json: bool,
+) -> None:
+    """Change a key's name, expiry or metadata (shown by keys show and the API, never sent upstream)."""
+    if expires_in is not None and expires_at is not UNCHANGED:
+        raise click.UsageError("give --expires-at or --expires-in, not both")
+    if expires_in is not None:
+        expires_at = time.time() + expires_in
+    changes = {
+        "name": UNCHANGED if name is None else (name or None),
+        "expires_at": expires_at,
+        "metadata": metadata,
+    }
+    if all(value is UNCHANGED for value in changes.values()):
+        raise click.UsageError("give what to change: --name, --expires-at, --expires-in or --metadata")
+    key = run(ctx, lambda service: service.update_key(key_id, **changes), hint=" (see `gateway keys list`)")
+    _show_key(key, as_json)
 
 
 @keys.command("set-limits")

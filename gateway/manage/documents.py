@@ -6,18 +6,20 @@ hash; a created key is the one document that holds the full key.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.manage.rules import split_limits
 from gateway.manage.service import CreatedKey
-from gateway.store import ApiKey, DailyUsage, User, UserUsage
+from gateway.store import ApiKey, AuditEvent, DailyUsage, User, UserUsage
+from gateway.units import iso_time
 
 __all__ = [
     "DAILY_FIELDS",
     "KEY_FIELDS",
     "USAGE_FIELDS",
+    "audit_document",
     "created_document",
     "daily_usage_document",
     "iso",
@@ -45,14 +47,12 @@ KEY_FIELDS = (
     "legacy",
     "rate_limits",
     "replaced_by",
+    "metadata",
 )
 
 
-def iso(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+# ISO 8601 in UTC, to the second: 2026-11-22T02:10:00Z.
+iso = iso_time
 
 
 def user_document(user: User) -> dict[str, Any]:
@@ -83,6 +83,8 @@ def key_document(key: ApiKey, now: float) -> dict[str, Any]:
         "rate_limits": split_limits(key.rate_limits),
         # Set once the key is rotated: its replacement's id (it stays active through a grace period).
         "replaced_by": key.replaced_by,
+        # The operator's notes on the key; never sent upstream.
+        "metadata": None if key.metadata is None else json.loads(key.metadata),
     }
 
 
@@ -130,3 +132,19 @@ def daily_usage_document(owner: dict[str, str], first: str, last: str, days: Seq
     rows = [{name: getattr(day, name) for name in DAILY_FIELDS} for day in days]
     totals = {name: sum(row[name] for row in rows) for name in DAILY_FIELDS[1:]}
     return owner | {"granularity": "day", "from": first, "to": last, "days": rows, "totals": totals}
+
+
+def audit_document(event: AuditEvent) -> dict[str, Any]:
+    """An audit event: when, who and how, what, and the fields it changed (never a key or a hash)."""
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "actor": event.actor,
+        "via": event.via,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target": event.target,
+        "request_id": event.request_id,
+        "before": None if event.before is None else json.loads(event.before),
+        "after": None if event.after is None else json.loads(event.after),
+    }

@@ -4,6 +4,7 @@ by ``gateway import`` (``transfer.py``), so that both refuse the same values in 
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ __all__ = [
     "InvalidField",
     "ServiceError",
     "check_limits",
+    "check_metadata",
     "check_name",
     "check_subscription",
     "check_user_id",
@@ -24,6 +26,8 @@ __all__ = [
 # Header-safe and log-safe: printable ASCII, no spaces (the id is sent upstream in X-User-Id).
 USER_ID_PATTERN = re.compile(r"^[!-~]{1,255}$")
 NAME_MAX = 200
+# A key's metadata, written as compact JSON: small enough to show in a table and carry in a cache.
+METADATA_MAX_BYTES = 2048
 MAX_DURATION = 100 * 365 * 86400.0  # beyond this a date can no longer be written
 
 
@@ -85,3 +89,21 @@ def check_limits(rate_limits: str | Sequence[str] | None) -> str | None:
 
 def split_limits(stored: str | None) -> list[str] | None:
     return None if stored is None else stored.split(";")
+
+
+def check_metadata(metadata: object) -> str | None:
+    """A key's metadata as stored (compact JSON text), or None to clear it: a JSON object of at
+    most METADATA_MAX_BYTES, without NaN or infinities (which JSON cannot carry)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidField('metadata is a JSON object, like {"plan": "pro"} (or null to clear it)', "metadata")
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidField(
+            "metadata holds only JSON values (strings, finite numbers, true/false, null, lists, objects)", "metadata"
+        ) from None
+    if len(text.encode()) > METADATA_MAX_BYTES:
+        raise InvalidField(f"metadata is at most {METADATA_MAX_BYTES} bytes of JSON", "metadata")
+    return text

@@ -10,25 +10,29 @@ its SHA-256.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.auth.keys import display_prefix, generate_key, hash_key, new_key_id
 from gateway.config import GatewayConfig
+from gateway.manage.audit import key_fields, new_event, user_fields
 from gateway.manage.rules import (
     MAX_DURATION,
     InvalidField,
     ServiceError,
     check_day,
     check_limits,
+    check_metadata,
     check_name,
     check_subscription,
     check_user_id,
 )
 from gateway.manage.transfer import ImportReport, run_import
-from gateway.store import ApiKey, DailyUsage, KeyStore, StoreError, User, UserUsage, open_store
+from gateway.store import ApiKey, AuditEvent, AuditFilter, DailyUsage, KeyStore, StoreError, User, UserUsage, open_store
 from gateway.units import utc_day
 
 T = TypeVar("T")
@@ -46,6 +50,12 @@ __all__ = [
 
 # Credits added or set at a time: far below what a 64-bit balance holds, so no sum overflows.
 MAX_CREDITS = 10**15
+# Old audit events are dropped at most this often per process (audit.retention_days).
+AUDIT_SWEEP_SECONDS = 3600.0
+# What "leave it as it is" is for update_key's fields, where None means "clear it".
+UNCHANGED: Any = object()
+
+log = logging.getLogger("gateway")
 
 
 class ChangeNotAnnounced(StoreError):
@@ -98,6 +108,7 @@ class ManagementService:
         announce: Callable[[], Awaitable[object]] | None = None,
         change_credits: CreditsChanged | None = None,
         other_prefixes: Sequence[str] = (),
+        audit_retention_days: int = 365,
     ) -> None:
         """``announce`` tells every gateway process of a change (RedisState.announce_change);
         ``change_credits`` makes the same change to a user's credit balance held in Redis (RedisState)."""
@@ -107,6 +118,8 @@ class ManagementService:
         self._clock = clock
         self._announce = announce
         self._change_credits = change_credits
+        self._audit_retention = audit_retention_days * 86400.0
+        self._audit_swept_at = float("-inf")
 
     async def _write(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run a store write, announced before (an unreachable Redis stops it before anything is
@@ -134,6 +147,53 @@ class ManagementService:
 
     def now(self) -> float:
         return self._clock()
+
+    # ------------------------------------------------------------------------------ audit
+
+    async def _audit(
+        self,
+        action: str,
+        target_type: str,
+        target: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        """Record a change made, by whoever ``audit.acting`` names. The change stands whether or
+        not its record can be written: a store that took the change and then fails is logged."""
+        at = self._clock()
+        try:
+            await self.store.record_audit(new_event(at, action, target_type, target, before, after))
+            if at - self._audit_swept_at >= AUDIT_SWEEP_SECONDS:
+                self._audit_swept_at = at
+                await self.store.drop_audit_before(at - self._audit_retention)
+        except Exception as exc:
+            log.error(
+                "audit_not_recorded action=%s target=%s: the change was made, its audit event was not written (%s)",
+                action,
+                target,
+                type(exc).__name__,
+            )
+
+    async def audit_events(
+        self,
+        *,
+        target: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[Sequence[AuditEvent], str | None]:
+        """Audit events matching every filter given, newest first, a page of ``limit`` after
+        ``cursor`` (the id of the last event of the page before); and the next page's cursor."""
+        if cursor is not None and not _EVENT_ID.fullmatch(cursor):
+            raise InvalidField("cursor: not one this API gave", "cursor")
+        if not 1 <= limit <= 1000:
+            raise InvalidField("limit: from 1 to 1000", "limit")
+        matching = AuditFilter(target=target, actor=actor, action=action, since=since)
+        found = await self.store.audit_events(matching, cursor, limit + 1)
+        shown = found[:limit]
+        return shown, shown[-1].id if len(found) > limit else None
 
     # ------------------------------------------------------------------------------ users
 
@@ -166,6 +226,7 @@ class ManagementService:
         user = User(check_user_id(user_id), check_subscription(subscription), now, now)
         if not await self._write(lambda: self.store.add_user(user)):
             raise AlreadyExists(f"user {user_id!r} exists already")
+        await self._audit("user.add", "user", user.id, None, user_fields(user))
         return user
 
     async def get_user(self, user_id: str) -> User:
@@ -175,20 +236,24 @@ class ManagementService:
         return user
 
     async def set_subscription(self, user_id: str, subscription: str) -> User:
-        self._known_shape(user_id)
+        before = await self.get_user(user_id)
         checked = check_subscription(subscription)
         user = await self._write(lambda: self.store.set_subscription(user_id, checked, self._clock()))
         if user is None:
             raise self._no_user(user_id)
+        if user.subscription != before.subscription:
+            await self._audit("user.subscription", "user", user_id, user_fields(before), user_fields(user))
         return user
 
     async def set_user_rate_limits(self, user_id: str, rate_limits: str | Sequence[str] | None) -> User:
         """Give the user its own limits over all its keys, or None for rate_limits.per_user;
         counts on its keys' next requests."""
-        await self.get_user(user_id)
+        before = await self.get_user(user_id)
         checked = check_limits(rate_limits)
         user = await self._write(lambda: self.store.set_user_rate_limits(user_id, checked))
         assert user is not None
+        if user.rate_limits != before.rate_limits:
+            await self._audit("user.rate_limits", "user", user_id, user_fields(before), user_fields(user))
         return user
 
     async def credits(self, user_id: str, *, add: int | None = None, set_to: int | None = None) -> int:
@@ -215,6 +280,9 @@ class ManagementService:
         )
         if balance is None:
             raise self._no_user(user_id)
+        # What the operator asked for, and the balance it gave (others spend meanwhile: a balance
+        # read before would not be this change's).
+        await self._audit("user.credits", "user", user_id, None, {"add": add, "set": set_to, "credits": balance})
         if self._change_credits is not None:
             try:
                 await self._change_credits(user_id, add=add, set_to=set_to, set_at=at)
@@ -230,10 +298,14 @@ class ManagementService:
         """Revoke all the user's keys at once and make it inactive, so that no key of it, old or
         new, works; the user and how many keys were revoked now. Its record and usage stay: an id
         is the operator's own, and the usage history still answers for it."""
-        self._known_shape(user_id)
+        before = await self.get_user(user_id)
         retired = await self._write(lambda: self.store.retire_user(user_id, self._clock()))
         if retired is None:
             raise self._no_user(user_id)
+        user, revoked = retired
+        await self._audit(
+            "user.delete", "user", user_id, user_fields(before), user_fields(user) | {"keys_revoked": revoked}
+        )
         return retired
 
     async def list_users(self) -> Sequence[User]:
@@ -284,14 +356,52 @@ class ManagementService:
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, check_name(name), expires_at, check_limits(rate_limits))
         await self._write(lambda: self.store.add_key(created.record))
+        await self._audit("key.create", "key", created.record.id, None, key_fields(created.record))
         return created
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | Sequence[str] | None) -> ApiKey:
         """Give the key its own limits, or None for rate_limits.default; counts on its next request."""
-        await self.get_key(key_id)
+        before = await self.get_key(key_id)
         checked = check_limits(rate_limits)
         key = await self._write(lambda: self.store.set_rate_limits(key_id, checked))
         assert key is not None
+        if key.rate_limits != before.rate_limits:
+            await self._audit("key.rate_limits", "key", key_id, key_fields(before), key_fields(key))
+        return key
+
+    async def update_key(
+        self, key_id: str, *, name: Any = UNCHANGED, expires_at: Any = UNCHANGED, metadata: Any = UNCHANGED
+    ) -> ApiKey:
+        """Set a key's name, expiry (Unix seconds) or metadata (a JSON object); None clears one.
+        An expiry in the past stops the key now; a key that was rotated or revoked keeps its end."""
+        before = await self.get_key(key_id)
+        changes: dict[str, Any] = {}
+        if name is not UNCHANGED:
+            changes["name"] = check_name(name)
+        if expires_at is not UNCHANGED:
+            if before.revoked_at is not None or before.replaced_by is not None:
+                raise InvalidField(
+                    f"key {key_id} was {'revoked' if before.revoked_at is not None else 'rotated'}: its end stands",
+                    "expires_at",
+                )
+            if expires_at is not None and (
+                isinstance(expires_at, bool)
+                or not isinstance(expires_at, int | float)
+                or not 0 <= expires_at <= self._clock() + MAX_DURATION
+            ):
+                raise InvalidField("expires_at: a time from now to 100 years ahead", "expires_at")
+            changes["expires_at"] = None if expires_at is None else float(expires_at)
+        if metadata is not UNCHANGED:
+            checked = check_metadata(metadata)
+            if checked is not None and self._looks_like_a_key(checked):
+                raise InvalidField(f"metadata must not hold a key ({self._prefix}...)", "metadata")
+            changes["metadata"] = checked
+        if not changes:
+            raise InvalidField("nothing to change: give name, expires_at or metadata", "name")
+        key = await self._write(lambda: self.store.update_key(key_id, changes))
+        if key is None:
+            raise NotFound(f"no key {key_id!r}")
+        await self._audit("key.update", "key", key_id, key_fields(before), key_fields(key))
         return key
 
     async def get_key(self, key_id: str) -> ApiKey:
@@ -324,6 +434,8 @@ class ManagementService:
         before = await self.get_key(key_id)
         key = await self._write(lambda: self.store.revoke_key(key_id, self._clock()))
         assert key is not None
+        if before.revoked_at is None:
+            await self._audit("key.revoke", "key", key_id, key_fields(before), key_fields(key))
         return key, before.revoked_at is not None
 
     async def rotate_key(self, key_id: str, *, grace: float | None = None) -> tuple[CreatedKey, ApiKey]:
@@ -347,7 +459,12 @@ class ManagementService:
         if not rotated:  # another rotation landed since it was read
             found = await self.get_key(old.id)
             raise AlreadyReplaced(old.id, found.replaced_by or "unknown")
-        return created, await self.get_key(old.id)
+        after = await self.get_key(old.id)
+        await self._audit("key.rotate", "key", old.id, key_fields(old), key_fields(after))
+        await self._audit(
+            "key.create", "key", created.record.id, None, key_fields(created.record) | {"rotated_from": old.id}
+        )
+        return created, after
 
     # ---------------------------------------------------------------------------- import
 
@@ -358,7 +475,11 @@ class ManagementService:
             async with self.store.import_session() as session:
                 return await run_import(session, lines, now=self._clock(), dry_run=dry_run, prefixes=prefixes)
 
-        return await (write() if dry_run else self._write(write))
+        report = await (write() if dry_run else self._write(write))
+        if report.written:
+            counts = report.document()
+            await self._audit("import", "store", "import", None, {"users": counts["users"], "keys": counts["keys"]})
+        return report
 
     def _new_key(self, user_id: str, name: str | None, expires_at: float | None, rate_limits: str | None) -> CreatedKey:
         now = self._clock()
@@ -376,6 +497,10 @@ class ManagementService:
         return CreatedKey(key=key, record=record)
 
 
+# An audit event's id (audit.new_event): what a cursor must look like.
+_EVENT_ID = re.compile(r"[0-9a-f]{24}")
+
+
 @contextlib.asynccontextmanager
 async def open_service(
     config: GatewayConfig, *, redis_timeout: float | None = None
@@ -384,7 +509,12 @@ async def open_service(
     store = await open_store(config.store.url)
     try:
         if config.redis.url is None:
-            yield ManagementService(store, key_prefix=config.keys.prefix, other_prefixes=_other_prefixes(config))
+            yield ManagementService(
+                store,
+                key_prefix=config.keys.prefix,
+                other_prefixes=_other_prefixes(config),
+                audit_retention_days=config.audit.retention_days,
+            )
             return
         from gateway.ratelimit.redis_state import RedisState
 
@@ -394,6 +524,7 @@ async def open_service(
                 store,
                 key_prefix=config.keys.prefix,
                 other_prefixes=_other_prefixes(config),
+                audit_retention_days=config.audit.retention_days,
                 announce=state.announce_change,
                 change_credits=state.change_credits,
             )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
+    "AuditFilter",
     "KeyStatus",
     "KeyStore",
     "NewerSchemaError",
@@ -80,6 +82,8 @@ class ApiKey:
     credits: int = 0
     # Adopted from an earlier system by gateway import: known by its hash, without our checksum.
     legacy: bool = False
+    # The operator's own notes on the key: a small JSON object, as text; never sent upstream.
+    metadata: str | None = None
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None:
@@ -92,6 +96,66 @@ class ApiKey:
     def __repr__(self) -> str:
         # The hash is not the key, but it is what a key is checked against: keep it out of logs.
         return f"ApiKey(id={self.id!r}, user_id={self.user_id!r}, prefix={self.prefix!r})"
+
+
+# What ``KeyStore.update_key`` may change: fields an operator sets on a key after its creation.
+KEY_UPDATABLE = frozenset({"name", "expires_at", "metadata"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One change to users or keys: who made it, how, to what, and the fields before and after
+    (never a key or its hash). Ids sort by time: newest first is descending id order."""
+
+    id: str
+    at: float
+    actor: str  # an admin token's name, "cli:<os user>", "portal:<user id>"
+    via: str  # "api", "cli", "console", "portal", "import"
+    action: str  # "key.revoke", "user.add", ...
+    target_type: str  # "user" or "key"
+    target: str  # the user's or the key's id
+    request_id: str | None
+    before: str | None  # JSON objects, as text
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit events to read: those matching every field given."""
+
+    target: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: float | None = None  # at or after
+
+
+AUDIT_COLUMNS = tuple(f.name for f in fields(AuditEvent))
+RECORD_AUDIT = f"INSERT INTO audit_events ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})"
+DROP_AUDIT_BEFORE = "DELETE FROM audit_events WHERE at < ?"
+
+
+def audit_query(matching: AuditFilter, before_id: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The audit events ``matching``, newest first, ids below ``before_id`` (a page's cursor);
+    "?" placeholders."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for column, value in (("target", matching.target), ("actor", matching.actor), ("action", matching.action)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if matching.since is not None:
+        conditions.append("at >= ?")
+        params.append(matching.since)
+    if before_id is not None:
+        conditions.append("id < ?")
+        params.append(before_id)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    params.append(limit)
+    return f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_events{where} ORDER BY id DESC LIMIT ?", params
+
+
+def audit_row(event: AuditEvent) -> tuple[Any, ...]:
+    return tuple(getattr(event, name) for name in AUDIT_COLUMNS)
 
 
 # The stores' column names and order: ApiKey's and User's fields, one column each.
@@ -325,6 +389,22 @@ class KeyStore(Protocol):
         ...
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey | None:
+        """Set the KEY_UPDATABLE fields in ``changes``; the key after, None if unknown."""
+        ...
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        """Add an audit event. Not a change (like add_usage): caches stay warm."""
+        ...
+
+    async def audit_events(self, matching: AuditFilter, before_id: str | None, limit: int) -> Sequence[AuditEvent]:
+        """Audit events ``matching``, newest first, with ids below ``before_id``."""
+        ...
+
+    async def drop_audit_before(self, at: float) -> None:
+        """Forget audit events older than ``at`` (audit.retention)."""
+        ...
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         """Add each key's usage to its counters and to its counts of ``day`` (UTC, 'YYYY-MM-DD'),

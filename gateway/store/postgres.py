@@ -19,12 +19,15 @@ from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
     CREDIT_BALANCE,
+    DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     KEY_DAILY_USAGE,
+    KEY_UPDATABLE,
     LOAD_WINDOWS,
+    RECORD_AUDIT,
     RECORD_CREDIT_CHANGE,
     REFILL_CREDITS,
     SAVE_WINDOW,
@@ -34,6 +37,8 @@ from gateway.store.base import (
     USER_COLUMNS,
     USER_DAILY_USAGE,
     ApiKey,
+    AuditEvent,
+    AuditFilter,
     DailyUsage,
     StoreError,
     Subscription,
@@ -41,6 +46,8 @@ from gateway.store.base import (
     User,
     UserUsage,
     WindowCount,
+    audit_query,
+    audit_row,
     daily_from_row,
     daily_rows,
     found_from_row,
@@ -92,6 +99,8 @@ _SAVE_WINDOW = _numbered(SAVE_WINDOW)
 _DROP_CLOSED_WINDOWS = _numbered(DROP_CLOSED_WINDOWS)
 _LOAD_WINDOWS = _numbered(LOAD_WINDOWS)
 _ADD_DAILY_USAGE = _numbered(ADD_DAILY_USAGE)
+_RECORD_AUDIT = _numbered(RECORD_AUDIT)
+_DROP_AUDIT_BEFORE = _numbered(DROP_AUDIT_BEFORE)
 _KEY_DAILY_USAGE = _numbered(KEY_DAILY_USAGE)
 _USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
 _DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
@@ -366,6 +375,29 @@ class PostgresStore:
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
         await self._write("UPDATE api_keys SET rate_limits = $1 WHERE id = $2", rate_limits, key_id)
         return await self.get_key(key_id)
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey | None:
+        names = sorted(changes)
+        assert names and KEY_UPDATABLE.issuperset(names), names  # column names from our own set only
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=1))
+        status = await self._write(
+            f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}",
+            *(changes[name] for name in names),
+            key_id,
+        )
+        return await self.get_key(key_id) if status != "UPDATE 0" else None
+
+    # --------------------------------------------------------------------------- audit
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        await self._pool.execute(_RECORD_AUDIT, *audit_row(event))
+
+    async def audit_events(self, matching: AuditFilter, before_id: str | None, limit: int) -> Sequence[AuditEvent]:
+        sql, params = audit_query(matching, before_id, limit)
+        return [AuditEvent(*row) for row in await self._pool.fetch(_numbered(sql), *params)]
+
+    async def drop_audit_before(self, at: float) -> None:
+        await self._pool.execute(_DROP_AUDIT_BEFORE, at)
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         # Increments, never totals: flushes from several replicas add up.

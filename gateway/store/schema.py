@@ -96,6 +96,25 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             # When an operator last set the balance: credits spent before it are not taken off it.
             f"ALTER TABLE users ADD COLUMN credits_set_at {real}",
         ],
+        [
+            # The operator's notes on a key (a JSON object, as text): shown, never sent upstream.
+            "ALTER TABLE api_keys ADD COLUMN metadata TEXT",
+            # Every change to users and keys (store/base.py, AuditEvent); ids sort by time.
+            f"""CREATE TABLE audit_events (
+                id TEXT PRIMARY KEY,
+                at {real} NOT NULL,
+                actor TEXT NOT NULL,
+                via TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target_type TEXT NOT NULL,
+                target TEXT NOT NULL,
+                request_id TEXT,
+                before TEXT,
+                after TEXT
+            )""",
+            "CREATE INDEX audit_events_target ON audit_events (target, id)",
+            "CREATE INDEX audit_events_at ON audit_events (at)",
+        ],
     ]
 
 

@@ -21,12 +21,15 @@ from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
     CREDIT_BALANCE,
+    DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
     KEY_DAILY_USAGE,
+    KEY_UPDATABLE,
     LOAD_WINDOWS,
+    RECORD_AUDIT,
     RECORD_CREDIT_CHANGE,
     REFILL_CREDITS,
     SAVE_WINDOW,
@@ -36,6 +39,8 @@ from gateway.store.base import (
     USER_COLUMNS,
     USER_DAILY_USAGE,
     ApiKey,
+    AuditEvent,
+    AuditFilter,
     DailyUsage,
     StoreError,
     Subscription,
@@ -43,6 +48,8 @@ from gateway.store.base import (
     User,
     UserUsage,
     WindowCount,
+    audit_query,
+    audit_row,
     daily_from_row,
     daily_rows,
     found_from_row,
@@ -327,6 +334,29 @@ class SQLiteStore:
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None:
         await self._write("UPDATE api_keys SET rate_limits = ? WHERE id = ?", (rate_limits, key_id))
         return await self.get_key(key_id)
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey | None:
+        names = sorted(changes)
+        assert names and KEY_UPDATABLE.issuperset(names), names  # column names from our own set only
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        changed = await self._write(
+            f"UPDATE api_keys SET {assignments} WHERE id = ?", (*(changes[name] for name in names), key_id)
+        )
+        return await self.get_key(key_id) if changed else None
+
+    # --------------------------------------------------------------------------- audit
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        async with self._writing:
+            await self._db.execute(RECORD_AUDIT, audit_row(event))
+
+    async def audit_events(self, matching: AuditFilter, before_id: str | None, limit: int) -> Sequence[AuditEvent]:
+        sql, params = audit_query(matching, before_id, limit)
+        return [AuditEvent(*row) for row in await self._all(sql, params)]
+
+    async def drop_audit_before(self, at: float) -> None:
+        async with self._writing:
+            await self._db.execute(DROP_AUDIT_BEFORE, (at,))
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         async with self._writing:
