@@ -220,7 +220,12 @@ def run(python: str, tmp: Path, total: int, repeat: int, seconds: float, package
     null = subprocess.DEVNULL
     began = time.monotonic()
     with (
-        started([python, "-m", "upstream_stub", "--port", str(stub_port)], cwd=REPO, stdout=null, stderr=null),
+        started(
+            [python, "-m", "upstream_stub", "--port", str(stub_port), "--test-tools"],
+            cwd=REPO,
+            stdout=null,
+            stderr=null,
+        ),
         started(
             [*gateway, "serve", "--config", str(config), "--port", str(gw_port)], cwd=REPO, stdout=null, stderr=null
         ) as gw,

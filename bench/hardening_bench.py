@@ -180,7 +180,7 @@ def main() -> None:
     auth = f"Authorization: Bearer {key}\r\n".encode()
     null = subprocess.DEVNULL
     with (
-        started([python, "-m", "upstream_stub", "--port", str(stub_port)], stdout=null, stderr=null),
+        started([python, "-m", "upstream_stub", "--port", str(stub_port), "--test-tools"], stdout=null, stderr=null),
         started([*gateway, "serve", "--config", str(config), "--port", str(gw_port)], stdout=null, stderr=null) as gw,
     ):
         wait_port(stub_port)

@@ -141,9 +141,13 @@ class ServerProcess:
         self._out_reader.join(5)
 
 
-def start_stub() -> ServerProcess:
+def start_stub(*options: str, test_tools: bool = True) -> ServerProcess:
+    """The stub on a free port; with its ``/__stub/`` test tools and echo unless ``test_tools=False``."""
     port = free_port()
-    return ServerProcess(["-m", "upstream_stub", "--port", str(port), "--log-level", "info"], port=port)
+    command = ["-m", "upstream_stub", "--port", str(port), "--log-level", "info", *options]
+    if test_tools:
+        command.append("--test-tools")
+    return ServerProcess(command, port=port)
 
 
 class GatewayProcess(ServerProcess):

@@ -1,23 +1,34 @@
 """The upstream stub: a tiny product-mockup API plus test tools, as one ASGI app.
 
-Routing (``StubApp.__call__``): paths under ``/api/`` and ``/__stub/`` go to a Starlette app; every other
-path, and ``/__stub/echo`` with anything below it, goes to the echo, a plain ASGI function that sees the
-request exactly as the server parsed it (``raw_path``, header order, body bytes).
+``create_app(profile=..., render_delay=..., test_tools=...)``: the error shape of the API it imitates
+(``upstream_stub.dialects``: ``mockly`` or ``mockupanda``), how long a mockup takes to render, and
+whether the test tools below are served at all (off unless asked for, as the real API has none).
 
-Mockup API (JSON; errors are ``{"error": {"code": ..., "message": ...}}``):
+Routing (``StubApp.__call__``): paths under ``/api/`` (and, with the test tools, ``/__stub/``) go to a
+Starlette app; with the test tools, every other path, and ``/__stub/echo`` with anything below it, goes to
+the echo, a plain ASGI function that sees the request exactly as the server parsed it (``raw_path``,
+header order, body bytes). Without them, every other path is the API's 404.
 
-- ``GET /api/v1/templates`` -> ``{"data": [template, ...]}``
-- ``GET /api/v1/templates/{id}`` -> ``{"data": template}`` or 404 ``not_found``
-- ``POST /api/v1/mockups/generate`` ``{"template_id", "artwork_url"}`` -> 201 ``{"data": mockup}`` or
-  400 ``validation_failed``
-- ``GET /api/v1/mockups/{id}`` -> ``{"data": mockup}`` or 404 ``not_found``
-- any other ``/api/`` path -> 404 ``not_found`` ("No such endpoint"); a known path with the wrong
-  method -> 405 ``method_not_allowed`` with ``Allow``.
+Mockup API (JSON; errors in the profile's shape, see ``upstream_stub.dialects``):
+
+- ``GET /api/v1/templates`` -> ``{"data": [template, ...]}``: the Mockly-style ``tpl_*`` templates and
+  the ones Mockupanda's documentation uses in its examples (``bedroom-poster-01``, ``wall-diptych-01``)
+- ``GET /api/v1/templates/{id}`` -> ``{"data": template}`` or 404
+- ``POST /api/v1/mockups/generate`` ``{"template_id", "artwork_url"}`` -> 201 ``{"data": mockup}`` after
+  the render delay, or 400 (Mockupanda: 404 for an unknown template)
+- ``GET /api/v1/mockups`` -> ``{"data": [mockup, ...]}``, the caller's own, newest first
+- ``GET /api/v1/mockups/{id}`` -> ``{"data": mockup}`` or 404
+- any other ``/api/`` path -> 404 ("No such endpoint"); a known path with the wrong method -> 405 with
+  ``Allow``.
+
+Mockups belong to the user named by ``X-User-Id`` (the header the gateway sets; without it, an
+anonymous user of its own): a user lists and gets only its own, and another user's mockup answers
+exactly as an unknown one does.
 
 Routes other than the echo answer CORS like a browser-facing API does (Starlette's CORSMiddleware,
 any origin): ``Access-Control-Allow-Origin`` when the request has an ``Origin``, and preflights.
 
-Test tools:
+Test tools (``test_tools=True``, ``upstream-stub --test-tools``):
 
 - ``/__stub/echo[/...]`` and any path outside ``/api/`` and ``/__stub/``, every method: streams the
   request body through SHA-256 and answers ``{"method", "raw_path", "query_string", "headers",
@@ -60,6 +71,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from upstream_stub import dialects
+from upstream_stub.dialects import PROFILES, ProfileName, error_response
+
 __all__ = ["QuietResetFilter", "StubApp", "StubReset", "app", "create_app"]
 
 PATTERN_PERIOD = 251
@@ -100,6 +114,9 @@ TEMPLATES: dict[str, Template] = {
         Template(id="tpl_tshirt", name="Classic T-Shirt", category="apparel", width=4500, height=5400),
         Template(id="tpl_mug", name="Ceramic Mug 11oz", category="drinkware", width=2700, height=1100),
         Template(id="tpl_poster", name="Matte Poster 18x24", category="wall-art", width=5400, height=7200),
+        # The templates of Mockupanda's documented examples: its own curl works against the stub.
+        Template(id="bedroom-poster-01", name="Bedroom Poster", category="poster", width=4000, height=6000),
+        Template(id="wall-diptych-01", name="Wall Diptych", category="wall-art", width=4000, height=6000),
     )
 }
 
@@ -121,24 +138,6 @@ class QuietResetFilter(logging.Filter):
             _, rest = exc.split(StubReset)
             return rest is not None
         return not isinstance(exc, StubReset)
-
-
-def _error(status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
-
-
-def _validation_failed(message: str) -> JSONResponse:
-    return _error(400, "validation_failed", message)
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    # The router raises 404/405 here; our own parameter checks raise 400. All share the API's envelope.
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return _error(404, "not_found", "No such endpoint")
-    if exc.status_code == 405:
-        return _error(405, "method_not_allowed", "Method not allowed", exc.headers)
-    return _error(exc.status_code, "validation_failed", exc.detail, exc.headers)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -361,20 +360,32 @@ class _AnyMethod:
 
 
 class StubApp:
-    """The whole stub. All state (mockups, received log) lives on the instance."""
+    """The whole stub. All state (mockups per user, received log) lives on the instance."""
 
-    def __init__(self) -> None:
-        self.mockups: dict[str, Mockup] = {}
+    def __init__(self, profile: ProfileName = "mockly", render_delay: float = 0.0, test_tools: bool = False) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
+        if not math.isfinite(render_delay) or render_delay < 0:
+            raise ValueError(f"render_delay: expected a finite, non-negative number of seconds, got {render_delay!r}")
+        self.profile: ProfileName = profile
+        self.render_delay = render_delay
+        self.test_tools = test_tools
+        # Mockups per user (X-User-Id), and every (user, id) oldest first, for MOCKUP_LIMIT.
+        self.mockups: dict[str, dict[str, Mockup]] = {}
+        self._created: deque[tuple[str, str]] = deque()
         self.received: deque[ReceivedRecord] = deque(maxlen=RECEIVED_LIMIT)
         self.echo = Echo(self.received)
-        # mtime=0: the same bytes every run, so tests can compare digests.
-        compressed = gzip.compress(json.dumps(GZIP_PAYLOAD).encode(), mtime=0)
-        self.routes = Starlette(
-            routes=[
-                Route("/api/v1/templates", self.list_templates),
-                Route("/api/v1/templates/{template_id}", self.get_template),
-                Route("/api/v1/mockups/generate", self.generate_mockup, methods=["POST"]),
-                Route("/api/v1/mockups/{mockup_id}", self.get_mockup),
+        routes = [
+            Route("/api/v1/templates", self.list_templates),
+            Route("/api/v1/templates/{template_id}", self.get_template),
+            Route("/api/v1/mockups", self.list_mockups),
+            Route("/api/v1/mockups/generate", self.generate_mockup, methods=["POST"]),
+            Route("/api/v1/mockups/{mockup_id}", self.get_mockup),
+        ]
+        if test_tools:
+            # mtime=0: the same bytes every run, so tests can compare digests.
+            compressed = gzip.compress(json.dumps(GZIP_PAYLOAD).encode(), mtime=0)
+            routes += [
                 Route("/__stub/bytes/{n:int}", stream_bytes),
                 Route("/__stub/slow", slow),
                 Route("/__stub/redirect", redirect),
@@ -384,14 +395,16 @@ class StubApp:
                 Route("/__stub/headers", headers),
                 Route("/__stub/reset", reset),
                 Route("/__stub/received", self.list_received, methods=["GET", "DELETE"]),
-            ],
-            exception_handlers={HTTPException: _http_exception},
+            ]
+        self.routes = Starlette(
+            routes=routes,
+            exception_handlers={HTTPException: self._http_exception},
             # Like the real service: CORS for browsers, so tests can see the gateway remove it.
             middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])],
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._is_echo(scope["path"]):
+        if scope["type"] == "http" and self.test_tools and self._is_echo(scope["path"]):
             await self.echo(scope, receive, send)
         else:
             await self.routes(scope, receive, send)
@@ -402,35 +415,54 @@ class StubApp:
             return True
         return not path.startswith(("/api/", "/__stub/"))
 
+    def _error(self, fault: dialects.Fault, message: str, details: Mapping[str, Any] | None = None) -> JSONResponse:
+        return error_response(self.profile, fault, message, details=details)
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        # The router raises 404/405 here; our own parameter checks raise 400. All share the API's envelope.
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(self.profile, dialects.NO_ENDPOINT, "No such endpoint")
+        if exc.status_code == 405:
+            return error_response(self.profile, dialects.METHOD_NOT_ALLOWED, "Method not allowed", headers=exc.headers)
+        return error_response(self.profile, dialects.BAD_REQUEST, exc.detail, headers=exc.headers)
+
     async def list_templates(self, request: Request) -> Response:
         return JSONResponse({"data": list(TEMPLATES.values())})
 
     async def get_template(self, request: Request) -> Response:
         template = TEMPLATES.get(request.path_params["template_id"])
         if template is None:
-            return _error(404, "not_found", "Template not found")
+            return self._error(dialects.TEMPLATE_NOT_FOUND, "Template not found")
         return JSONResponse({"data": template})
 
     async def generate_mockup(self, request: Request) -> Response:
         try:
             body: Any = json.loads(await request.body())
         except ValueError:
-            return _validation_failed("Request body is not valid JSON")
+            return self._error(dialects.BAD_REQUEST, "Request body is not valid JSON")
         if not isinstance(body, dict):
-            return _validation_failed("Request body must be a JSON object")
-        for field in ("template_id", "artwork_url"):
+            return self._error(dialects.BAD_REQUEST, "Request body must be a JSON object")
+        for field, missing in (
+            ("template_id", dialects.MISSING_TEMPLATE_ID),
+            ("artwork_url", dialects.MISSING_ARTWORK),
+        ):
             if field not in body:
-                return _validation_failed(f"{field} is required")
+                return self._error(missing, f"{field} is required")
             if not isinstance(body[field], str):
-                return _validation_failed(f"{field} must be a string")
+                return self._error(dialects.BAD_REQUEST, f"{field} must be a string")
         template_id: str = body["template_id"]
         artwork_url: str = body["artwork_url"]
         if template_id not in TEMPLATES:
-            return _validation_failed(f"Unknown template_id: {template_id}")
+            details = {"template_id": template_id}
+            return self._error(dialects.UNKNOWN_TEMPLATE, f"Unknown template_id: {template_id}", details)
         parts = urlsplit(artwork_url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            return _validation_failed("artwork_url must be an absolute http(s) URL")
+            return self._error(dialects.INVALID_ARTWORK_URL, "artwork_url must be an absolute http(s) URL")
 
+        if self.render_delay:
+            # Rendering takes time; a client that gives up meanwhile gets no mockup (and holds no task).
+            await _sleep_unless_disconnected(request, self.render_delay)
         mockup_id = f"mk_{secrets.token_hex(12)}"
         mockup = Mockup(
             id=mockup_id,
@@ -440,15 +472,29 @@ class StubApp:
             image_url=f"{CDN_BASE}/{mockup_id}.png",
             created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
-        if len(self.mockups) >= MOCKUP_LIMIT:
-            del self.mockups[next(iter(self.mockups))]  # dicts keep insertion order: this is the oldest
-        self.mockups[mockup_id] = mockup
+        self._keep(_user(request), mockup)
         return JSONResponse({"data": mockup}, status_code=201)
 
+    def _keep(self, user: str, mockup: Mockup) -> None:
+        if len(self._created) >= MOCKUP_LIMIT:
+            # The oldest mockup of all users goes first.
+            old_user, old_id = self._created.popleft()
+            owned = self.mockups[old_user]
+            del owned[old_id]
+            if not owned:
+                del self.mockups[old_user]
+        self.mockups.setdefault(user, {})[mockup["id"]] = mockup
+        self._created.append((user, mockup["id"]))
+
+    async def list_mockups(self, request: Request) -> Response:
+        owned = self.mockups.get(_user(request), {})
+        return JSONResponse({"data": list(reversed(owned.values()))})
+
     async def get_mockup(self, request: Request) -> Response:
-        mockup = self.mockups.get(request.path_params["mockup_id"])
+        # Another user's mockup is answered exactly as one that does not exist.
+        mockup = self.mockups.get(_user(request), {}).get(request.path_params["mockup_id"])
         if mockup is None:
-            return _error(404, "not_found", "Mockup not found")
+            return self._error(dialects.MOCKUP_NOT_FOUND, "Mockup not found")
         return JSONResponse({"data": mockup})
 
     async def list_received(self, request: Request) -> Response:
@@ -458,9 +504,15 @@ class StubApp:
         return JSONResponse({"requests": list(self.received)})
 
 
-def create_app() -> StubApp:
-    """A fresh stub with empty state."""
-    return StubApp()
+def _user(request: Request) -> str:
+    """Whose mockups these are: the X-User-Id the gateway sets ("" without one, an anonymous user)."""
+    return request.headers.get("x-user-id", "")
+
+
+def create_app(profile: ProfileName = "mockly", render_delay: float = 0.0, test_tools: bool = False) -> StubApp:
+    """A fresh stub with empty state: ``profile``'s error shape, ``render_delay`` seconds per mockup,
+    the ``/__stub/`` test tools and the echo only with ``test_tools``."""
+    return StubApp(profile=profile, render_delay=render_delay, test_tools=test_tools)
 
 
 app = create_app()
