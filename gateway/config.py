@@ -224,6 +224,17 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    # The session cookie is sent over HTTPS only: on when TLS is terminated in front of the admin
+    # listener (the browser then never sends it in clear text).
+    secure_cookies: bool = False
+    # A session ends after this long without a request, and this long after signing in, whichever
+    # comes first.
+    session_idle_timeout: float = 30 * 60.0
+    session_lifetime: float = 12 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     public: bool = False
 
@@ -272,6 +283,7 @@ class GatewayConfig:
     usage: UsageConfig = field(default_factory=UsageConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
@@ -607,6 +619,9 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "admin.port": _port,
     "admin.token_file": lambda value: None if value is None else _string(value),
     "admin.tokens": _named_token_files,
+    "console.secure_cookies": _boolean,
+    "console.session_idle_timeout": _positive_duration,
+    "console.session_lifetime": _positive_duration,
     "health.check_upstream": _boolean,
     "metrics.public": _boolean,
     "store.url": _store_url,
@@ -633,6 +648,7 @@ _SECTIONS = {
     "usage": UsageConfig,
     "audit": AuditConfig,
     "admin": AdminConfig,
+    "console": ConsoleConfig,
     "health": HealthConfig,
     "metrics": MetricsConfig,
     "store": StoreConfig,

@@ -31,8 +31,18 @@ from gateway.http.app import GatewayApp, create_app
 from gateway.http.protocol import GatewayHttpProtocol, protocol_class
 from gateway.manage.service import ManagementService
 from gateway.store import open_store
+from gateway.types import ASGIApp
 
-__all__ = ["AppGateway", "Answer", "Connection", "FakeTimers", "FakeUpstream", "SentRequest", "UpstreamAnswer"]
+__all__ = [
+    "AppGateway",
+    "Answer",
+    "Connection",
+    "FakeTimers",
+    "FakeUpstream",
+    "Lifespan",
+    "SentRequest",
+    "UpstreamAnswer",
+]
 
 
 # ----------------------------------------------------------------------------- the upstream
@@ -146,6 +156,37 @@ class Answer:
         return json.loads(self.body)
 
 
+class Lifespan:
+    """An ASGI app's lifespan, run in the test's event loop: ``start`` until the app has started,
+    ``stop`` until it has shut down (again: nothing)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._task: asyncio.Task[None] | None = None
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def start(self) -> None:
+        async def receive() -> dict[str, Any]:
+            return await self._to_app.get()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            await self._from_app.put(dict(message))
+
+        self._task = asyncio.ensure_future(self.app({"type": "lifespan"}, receive, send))
+        await self._to_app.put({"type": "lifespan.startup"})
+        started = await self._from_app.get()
+        assert started["type"] == "lifespan.startup.complete", started
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        assert (await self._from_app.get())["type"] == "lifespan.shutdown.complete"
+        await task
+
+
 class AppGateway:
     """The gateway's app, started in the test's event loop on a SQLite store in ``tmp_dir`` that
     holds one user (``alice``) with one key; ``upstream`` answers what it forwards."""
@@ -163,33 +204,16 @@ class AppGateway:
         self.user_id = "alice"
         self.key = ""
         self.key_id = ""
-        self._lifespan: asyncio.Task[None] | None = None
-        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._lifespan = Lifespan(self.app)
 
     async def start(self) -> AppGateway:
         created = await self.service(self._user_with_key)
         self.key, self.key_id = created
-
-        async def receive() -> dict[str, Any]:
-            return await self._to_app.get()
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            await self._from_app.put(dict(message))
-
-        self._lifespan = asyncio.ensure_future(self.app({"type": "lifespan"}, receive, send))
-        await self._to_app.put({"type": "lifespan.startup"})
-        started = await self._from_app.get()
-        assert started["type"] == "lifespan.startup.complete", started
+        await self._lifespan.start()
         return self
 
     async def stop(self) -> None:
-        if self._lifespan is None:
-            return
-        lifespan, self._lifespan = self._lifespan, None
-        await self._to_app.put({"type": "lifespan.shutdown"})
-        assert (await self._from_app.get())["type"] == "lifespan.shutdown.complete"
-        await lifespan
+        await self._lifespan.stop()
 
     async def _user_with_key(self, service: ManagementService) -> tuple[str, str]:
         await service.add_user(self.user_id)

@@ -239,6 +239,23 @@ async def test_usage_per_day_per_key_and_per_user(store: KeyStore) -> None:
     assert kept is not None and kept.requests == 3  # the lifetime counter keeps the dropped day
 
 
+async def test_the_busiest_keys_of_a_day(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    for name in ("a", "b", "c", "d"):
+        await store.add_key(key(f"key_{name}", key_hash=name * 64))
+    await store.add_usage({"key_a": UsageDelta(requests=2), "key_b": UsageDelta(requests=7, credits=3)}, "2026-12-06")
+    await store.add_usage({"key_c": UsageDelta(requests=5), "key_d": UsageDelta(rate_limited=4)}, "2026-12-06")
+    await store.add_usage({"key_a": UsageDelta(requests=50)}, "2026-12-05")  # another day
+    busiest = await store.busiest_keys("2026-12-06", 2)
+    assert [(k.id, k.user_id, k.prefix, usage) for k, usage in busiest] == [
+        ("key_b", "alice", "mk_live_abcd", DailyUsage("2026-12-06", 7, 0, 3, 0)),
+        ("key_c", "alice", "mk_live_abcd", DailyUsage("2026-12-06", 5, 0, 0, 0)),
+    ]
+    # A key that only had requests refused that day made none: it is not among them.
+    assert [k.id for k, _ in await store.busiest_keys("2026-12-06", 10)] == ["key_b", "key_c", "key_a"]
+    assert await store.busiest_keys("2026-12-07", 10) == []
+
+
 async def test_usage_from_several_processes_adds_up(store_url: str) -> None:
     stores = [await open_store(store_url) for _ in range(3)]
     try:

@@ -159,6 +159,14 @@ class Metrics:
             return own
         return self._slots.add_others(self._slot, own)
 
+    def outcome_totals(self) -> dict[str, int]:
+        """Requests by outcome, every worker's together (as /metrics counts them)."""
+        return dict(zip(OUTCOMES, map(int, self.totals()[: len(OUTCOMES)]), strict=True))
+
+    def redis_degraded_processes(self) -> int:
+        """Processes that cannot use Redis, every worker's together (gateway_redis_degraded)."""
+        return int(self.totals()[-2])  # values() ends with this gauge and the task count
+
     def publish(self) -> None:
         """Copy the values into this worker's slot (with --workers N)."""
         if self._slots is not None:

@@ -24,7 +24,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from gateway.accounting.metrics import Metrics
 from gateway.admin import models, openapi
 from gateway.admin.acting import ActingAs
+from gateway.admin.console.app import console_routes, open_console
 from gateway.admin.errors import answers, handlers
+from gateway.admin.health import store_problem
 from gateway.admin.pages import Position, page
 from gateway.admin.routing import HeadAsGet, JsonBodyRoute
 from gateway.admin.token import API, OPENAPI_PATH, AdminToken
@@ -40,7 +42,7 @@ from gateway.manage.documents import (
 )
 from gateway.manage.service import ManagementService, open_service
 from gateway.manage.transfer import decode_line, export_lines
-from gateway.store import ApiKey, StoreError, User
+from gateway.store import ApiKey, User
 
 __all__ = ["create_admin_app"]
 
@@ -112,14 +114,8 @@ async def healthz() -> dict[str, Any]:
     responses={503: {"model": models.Unavailable, "description": "Not ready, with the reason"}},
 )
 async def readyz(service: Service, config: Config) -> Any:
-    try:
-        await asyncio.wait_for(service.store.check(), timeout=2)
-    except Exception as exc:  # whatever the reason, not ready
-        # No token is needed here: the reason is the gateway's own words (a file replaced, a
-        # folder gone), or the failure's kind; a driver's message, which may name the server, is
-        # only logged.
-        logger.warning("readyz: the key store does not answer (%s: %s)", type(exc).__name__, exc)
-        return _unavailable(f"store: {(str(exc) if isinstance(exc, StoreError) else '') or type(exc).__name__}")
+    if (problem := await store_problem(service.store)) is not None:
+        return _unavailable(problem)
     if config.health.check_upstream:
         url = urlsplit(config.upstream.url)
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -512,8 +508,9 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_service(config) as service:
+        async with open_service(config) as service, open_console(config, metrics, service) as console:
             app.state.service = service
+            app.state.console = console
             yield
 
     app = FastAPI(
@@ -533,5 +530,6 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     app.state.config = config
     app.state.metrics = metrics
     app.include_router(router)
+    app.router.routes.extend(console_routes())
     app.state.openapi = openapi.document(app, public_metrics=config.metrics.public)
     return AdminToken(ActingAs(HeadAsGet(app)), config.admin_tokens(), metrics, public_metrics=config.metrics.public)

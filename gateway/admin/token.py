@@ -14,7 +14,7 @@ from gateway.accounting.metrics import Metrics
 from gateway.admin.errors import envelope
 from gateway.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["API", "OPENAPI_PATH", "AdminToken", "needs_token"]
+__all__ = ["API", "OPENAPI_PATH", "AdminToken", "named_token", "needs_token"]
 
 API = "/admin/v1"
 OPENAPI_PATH = f"{API}/openapi.json"
@@ -24,6 +24,16 @@ def needs_token(path: str, *, public_metrics: bool) -> bool:
     if path == "/metrics":
         return not public_metrics
     return path.startswith(API + "/") and path != OPENAPI_PATH
+
+
+def named_token(given: bytes, expected: Sequence[tuple[str, bytes]]) -> str | None:
+    """The name of the token ``given`` is, or None. Every token is compared, whatever was sent and
+    whichever matches: nothing to time."""
+    who = None
+    for name, token in expected:
+        if hmac.compare_digest(given, token):
+            who = name
+    return who
 
 
 class AdminToken:
@@ -41,13 +51,8 @@ class AdminToken:
         self._public_metrics = public_metrics
 
     def _who(self, given: list[bytes]) -> str | None:
-        """The name of the token given, or None. Every token is compared, whatever was sent and
-        whichever matches: nothing to time."""
-        sent = given[0] if len(given) == 1 else b""
-        who = None
-        for name, expected in self._expected:
-            if hmac.compare_digest(sent, expected):
-                who = name
+        """The name of the one token given, or None."""
+        who = named_token(given[0] if len(given) == 1 else b"", self._expected)
         return who if len(given) == 1 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -340,6 +340,11 @@ class ManagementService:
             raise InvalidField("the first day comes after the last", "from")
         return first, last, await self.store.daily_usage(key_id=key_id, user_id=user_id, since=first, until=last)
 
+    async def busiest_keys(self, limit: int = 10) -> Sequence[tuple[ApiKey, DailyUsage]]:
+        """Today's (UTC) ``limit`` keys with the most requests, with their usage today (as last
+        written by the gateways); each key carries its identity only."""
+        return await self.store.busiest_keys(utc_day(self._clock())[0], limit)
+
     # ------------------------------------------------------------------------------- keys
 
     async def create_key(

@@ -191,6 +191,14 @@ USER_DAILY_USAGE = (
     " WHERE k.user_id = ? AND d.day >= ? AND d.day <= ? GROUP BY d.day ORDER BY d.day"
 )
 DROP_USAGE_BEFORE = "DELETE FROM usage_daily WHERE day < ?"
+# The keys with the most requests on a day (the console's overview): a key's columns, then its day's.
+BUSIEST_KEYS = (
+    "SELECT "
+    + ", ".join(f"k.{c}" for c in ("id", "user_id", "name", "prefix", "key_hash", "created_at"))
+    + ", d.day, d.requests, d.rate_limited, d.credits, d.refused_credits"
+    " FROM usage_daily d JOIN api_keys k ON k.id = d.key_id"
+    " WHERE d.day = ? AND d.requests > 0 ORDER BY d.requests DESC, d.key_id LIMIT ?"
+)
 
 
 def daily_rows(deltas: Mapping[str, UsageDelta], day: str) -> list[tuple[Any, ...]]:
@@ -200,6 +208,11 @@ def daily_rows(deltas: Mapping[str, UsageDelta], day: str) -> list[tuple[Any, ..
 
 def daily_from_row(row: Sequence[Any]) -> DailyUsage:
     return DailyUsage(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+
+
+def busy_key_from_row(row: Sequence[Any]) -> tuple[ApiKey, DailyUsage]:
+    """A BUSIEST_KEYS row: the key (its identity only: no limits, usage or state) and its day."""
+    return ApiKey(*tuple(row)[:6]), daily_from_row(tuple(row)[6:])
 
 
 # The credit wallet (both stores; "?" placeholders).
@@ -438,6 +451,11 @@ class KeyStore(Protocol):
     ) -> Sequence[DailyUsage]:
         """Usage per day from ``since`` to ``until`` (inclusive, 'YYYY-MM-DD'), of one key or of
         all the keys of one user; days without usage are left out."""
+        ...
+
+    async def busiest_keys(self, day: str, limit: int) -> Sequence[tuple[ApiKey, DailyUsage]]:
+        """The ``limit`` keys with the most requests on ``day``, most first, each with its day's
+        usage; the keys carry their identity only (id, user, name, prefix)."""
         ...
 
     async def drop_usage_before(self, day: str) -> None:

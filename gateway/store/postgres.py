@@ -18,6 +18,7 @@ import asyncpg
 from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
+    BUSIEST_KEYS,
     CREDIT_BALANCE,
     DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
@@ -48,6 +49,7 @@ from gateway.store.base import (
     WindowCount,
     audit_query,
     audit_row,
+    busy_key_from_row,
     daily_from_row,
     daily_rows,
     found_from_row,
@@ -104,6 +106,7 @@ _DROP_AUDIT_BEFORE = _numbered(DROP_AUDIT_BEFORE)
 _KEY_DAILY_USAGE = _numbered(KEY_DAILY_USAGE)
 _USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
 _DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
+_BUSIEST_KEYS = _numbered(BUSIEST_KEYS)
 _CREDIT_BALANCE = _numbered(CREDIT_BALANCE)
 _ADD_CREDITS = _numbered(ADD_CREDITS)
 _SET_CREDITS = _numbered(SET_CREDITS)
@@ -452,6 +455,9 @@ class PostgresStore:
     ) -> Sequence[DailyUsage]:
         sql, owner = (_KEY_DAILY_USAGE, key_id) if key_id is not None else (_USER_DAILY_USAGE, user_id)
         return [daily_from_row(row) for row in await self._pool.fetch(sql, owner, since, until)]
+
+    async def busiest_keys(self, day: str, limit: int) -> Sequence[tuple[ApiKey, DailyUsage]]:
+        return [busy_key_from_row(row) for row in await self._pool.fetch(_BUSIEST_KEYS, day, limit)]
 
     async def drop_usage_before(self, day: str) -> None:
         await self._pool.execute(_DROP_USAGE_BEFORE, day)

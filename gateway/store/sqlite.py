@@ -20,6 +20,7 @@ import aiosqlite
 from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
+    BUSIEST_KEYS,
     CREDIT_BALANCE,
     DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
@@ -50,6 +51,7 @@ from gateway.store.base import (
     WindowCount,
     audit_query,
     audit_row,
+    busy_key_from_row,
     daily_from_row,
     daily_rows,
     found_from_row,
@@ -448,6 +450,9 @@ class SQLiteStore:
     ) -> Sequence[DailyUsage]:
         sql, owner = (KEY_DAILY_USAGE, key_id) if key_id is not None else (USER_DAILY_USAGE, user_id)
         return [daily_from_row(row) for row in await self._all(sql, (owner, since, until))]
+
+    async def busiest_keys(self, day: str, limit: int) -> Sequence[tuple[ApiKey, DailyUsage]]:
+        return [busy_key_from_row(row) for row in await self._all(BUSIEST_KEYS, (day, limit))]
 
     async def drop_usage_before(self, day: str) -> None:
         async with self._writing:

@@ -1,0 +1,169 @@
+"""What every console page shares: the console's parts, the signed-in visit, forms and their
+CSRF token, rendering, and the refusals.
+
+A page is an ``async def (visit) -> Response`` wrapped by ``page``: without a live session the
+visitor is sent to the sign-in form; a POST must carry the session's CSRF token (compared in
+constant time) or is refused with 403; what the service refuses (an unknown user, a bad value)
+is a page saying so, with the status the admin API would give.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from gateway.accounting.metrics import Metrics
+from gateway.admin.console.outcomes import OutcomeHistory
+from gateway.admin.console.sessions import Session, Sessions
+from gateway.config import GatewayConfig
+from gateway.manage.documents import iso
+from gateway.manage.rules import InvalidField
+from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound
+from gateway.store.base import is_store_failure
+from gateway.units import window_name
+
+__all__ = ["COOKIE", "PREFIX", "Console", "Visit", "page", "read_form", "render", "user_url", "when"]
+
+PREFIX = "/console"
+COOKIE = "gateway_console"
+# A console form is a few fields: a body past this is no form of ours.
+MAX_FORM_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """The console's parts, built once in the admin app's lifespan (``app.open_console``)."""
+
+    config: GatewayConfig
+    service: ManagementService
+    metrics: Metrics
+    sessions: Sessions
+    outcomes: OutcomeHistory
+    templates: jinja2.Environment
+
+
+def user_url(user_id: str) -> str:
+    """A user's page (an id may hold any printable character, ``/`` and ``?`` included)."""
+    return f"{PREFIX}/users/{quote(user_id, safe='')}"
+
+
+def when(timestamp: float | None) -> str:
+    """A time as the CLI shows it, to the minute: 2026-12-06 14:03 UTC."""
+    shown = iso(timestamp)
+    return "never" if shown is None else f"{shown[:10]} {shown[11:16]} UTC"
+
+
+def templates() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("gateway.admin.console", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["when"] = when
+    environment.filters["user_url"] = user_url
+    environment.filters["limits"] = lambda limits: "; ".join(limits) if limits else ""
+    environment.filters["limit_items"] = lambda items: "; ".join(f"{i.amount}/{window_name(i)}" for i in items)
+    return environment
+
+
+def render(console: Console, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+    html = console.templates.get_template(template).render(prefix=PREFIX, **context)
+    return HTMLResponse(html, http_status)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the first of each name); anything else is no fields at all."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return {}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        fields.setdefault(name, value)
+    return fields
+
+
+@dataclass(slots=True)
+class Visit:
+    """A signed-in operator's request."""
+
+    request: Request
+    console: Console
+    session: Session
+    form: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def service(self) -> ManagementService:
+        return self.console.service
+
+    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+        # A page left open goes back to the sign-in form once its session has ended (a second
+        # after), rather than show what it showed to whoever comes by.
+        ends_in = math.ceil(max(self.console.sessions.remaining(self.session), 0)) + 1
+        return render(self.console, template, http_status, session=self.session, session_ends_in=ends_in, **context)
+
+    def problem(self, status: int, message: str) -> HTMLResponse:
+        return self.render("problem.html", status, status=status, message=message)
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console  # opened in the admin app's lifespan
+    return console
+
+
+def _signing_in(request: Request) -> RedirectResponse:
+    """To the sign-in form, back here afterwards (a GET's page; after a POST, the overview)."""
+    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = f"{PREFIX}/sign-in" + (f"?next={quote(back, safe='')}" if request.method == "GET" else "")
+    return RedirectResponse(target, 303)
+
+
+def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A console page for signed-in operators only; a POST checked for the session's CSRF token."""
+
+    async def handle(request: Request) -> Response:
+        console = console_of(request)
+        session_id = request.cookies.get(COOKIE)
+        session = await console.sessions.find(session_id) if session_id else None
+        if session is None:
+            return _signing_in(request)
+        visit = Visit(request, console, session)
+        if request.method == "POST":
+            visit.form = await read_form(request)
+            if not hmac.compare_digest(visit.form.get("csrf", "").encode(), session.csrf.encode()):
+                return visit.problem(
+                    403,
+                    "This form was refused: it did not carry this session's security token (CSRF)."
+                    " Open the page again and send the form from there.",
+                )
+        try:
+            return await endpoint(visit)
+        except NotFound as exc:
+            return visit.problem(404, str(exc))
+        except AlreadyExists as exc:
+            return visit.problem(409, str(exc))
+        except InvalidField as exc:
+            return visit.problem(422, str(exc))
+        except ChangeNotAnnounced:
+            return visit.problem(
+                503,
+                "The change was made, but Redis could not tell every gateway: they may use cached"
+                " copies for up to cache.ttl_seconds. Repeat it once Redis answers.",
+            )
+        except Exception as exc:
+            if is_store_failure(exc):
+                return visit.problem(503, "The key store is unavailable; nothing was changed. Retry later.")
+            raise
+
+    return handle

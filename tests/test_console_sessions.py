@@ -1,0 +1,81 @@
+"""The console's sessions: expiry (idle and absolute) on an injected clock, sign-out, ids kept
+hashed; in memory and in the machine's Redis alike."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, SessionRecords, Sessions
+from tests.fakes import Clock
+from tests.services import machine_redis_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def records(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[SessionRecords]:
+    if request.param == "memory":
+        yield MemorySessionRecords(clock)
+        return
+    redis = RedisSessionRecords(machine_redis_url(), timeout=1.0)
+    yield redis
+    await redis.aclose()
+
+
+def sessions(records: SessionRecords, clock: Clock) -> Sessions:
+    return Sessions(records, idle_timeout=600, lifetime=3600, clock=clock)
+
+
+async def test_a_session_is_found_by_its_id_until_it_is_ended(records: SessionRecords, clock: Clock) -> None:
+    kept = sessions(records, clock)
+    session_id, session = await kept.start("ops")
+    assert len(session_id) >= 43 and session.actor == "ops" and len(session.csrf) >= 43
+    found = await kept.find(session_id)
+    assert found is not None and (found.actor, found.csrf) == ("ops", session.csrf)
+    assert await kept.find(session_id + "x") is None
+    await kept.end(session_id)
+    assert await kept.find(session_id) is None
+
+
+async def test_each_start_is_a_new_id_and_a_new_csrf_token(records: SessionRecords, clock: Clock) -> None:
+    kept = sessions(records, clock)
+    (first, one), (second, two) = await kept.start("ops"), await kept.start("ops")
+    assert first != second and one.csrf != two.csrf
+
+
+async def test_a_session_ends_when_idle(records: SessionRecords, clock: Clock) -> None:
+    kept = sessions(records, clock)
+    session_id, _ = await kept.start("ops")
+    clock.tick(599)
+    assert await kept.find(session_id) is not None  # seen again: idle from now on
+    clock.tick(599)
+    assert await kept.find(session_id) is not None
+    clock.tick(600)
+    assert await kept.find(session_id) is None
+
+
+async def test_a_session_ends_at_its_lifetime_however_busy(records: SessionRecords, clock: Clock) -> None:
+    kept = sessions(records, clock)
+    session_id, _ = await kept.start("ops")
+    for _ in range(11):
+        clock.tick(300)
+        assert await kept.find(session_id) is not None  # 3,300 s in
+    clock.tick(300)
+    assert await kept.find(session_id) is None
+
+
+async def test_only_the_ids_hash_is_kept(clock: Clock) -> None:
+    records = MemorySessionRecords(clock)
+    session_id, session = await sessions(records, clock).start("ops")
+    assert await records.get(session_id) is None
+    assert await records.get(hashlib.sha256(session_id.encode()).hexdigest()) == session
+    assert "ops" in repr(session) and session.csrf not in repr(session)
+
+
+async def test_memory_keeps_a_bounded_number_of_sessions(clock: Clock) -> None:
+    records = MemorySessionRecords(clock, max_sessions=3)
+    kept = sessions(records, clock)
+    ids = [(await kept.start(f"op{n}"))[0] for n in range(4)]
+    assert await kept.find(ids[0]) is None  # the least recently kept went
+    assert all([await kept.find(session_id) for session_id in ids[1:]])
