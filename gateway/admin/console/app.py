@@ -60,8 +60,10 @@ def console_routes() -> list[BaseRoute]:
             Route("/audit", audit.audit_log),
             Mount("/static", StaticFiles(directory=STATIC)),
         ],
-        # A path of no page: signed in, a page saying so; anonymous, the sign-in form.
+        # A path of no page: signed in, a page saying so; anonymous, the sign-in form. No redirect
+        # to add or drop a slash: it would be built from the client's Host.
         default=request_response(missing),
+        redirect_slashes=False,
     )
     return [
         Route(PREFIX, lambda request: RedirectResponse(f"{PREFIX}/", 307)),
