@@ -191,8 +191,21 @@ async def test_a_user_and_a_key_from_creation_to_revocation(browser: Browser) ->
     revoked = await browser.post(f"/console/keys/{key_id[1]}/revoke", {})
     after = await browser.get(revoked.headers["location"])
     assert "Key revoked" in after.text and ">revoked</span>" in after.text
-    seen += [key_page.text, confirm.text, after.text]
+    audit = await browser.get("/console/audit")
+    seen += [key_page.text, confirm.text, after.text, audit.text]
     assert not [page for page in seen if key[1] in page]
+    # Each change is in the audit log, the signed-in token's and the console's, with the request
+    # id its answer carried.
+    for action, answer in (("key.create", created), ("key.rate_limits", limits), ("key.revoke", revoked)):
+        row = re.search(rf"<tr>(?:(?!</tr>).)*<code>{re.escape(action)}</code>(?:(?!</tr>).)*</tr>", audit.text, re.S)
+        assert row is not None, action
+        assert 'admin <span class="hint">(console)</span>' in row[0]
+        assert f"<code>{answer.headers['x-request-id']}</code>" in row[0] and key_id[1] in row[0]
+    assert "<code>user.add</code>" in audit.text
+    # The key's page lists its own events, and the filter finds them.
+    assert key_page.text.count("<code>key.") == 2  # created, limits (the revocation came after)
+    filtered = await browser.get("/console/audit", params={"action": "key.revoke"})
+    assert filtered.text.count("<code>key.revoke</code>") == 1 and "<code>key.create</code>" not in filtered.text
 
 
 async def test_rotating_shows_the_new_key_once_and_the_old_one_stops(browser: Browser) -> None:
@@ -242,14 +255,21 @@ async def test_users_are_searched_by_prefix_and_paged(browser: Browser) -> None:
     second = await browser.get(next_page[1].replace("&amp;", "&"))
     assert second.text.count('href="/console/users/user-') == 3 and "Next page" not in second.text
     assert 'for="q">Search users</label>' in first.text
+    audit = await browser.get("/console/audit")
+    assert audit.text.count("<code>user.add</code>") == 50
+    older = re.search(r'href="(/console/audit\?cursor=[^"]+)">Older events', audit.text)
+    assert older is not None
+    assert (await browser.get(older[1])).text.count("<code>user.add</code>") == 4
 
 
 async def test_the_subscription_switch(browser: Browser) -> None:
-    await browser.sign_in()
+    await browser.sign_in(OPS_TOKEN)
     await browser.post("/console/users", {"user_id": "carol", "subscription": "active"})
     switched = await browser.post("/console/subscription/carol", {"subscription": "inactive"})
     page = await browser.get(switched.headers["location"])
     assert ">inactive</span>" in page.text and ">Make active</button>" in page.text
+    audit = await browser.get("/console/audit", params={"target": "carol", "actor": "ops"})
+    assert "<code>user.subscription</code>" in audit.text and "<del>active</del> → <ins>inactive</ins>" in audit.text
 
 
 async def test_sign_out_ends_the_session_on_the_server(browser: Browser) -> None:

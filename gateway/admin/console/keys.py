@@ -3,8 +3,11 @@ confirmation that needs no script), and a key's page with its limits and usage."
 
 from __future__ import annotations
 
+import json
+
 from starlette.responses import RedirectResponse, Response
 
+from gateway.admin.console.audit import audit_rows
 from gateway.admin.console.charts import daily_chart
 from gateway.admin.console.users import user_page_context
 from gateway.admin.console.web import PREFIX, Visit, page, user_url
@@ -12,6 +15,10 @@ from gateway.manage.rules import InvalidField, split_limits
 from gateway.units import parse_duration
 
 __all__ = ["confirm_revoke", "create_key", "key_page", "new_key", "revoke_key", "rotate_key", "save_limits"]
+
+
+# A key's latest audit events on its page; the audit log has them all.
+KEY_EVENTS = 20
 
 
 def _limits(text: str) -> str | None:
@@ -65,6 +72,7 @@ async def revoke_key(visit: Visit) -> Response:
 async def key_page(visit: Visit) -> Response:
     key = await visit.service.get_key(visit.request.path_params["key_id"])
     first, last, days = await visit.service.daily_usage(key_id=key.id)
+    events, more = await visit.service.audit_events(target=key.id, limit=KEY_EVENTS)
     return visit.render(
         "key.html",
         nav="users",
@@ -77,6 +85,9 @@ async def key_page(visit: Visit) -> Response:
         first=first,
         last=last,
         saved=visit.request.query_params.get("done") == "limits",
+        metadata=None if key.metadata is None else json.dumps(json.loads(key.metadata), indent=2, sort_keys=True),
+        events=audit_rows(events),
+        more_events=more is not None,
     )
 
 

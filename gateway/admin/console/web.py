@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from gateway.accounting.metrics import Metrics
 from gateway.admin.console.outcomes import OutcomeHistory
 from gateway.admin.console.sessions import Session, Sessions
 from gateway.config import GatewayConfig
+from gateway.manage.audit import acting
 from gateway.manage.documents import iso
 from gateway.manage.rules import InvalidField
 from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound
@@ -148,7 +150,15 @@ def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request]
                     " Open the page again and send the form from there.",
                 )
         try:
-            return await endpoint(visit)
+            if request.method != "POST":
+                return await endpoint(visit)
+            # Every change is a POST: recorded in the audit trail as the signed-in token's, under
+            # a request id of its own, which the answer carries back.
+            request_id = secrets.token_hex(8)
+            with acting(session.actor, "console", request_id):
+                response = await endpoint(visit)
+            response.headers["x-request-id"] = request_id
+            return response
         except NotFound as exc:
             return visit.problem(404, str(exc))
         except AlreadyExists as exc:
