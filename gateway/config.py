@@ -91,6 +91,11 @@ class KeysConfig:
     # keys.prefix (mk_live_, when a mockupanda deployment gets mpa_): still ours, checksum and all.
     earlier_prefixes: tuple[str, ...] = ()
 
+    @property
+    def every_prefix(self) -> tuple[str, ...]:
+        """Every prefix of the keys this gateway takes: what is never to be echoed or taken for an id."""
+        return (self.prefix, *self.earlier_prefixes, *self.legacy_prefixes)
+
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:

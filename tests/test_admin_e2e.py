@@ -511,6 +511,12 @@ def test_the_audit_names_the_token_and_the_request_of_every_change(
         rest = client.get(f"{API}/audit", params={"target": key["id"], "cursor": first["next_cursor"]}).json()
         assert [e["action"] for e in rest["items"]] == ["key.create"]
         assert client.get(f"{API}/audit", params={"action": "user.add", "since": "2000-01-01"}).json()["items"]
+        # A key pasted for a request id is neither echoed nor kept.
+        pasted = client.put(
+            f"{API}/users/audited/subscription", json={"subscription": "inactive"}, headers={"X-Request-Id": key["key"]}
+        )
+        assert pasted.status_code == 200 and key["key"] not in pasted.headers["x-request-id"]
+        assert key["key"] not in json.dumps(client.get(f"{API}/audit").json())
         assert not client.get(f"{API}/audit", params={"since": "2999-01-01T00:00:00Z"}).json()["items"]
         assert_error(client.get(f"{API}/audit", params={"cursor": "nope"}), 422, "validation_failed", "cursor")
         assert_error(client.get(f"{API}/audit", params={"action": "drop"}), 422, "validation_failed", "action")

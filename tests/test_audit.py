@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.manage.audit import acting
+from gateway.manage.audit import acting, cli_actor
 from gateway.manage.documents import audit_document, key_document
 from gateway.manage.rules import InvalidField
 from gateway.manage.service import ManagementService
@@ -158,3 +158,39 @@ async def test_what_an_operator_sets_on_a_key(service: ManagementService, clock:
     await service.revoke_key(key_id)
     with pytest.raises(InvalidField, match="revoked"):
         await service.update_key(key_id, expires_at=None)  # a revocation stands
+
+
+async def test_a_rotated_keys_end_stands_against_a_write_that_read_it_before(
+    service: ManagementService, store: KeyStore, clock: Clock
+) -> None:
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    await service.rotate_key(created.record.id, grace=60)
+    # What an update racing the rotation would write, having read the key before it: refused.
+    assert await store.update_key(created.record.id, {"expires_at": clock.now + 365 * DAY}) is None
+    assert (await service.get_key(created.record.id)).expires_at == clock.now + 60
+    with pytest.raises(InvalidField, match="rotated: its end stands"):
+        await service.update_key(created.record.id, expires_at=None)
+    # Its name may still change.
+    assert (await service.update_key(created.record.id, name="old")).name == "old"
+
+
+async def test_what_no_event_can_hold_is_refused_or_finds_nothing(service: ManagementService) -> None:
+    await service.add_user("alice")
+    created = await service.create_key("alice")
+    for name in (created.key, f"prod {created.key}"):
+        with pytest.raises(InvalidField) as refusal:
+            await service.update_key(created.record.id, name=name)
+        assert refusal.value.field == "name" and created.key not in str(refusal.value)
+    with pytest.raises(InvalidField):
+        await service.create_key("alice", name=created.key)
+    with pytest.raises(InvalidField, match="JSON values"):
+        await service.update_key(created.record.id, metadata={"a": "\ud800"})
+    assert await service.audit_events(target="a\x00b") == ([], None)
+    assert await service.audit_events(actor="\x00") == ([], None)
+    assert await service.audit_events(action="key.\x00") == ([], None)
+
+
+def test_the_cli_actor_is_printable_whatever_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGNAME", "ops\x1b[31mRED\nfake line")
+    assert cli_actor() == "cli:ops?[31mRED?fake?line"

@@ -4,6 +4,7 @@ against a plain socket server on loopback that writes what the test tells it to.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -88,5 +89,30 @@ async def test_bytes_waiting_unread_on_a_pooled_connection_close_it(scripted: Sc
         third = await upstream.request("GET", "/", [(b"Host", b"x")], None)
         assert (third.status, await third.read()) == (200, b"connection-1")
         await third.aclose()
+    finally:
+        await upstream.aclose()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_part_of_an_answer_read_while_pooled_closes_the_connection(
+    scripted: ScriptedUpstream, client: str
+) -> None:
+    upstream = await open_upstream_client(
+        UpstreamConfig(url=f"http://127.0.0.1:{scripted.port}", client=client, max_connections=4)  # type: ignore[arg-type]
+    )
+    try:
+        first = await upstream.request("GET", "/", [(b"Host", b"x")], None)
+        assert await first.read() == b"connection-0"
+        await first.aclose()
+
+        # The start of an answer nobody asked for, which the loop reads while the connection is
+        # idle (a few turns of the loop, no waiting on a clock): no whole message to show for it,
+        # and nothing left in the socket. On that connection the next answer would be read after it.
+        scripted.accepted[0].sendall(b"HTTP/1.1 20")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        second = await upstream.request("GET", "/", [(b"Host", b"x")], None)
+        assert (second.status, await second.read()) == (200, b"connection-1")
+        await second.aclose()
     finally:
         await upstream.aclose()

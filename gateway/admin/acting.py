@@ -15,26 +15,29 @@ __all__ = ["ActingAs"]
 _MAX_REQUEST_ID = 128
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id(scope: Scope, key_prefixes: tuple[str, ...]) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             given: str = value.decode("latin-1")
-            if 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable() and " " not in given:
+            plain = 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable() and " " not in given
+            # A key pasted for an id would be echoed and kept in the audit trail: never.
+            if plain and not any(prefix in given for prefix in key_prefixes):
                 return given
             break
     return secrets.token_hex(8)
 
 
 class ActingAs:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, key_prefixes: tuple[str, ...]) -> None:
         self.app = app
+        self._key_prefixes = key_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         who = scope.get("state", {}).get("admin") if scope["type"] == "http" else None
         if who is None:
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = _request_id(scope, self._key_prefixes)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -532,4 +532,5 @@ def create_admin_app(config: GatewayConfig, metrics: Metrics) -> AdminToken:
     app.include_router(router)
     app.router.routes.extend(console_routes())
     app.state.openapi = openapi.document(app, public_metrics=config.metrics.public)
-    return AdminToken(ActingAs(HeadAsGet(app)), config.admin_tokens(), metrics, public_metrics=config.metrics.public)
+    acting = ActingAs(HeadAsGet(app), config.keys.every_prefix)
+    return AdminToken(acting, config.admin_tokens(), metrics, public_metrics=config.metrics.public)

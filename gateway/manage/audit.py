@@ -78,11 +78,14 @@ def current_actor() -> Actor:
 
 
 def cli_actor() -> str:
-    """``cli:<os user>``: who runs the CLI, as the operating system knows them."""
+    """``cli:<os user>``: who runs the CLI, as the operating system knows them. The name comes from
+    LOGNAME or USER when set, which anyone can set: kept to printable ASCII without spaces, so it
+    cannot forge a line of ``gateway audit``'s table."""
     try:
-        return f"cli:{getpass.getuser()}"
+        name = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container's), nor LOGNAME or USER
-        return f"cli:uid-{os.getuid()}"
+        name = f"uid-{os.getuid()}"
+    return "cli:" + "".join(c if "!" <= c <= "~" else "?" for c in name[:64])
 
 
 def user_fields(user: User) -> dict[str, Any]:

@@ -100,10 +100,11 @@ def check_metadata(metadata: object) -> str | None:
         raise InvalidField('metadata is a JSON object, like {"plan": "pro"} (or null to clear it)', "metadata")
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())  # (a lone surrogate, which JSON can carry, is no text to store)
     except (TypeError, ValueError, RecursionError):
         raise InvalidField(
             "metadata holds only JSON values (strings, finite numbers, true/false, null, lists, objects)", "metadata"
         ) from None
-    if len(text.encode()) > METADATA_MAX_BYTES:
+    if size > METADATA_MAX_BYTES:
         raise InvalidField(f"metadata is at most {METADATA_MAX_BYTES} bytes of JSON", "metadata")
     return text

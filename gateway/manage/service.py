@@ -188,6 +188,8 @@ class ManagementService:
         ``cursor`` (the id of the last event of the page before); and the next page's cursor."""
         if cursor is not None and not _EVENT_ID.fullmatch(cursor):
             raise InvalidField("cursor: not one this API gave", "cursor")
+        if not all(value is None or value.isprintable() for value in (target, actor, action)):
+            return [], None  # no event has a NUL or a control character (PostgreSQL would refuse one)
         if not 1 <= limit <= 1000:
             raise InvalidField("limit: from 1 to 1000", "limit")
         matching = AuditFilter(target=target, actor=actor, action=action, since=since)
@@ -359,7 +361,7 @@ class ManagementService:
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
             raise InvalidField("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
-        created = self._new_key(user_id, check_name(name), expires_at, check_limits(rate_limits))
+        created = self._new_key(user_id, self._check_name(name), expires_at, check_limits(rate_limits))
         await self._write(lambda: self.store.add_key(created.record))
         await self._audit("key.create", "key", created.record.id, None, key_fields(created.record))
         return created
@@ -382,13 +384,10 @@ class ManagementService:
         before = await self.get_key(key_id)
         changes: dict[str, Any] = {}
         if name is not UNCHANGED:
-            changes["name"] = check_name(name)
+            changes["name"] = self._check_name(name)
         if expires_at is not UNCHANGED:
             if before.revoked_at is not None or before.replaced_by is not None:
-                raise InvalidField(
-                    f"key {key_id} was {'revoked' if before.revoked_at is not None else 'rotated'}: its end stands",
-                    "expires_at",
-                )
+                raise self._end_stands(before)
             if expires_at is not None and (
                 isinstance(expires_at, bool)
                 or not isinstance(expires_at, int | float)
@@ -404,10 +403,20 @@ class ManagementService:
         if not changes:
             raise InvalidField("nothing to change: give name, expires_at or metadata", "name")
         key = await self._write(lambda: self.store.update_key(key_id, changes))
-        if key is None:
-            raise NotFound(f"no key {key_id!r}")
+        if key is None:  # revoked or rotated since it was read (the store checks it as it writes)
+            raise self._end_stands(await self.get_key(key_id))
         await self._audit("key.update", "key", key_id, key_fields(before), key_fields(key))
         return key
+
+    def _check_name(self, name: str | None) -> str | None:
+        """A key's name: shown everywhere and kept in the audit trail, so never a key."""
+        if name is not None and self._looks_like_a_key(name):
+            raise InvalidField(f"a key's name must not hold a key ({self._prefix}...)", "name")
+        return check_name(name)
+
+    def _end_stands(self, key: ApiKey) -> InvalidField:
+        how = "revoked" if key.revoked_at is not None else "rotated"
+        return InvalidField(f"key {key.id} was {how}: its end stands", "expires_at")
 
     async def get_key(self, key_id: str) -> ApiKey:
         # An id no key can have (a NUL byte, say) is never sent to a store that would fail on it.

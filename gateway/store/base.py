@@ -100,6 +100,9 @@ class ApiKey:
 
 # What ``KeyStore.update_key`` may change: fields an operator sets on a key after its creation.
 KEY_UPDATABLE = frozenset({"name", "expires_at", "metadata"})
+# Added to update_key's WHERE when it sets expires_at: a revoked or rotated key's end stands,
+# whatever a write racing the revocation or rotation read before it.
+STILL_ITS_OWN_END = " AND revoked_at IS NULL AND replaced_by IS NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +407,8 @@ class KeyStore(Protocol):
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...
 
     async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey | None:
-        """Set the KEY_UPDATABLE fields in ``changes``; the key after, None if unknown."""
+        """Set the KEY_UPDATABLE fields in ``changes``; the key after. None, with nothing written,
+        if unknown, or if ``changes`` sets expires_at and the key was revoked or rotated."""
         ...
 
     async def record_audit(self, event: AuditEvent) -> None:

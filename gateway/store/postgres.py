@@ -34,6 +34,7 @@ from gateway.store.base import (
     SAVE_WINDOW,
     SET_CREDITS,
     SPEND_CREDITS,
+    STILL_ITS_OWN_END,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -383,8 +384,9 @@ class PostgresStore:
         names = sorted(changes)
         assert names and KEY_UPDATABLE.issuperset(names), names  # column names from our own set only
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=1))
+        condition = STILL_ITS_OWN_END if "expires_at" in changes else ""
         status = await self._write(
-            f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}",
+            f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}{condition}",
             *(changes[name] for name in names),
             key_id,
         )

@@ -36,6 +36,7 @@ from gateway.store.base import (
     SAVE_WINDOW,
     SET_CREDITS,
     SPEND_CREDITS,
+    STILL_ITS_OWN_END,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -341,8 +342,9 @@ class SQLiteStore:
         names = sorted(changes)
         assert names and KEY_UPDATABLE.issuperset(names), names  # column names from our own set only
         assignments = ", ".join(f"{name} = ?" for name in names)
+        condition = STILL_ITS_OWN_END if "expires_at" in changes else ""
         changed = await self._write(
-            f"UPDATE api_keys SET {assignments} WHERE id = ?", (*(changes[name] for name in names), key_id)
+            f"UPDATE api_keys SET {assignments} WHERE id = ?{condition}", (*(changes[name] for name in names), key_id)
         )
         return await self.get_key(key_id) if changed else None
 

@@ -67,10 +67,18 @@ class _Handler(ResponseHandler):
     closes the connection, and leaves the reader, and so the client's answer, waiting for ever."""
 
     unread = UnreadBytes(None)
+    # Bytes received in all, and as it went back to the pool: any more came while it sat idle
+    # (aiohttp's parser takes in a partial head without a message to show for it).
+    received = 0
+    received_when_parked = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.unread = UnreadBytes(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        super().data_received(data)
 
     def set_exception(self, exc: BaseException, *args: Any) -> None:
         payload = self._payload
@@ -95,9 +103,16 @@ class _Connector(aiohttp.TCPConnector):
             if connection is None:
                 return None
             protocol = cast("_Handler | None", connection.protocol)
-            if protocol is None or not (protocol.should_close or protocol.unread.waiting()):
+            if protocol is None or not (
+                protocol.should_close or protocol.received != protocol.received_when_parked or protocol.unread.waiting()
+            ):
                 return connection
             connection.close()
+
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        handler = cast("_Handler", protocol)
+        handler.received_when_parked = handler.received
+        super()._release(key, protocol, should_close=should_close)
 
 
 class _HeadDeadlines:
