@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 import pytest
@@ -25,9 +27,41 @@ import pytest
 from tests.servers import free_port
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-# A database of its own, emptied by each test that uses it: the machine's Redis may serve others.
-# Each pytest-xdist worker (gw0, gw1...; at most 4, as scripts/test runs them) has its own.
-REDIS_TEST_DB = 13 - int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+# The databases the tests may use, each emptied by every test that uses it: the machine's Redis may
+# serve others (0, its default, is never touched). Every test run on the machine shares that Redis,
+# in every checkout, and all their users are called "alice": two runs in one database would empty
+# and spend each other's state (one run's 120 requests drained the wallet another had just set to
+# 30). So each test process (a pytest-xdist worker, or a plain run) leases a database of its own
+# for as long as it lives, with a lock file the system lets go of when the process ends, however it
+# ends. 15, 14 and 9 down to 4 first: checkouts from before the lease still use 13 down to 10
+# unasked.
+_REDIS_TEST_DBS = (15, 14, *range(9, 3, -1), *range(13, 9, -1))
+_REDIS_LEASE_WAIT = 300.0  # seconds a process waits for a database once every one is leased
+_redis_lease: tuple[int, IO[str]] | None = None
+
+
+def _redis_test_db() -> int:
+    """This process's own database on the machine's Redis, leased at its first use."""
+    global _redis_lease
+    if _redis_lease is None:
+        _redis_lease = _lease_redis_db()
+    return _redis_lease[0]
+
+
+def _lease_redis_db() -> tuple[int, IO[str]]:
+    deadline = time.monotonic() + _REDIS_LEASE_WAIT
+    while True:
+        for db in _REDIS_TEST_DBS:
+            lock = open(Path(tempfile.gettempdir()) / f"gateway-tests-redis-{REDIS_PORT}-db{db}.lock", "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            return db, lock  # held (open) until the process ends
+        if time.monotonic() >= deadline:
+            unavailable("Redis", f"every test database ({len(_REDIS_TEST_DBS)}) stayed leased by other test runs")
+        time.sleep(0.5)
 
 
 def unavailable(service: str, why: str) -> None:
@@ -48,15 +82,16 @@ def _answers_ping(port: int) -> bool:
 
 
 def machine_redis_url() -> str:
-    """The machine's Redis, its test database emptied."""
+    """The machine's Redis, the database this process leased emptied."""
     if not _answers_ping(REDIS_PORT):
         unavailable("Redis", f"nothing answers PING on {REDIS_HOST}:{REDIS_PORT}")
+    db = _redis_test_db()
     with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as sock:
-        sock.sendall(f"SELECT {REDIS_TEST_DB}\r\nFLUSHDB\r\n".encode())
+        sock.sendall(f"SELECT {db}\r\nFLUSHDB\r\n".encode())
         replies = b""
         while replies.count(b"\r\n") < 2:
             replies += sock.recv(64)
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
 class RedisServer:
