@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urljoin
 
 import httpx
 import pytest
@@ -297,3 +298,44 @@ async def test_the_admin_api_and_its_document_are_as_they_were(browser: Browser)
     document = (await browser.get("/admin/v1/openapi.json")).json()
     assert not [path for path in document["paths"] if path.startswith("/console")]
     assert (await browser.get("/admin/v1/users")).status_code == 401
+
+
+async def test_an_id_of_dots_and_slashes_never_takes_a_form_to_another_path(browser: Browser) -> None:
+    await browser.sign_in()
+    await browser.post("/console/users", {"user_id": "victim", "subscription": "active"})
+    created = await browser.post("/console/new-key/victim", {"name": "app", "expires_in": "", "rate_limits": ""})
+    key_id = re.search(r'/console/keys/(key_\w+)/rotate"', created.text)
+    assert key_id is not None
+    for crafted in (f"../keys/{key_id[1]}/revoke", "..", "."):
+        await browser.post("/console/users", {"user_id": crafted, "subscription": "active"})
+        page = await browser.get("/console/users/" + quote(crafted, safe="").replace(".", "%2E"))
+        assert page.status_code == 200, crafted
+        # Every form's action, as a browser resolves it, stays on this user's own paths.
+        for action in re.findall(r'<form[^>]*action="([^"]+)"', page.text):
+            resolved = urljoin("http://admin.test/console/users/x", action)
+            assert "/keys/" not in resolved or crafted == "..", (crafted, action)
+            assert "/../" not in resolved and not resolved.endswith("/.."), (crafted, action)
+    assert ">active</span>" in (await browser.get(f"/console/keys/{key_id[1]}")).text
+
+
+async def test_a_post_sent_from_another_site_is_refused(browser: Browser) -> None:
+    await browser.sign_in()
+    for site in ("same-site", "cross-site"):
+        answer = await browser.client.post(
+            "/console/users", data={"csrf": browser.csrf, "user_id": "mallory"}, headers={"Sec-Fetch-Site": site}
+        )
+        assert answer.status_code == 403 and "another site" in answer.text
+    assert "mallory" not in (await browser.get("/console/users")).text
+
+
+async def test_starlettes_own_refusals_under_the_console_are_pages_with_the_headers(browser: Browser) -> None:
+    for method, path, status in (
+        ("PUT", "/console/sign-in", 405),
+        ("GET", "/console/static/nothing.css", 404),
+        ("GET", "/console", 307),
+    ):
+        answer = await browser.client.request(method, path)
+        assert answer.status_code == status, path
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
+        if status != 307:
+            assert answer.headers["content-type"].startswith("text/html"), path

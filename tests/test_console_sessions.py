@@ -23,8 +23,11 @@ async def records(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator
     await redis.aclose()
 
 
-def sessions(records: SessionRecords, clock: Clock) -> Sessions:
-    return Sessions(records, idle_timeout=600, lifetime=3600, clock=clock)
+TOKENS = [("ops", "ops-token-0123456789abcdef")]
+
+
+def sessions(records: SessionRecords, clock: Clock, tokens: list[tuple[str, str]] = TOKENS) -> Sessions:
+    return Sessions(records, tokens=tokens, idle_timeout=600, lifetime=3600, clock=clock)
 
 
 async def test_a_session_is_found_by_its_id_until_it_is_ended(records: SessionRecords, clock: Clock) -> None:
@@ -75,7 +78,31 @@ async def test_only_the_ids_hash_is_kept(clock: Clock) -> None:
 
 async def test_memory_keeps_a_bounded_number_of_sessions(clock: Clock) -> None:
     records = MemorySessionRecords(clock, max_sessions=3)
-    kept = sessions(records, clock)
+    kept = sessions(records, clock, [(f"op{n}", f"op{n}-token-0123456789abcdef") for n in range(4)])
     ids = [(await kept.start(f"op{n}"))[0] for n in range(4)]
     assert await kept.find(ids[0]) is None  # the least recently kept went
     assert all([await kept.find(session_id) for session_id in ids[1:]])
+
+
+async def test_a_session_ends_with_its_token(records: SessionRecords, clock: Clock) -> None:
+    session_id, _ = await sessions(records, clock).start("ops")
+    # The token given another value (a leaked one replaced), or removed, by a restart of the config.
+    assert await sessions(records, clock, [("ops", "ops-token-NEW-0123456789abcdef")]).find(session_id) is None
+    session_id, _ = await sessions(records, clock).start("ops")
+    assert await sessions(records, clock, [("ci", "ci-token-0123456789abcdef")]).find(session_id) is None
+    assert await sessions(records, clock).find(session_id) is None  # ended, not only refused
+
+
+async def test_a_record_written_without_the_token_opens_nothing(clock: Clock) -> None:
+    redis = RedisSessionRecords(machine_redis_url(), timeout=1.0)
+    try:
+        kept = sessions(redis, clock)
+        session_id, session = await kept.start("ops")
+        digest = hashlib.sha256(session_id.encode()).hexdigest()
+        forged = type(session)(actor="ops", csrf="x", started_at=clock.now, seen_at=clock.now, token_mark="0" * 64)
+        await redis.put(digest, forged, 600)
+        assert await kept.find(session_id) is None
+        await redis._client.set(RedisSessionRecords.PREFIX + digest, b"not json")
+        assert await kept.find(session_id) is None
+    finally:
+        await redis.aclose()

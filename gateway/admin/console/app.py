@@ -66,7 +66,7 @@ def console_routes() -> list[BaseRoute]:
         redirect_slashes=False,
     )
     return [
-        Route(PREFIX, lambda request: RedirectResponse(f"{PREFIX}/", 307)),
+        Route(PREFIX, SecurityHeaders(RedirectResponse(f"{PREFIX}/", 307))),
         Mount(PREFIX, SecurityHeaders(router)),
     ]
 
@@ -79,6 +79,7 @@ async def open_console(
     redis = RedisSessionRecords(config.redis.url, timeout=config.redis.timeout) if config.redis.url else None
     sessions = Sessions(
         redis or MemorySessionRecords(clock),
+        tokens=config.admin_tokens(),
         idle_timeout=config.console.session_idle_timeout,
         lifetime=config.console.session_lifetime,
         clock=clock,

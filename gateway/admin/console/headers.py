@@ -8,6 +8,12 @@ browser or a proxy (``no-store``): one of them shows a new key.
 
 from __future__ import annotations
 
+from html import escape
+from http import HTTPStatus
+
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse
+
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CONTENT_SECURITY_POLICY", "SecurityHeaders"]
@@ -46,4 +52,11 @@ class SecurityHeaders:
                 message = {**message, "headers": headers + _HEADERS}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except HTTPException as exc:
+            # Starlette's own refusals under /console (a method a path does not take, a missing
+            # static file), which would otherwise reach the admin API's JSON handlers, headerless.
+            phrase = escape(HTTPStatus(exc.status_code).phrase)
+            page = f'<!doctype html><title>{phrase}</title><h1>{phrase}</h1><p><a href="/console/">Console</a></p>'
+            await HTMLResponse(page, exc.status_code, headers=exc.headers)(scope, receive, send_with_headers)

@@ -10,15 +10,21 @@ every sign-in, so an id planted before it is worth nothing.
 The records live in this process's memory (a restart signs every operator out), or in Redis when
 ``redis.url`` is set: ``serve --workers N`` has every worker answer the admin listener, and each
 must know every session.
+
+Each record carries a mark of the token it was signed in with (an HMAC keyed by the token), checked
+against the configured tokens whenever the session is used: a token removed from the config, or
+given another value, ends its sessions at their next request; a record written into Redis by
+someone without the token, or by another deployment with other tokens, opens nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
@@ -34,6 +40,7 @@ class Session:
     csrf: str  # the token every form of this session posts back
     started_at: float
     seen_at: float
+    token_mark: str = ""  # token_mark(the token signed in with)
 
     def __repr__(self) -> str:
         return f"Session(actor={self.actor!r})"
@@ -89,7 +96,12 @@ class RedisSessionRecords:
 
     async def get(self, digest: str) -> Session | None:
         found = await self._client.get(self.PREFIX + digest)
-        return None if found is None else Session(**json.loads(found))
+        if found is None:
+            return None
+        try:
+            return Session(**json.loads(found))
+        except (ValueError, TypeError):  # not a record of ours: no session
+            return None
 
     async def delete(self, digest: str) -> None:
         await self._client.delete(self.PREFIX + digest)
@@ -102,6 +114,11 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
 
+def token_mark(token: str) -> str:
+    """What a session keeps of its token: nothing that opens anything, and different for every token."""
+    return hmac.new(token.encode(), b"gateway console session", hashlib.sha256).hexdigest()
+
+
 class Sessions:
     """Starts, finds (and keeps alive) and ends sessions, with their expiry rules."""
 
@@ -109,11 +126,13 @@ class Sessions:
         self,
         records: SessionRecords,
         *,
+        tokens: Sequence[tuple[str, str]],
         idle_timeout: float,
         lifetime: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._records = records
+        self._marks = {name: token_mark(token) for name, token in tokens}
         self._idle = idle_timeout
         self._lifetime = lifetime
         self._clock = clock
@@ -128,7 +147,9 @@ class Sessions:
         """A new session for ``actor``, and its id (for the cookie, and nowhere else)."""
         now = self._clock()
         session_id = secrets.token_urlsafe(32)
-        session = Session(actor=actor, csrf=secrets.token_urlsafe(32), started_at=now, seen_at=now)
+        session = Session(
+            actor=actor, csrf=secrets.token_urlsafe(32), started_at=now, seen_at=now, token_mark=self._marks[actor]
+        )
         await self._records.put(_digest(session_id), session, self._ttl(session))
         return session_id, session
 
@@ -139,7 +160,9 @@ class Sessions:
         if session is None:
             return None
         now = self._clock()
-        if now - session.seen_at >= self._idle or now - session.started_at >= self._lifetime:
+        expected = self._marks.get(session.actor, "")
+        own_token = bool(expected) and hmac.compare_digest(session.token_mark.encode(), expected.encode())
+        if not own_token or now - session.seen_at >= self._idle or now - session.started_at >= self._lifetime:
             await self._records.delete(digest)
             return None
         seen = replace(session, seen_at=now)

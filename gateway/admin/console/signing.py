@@ -16,7 +16,18 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from gateway.admin.console.web import COOKIE, PREFIX, Visit, console_of, page, read_form, render
+from gateway.admin.console.web import (
+    COOKIE,
+    PREFIX,
+    Visit,
+    console_of,
+    from_another_site,
+    logger,
+    page,
+    read_form,
+    render,
+    sessions_unavailable,
+)
 from gateway.admin.token import named_token
 
 __all__ = ["sign_in", "sign_in_form", "sign_out"]
@@ -58,6 +69,8 @@ async def sign_in_form(request: Request) -> Response:
 
 async def sign_in(request: Request) -> Response:
     console = console_of(request)
+    if from_another_site(request):
+        return _form(request, 403, "The sign-in form was sent from a page of another site: sign in here.")
     form = await read_form(request)
     expected = request.cookies.get(FORM_COOKIE, "")
     if not expected or not hmac.compare_digest(form.get("form_token", "").encode(), expected.encode()):
@@ -69,9 +82,13 @@ async def sign_in(request: Request) -> Response:
         return _form(request, 401, "That is not an admin token of this gateway.")
     # A new id at every sign-in, whatever cookie the browser had.
     old = request.cookies.get(COOKIE)
-    if old:
-        await console.sessions.end(old)
-    session_id, _ = await console.sessions.start(actor)
+    try:
+        if old:
+            await console.sessions.end(old)
+        session_id, _ = await console.sessions.start(actor)
+    except Exception as exc:
+        logger.error("console sessions unavailable: %s", type(exc).__name__)
+        return sessions_unavailable(console)
     response = RedirectResponse(_next_page(form.get("next")), 303)
     _set_cookie(response, COOKIE, session_id, secure=console.config.console.secure_cookies)
     response.delete_cookie(FORM_COOKIE, path=PREFIX + "/")

@@ -10,6 +10,7 @@ is a page saying so, with the status the admin API would give.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,22 @@ from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, Management
 from gateway.store.base import is_store_failure
 from gateway.units import window_name
 
-__all__ = ["COOKIE", "PREFIX", "Console", "Visit", "page", "read_form", "render", "user_url", "when"]
+__all__ = [
+    "COOKIE",
+    "PREFIX",
+    "Console",
+    "Visit",
+    "from_another_site",
+    "page",
+    "read_form",
+    "render",
+    "segment",
+    "sessions_unavailable",
+    "user_url",
+    "when",
+]
+
+logger = logging.getLogger("gateway.error")
 
 PREFIX = "/console"
 COOKIE = "gateway_console"
@@ -52,9 +68,17 @@ class Console:
     templates: jinja2.Environment
 
 
+def segment(value: str) -> str:
+    """An id as one path segment: ``/``, ``?`` and ``#`` quoted, and a segment of dots too (``..``
+    would take a form's action to another path: a user id ``../keys/K/revoke`` turning "Make
+    inactive" into revoking key K)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted.strip(".") == "" else quoted
+
+
 def user_url(user_id: str) -> str:
     """A user's page (an id may hold any printable character, ``/`` and ``?`` included)."""
-    return f"{PREFIX}/users/{quote(user_id, safe='')}"
+    return f"{PREFIX}/users/{segment(user_id)}"
 
 
 def when(timestamp: float | None) -> str:
@@ -71,6 +95,7 @@ def templates() -> jinja2.Environment:
     )
     environment.filters["when"] = when
     environment.filters["user_url"] = user_url
+    environment.filters["segment"] = segment
     environment.filters["limits"] = lambda limits: "; ".join(limits) if limits else ""
     environment.filters["limit_items"] = lambda items: "; ".join(f"{i.amount}/{window_name(i)}" for i in items)
     return environment
@@ -131,16 +156,33 @@ def _signing_in(request: Request) -> RedirectResponse:
     return RedirectResponse(target, 303)
 
 
+def sessions_unavailable(console: Console) -> HTMLResponse:
+    message = "The console's sessions are kept in Redis (redis.url), which does not answer: retry once it does."
+    return render(console, "problem.html", 503, status=503, message=message)
+
+
+def from_another_site(request: Request) -> bool:
+    """A POST a page of another origin made the browser send (Sec-Fetch-Site, which pages cannot
+    forge): SameSite=Strict lets one from the same host on another port through."""
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+
+
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A console page for signed-in operators only; a POST checked for the session's CSRF token."""
 
     async def handle(request: Request) -> Response:
         console = console_of(request)
         session_id = request.cookies.get(COOKIE)
-        session = await console.sessions.find(session_id) if session_id else None
+        try:
+            session = await console.sessions.find(session_id) if session_id else None
+        except Exception as exc:
+            logger.error("console sessions unavailable: %s", type(exc).__name__)
+            return sessions_unavailable(console)
         if session is None:
             return _signing_in(request)
         visit = Visit(request, console, session)
+        if request.method == "POST" and from_another_site(request):
+            return visit.problem(403, "This form was refused: it was sent from a page of another site.")
         if request.method == "POST":
             visit.form = await read_form(request)
             if not hmac.compare_digest(visit.form.get("csrf", "").encode(), session.csrf.encode()):
