@@ -4,8 +4,10 @@ The design notes: docs/internals.md, "gateway/config.py"."""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -27,15 +29,29 @@ UpstreamClientName = Literal["aiohttp", "httpx", "builtin"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 RedisFailure = Literal["open", "closed"]
 
+# Every key comes from the environment as GATEWAY_<SECTION>__<KEY> (``env_variable``); these
+# shorter names, older than that rule, keep working (their value is taken as it is, never as YAML).
 ENV_OVERRIDES: Mapping[str, str] = {
     "GATEWAY_UPSTREAM_URL": "upstream.url",
     "GATEWAY_STORE_URL": "store.url",
     "GATEWAY_REDIS_URL": "redis.url",
 }
+ENV_PREFIX = "GATEWAY_"
+# The gateway's variables that are not config keys, with what each is for.
+SPECIAL_VARIABLES: Mapping[str, str] = {
+    "GATEWAY_CONFIG": "the config file's path",
+    "GATEWAY_ADMIN_TOKEN": "the admin token",
+    "GATEWAY_REQUIRE_SERVICES": "the tests: fail rather than skip without PostgreSQL or Redis",
+    **ENV_OVERRIDES,
+}
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line for the operator."""
+    """The configuration cannot be used: one line for the operator per problem found (``problems``)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,6 +678,25 @@ _SECTIONS = {
 }
 
 
+def _profile_definitions(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("a mapping of profile name to definition")
+    return {str(name): definition for name, definition in value.items()}
+
+
+# Every key the settings can be given, in the file or the environment: the documented ones, and
+# the custom error profiles (documented commented out).
+_KEYS: Mapping[str, Callable[[object], Any]] = {**_SCALARS, "errors.profiles": _profile_definitions}
+
+
+def env_variable(key: str) -> str:
+    """The environment variable of a key: ``listen.port`` is GATEWAY_LISTEN__PORT."""
+    return ENV_PREFIX + key.replace(".", "__").upper()
+
+
+_ENV_KEYS: Mapping[str, str] = {env_variable(key): key for key in _KEYS}
+
+
 # ---------------------------------------------------------------------------------- loading
 
 
@@ -676,7 +711,8 @@ def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[st
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, check and freeze the settings; ConfigError (one line) if anything is wrong."""
+    """Read, check and freeze the settings: the file, then the environment over it. ConfigError
+    if anything is wrong, with one line per problem found, every problem at once."""
     environ = os.environ if environ is None else environ
     file = resolve_config_path(path, environ)
     raw: dict[str, Any] = {}
@@ -684,41 +720,51 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if file is not None:
         source = str(file)
         raw = _read_yaml(file)
-    values, profile_name, custom_profiles = _flatten(raw, source)
+    problems: list[str] = []
+    values = _flatten(raw, source, problems)
     origins = dict.fromkeys(values, source)
-    for variable, key in ENV_OVERRIDES.items():
-        if variable in environ:
-            origins[key] = f"environment variable {variable}"
-            values[key] = _parse(key, environ[variable], origins[key])
+    for variable, key, value in _from_environment(environ, problems):
+        origin = f"environment variable {variable}"
+        values.pop(key, None)
+        parsed = _parse(key, value, origin, problems)
+        if parsed is not _INVALID:
+            values[key], origins[key] = parsed, origin
     # Once the environment has had its say: it may choose another backend than the file did.
     for key, value in values.items():
         if (missing := _missing_extra(key, value)) is not None:
-            raise ConfigError(f"{origins[key]}: {key}: {missing}")
+            problems.append(f"{origins[key]}: {key}: {missing}")
     admin_token = environ.get("GATEWAY_ADMIN_TOKEN", "").strip() or None
     token_file = values.get("admin.token_file")
     if admin_token is None and token_file is not None:
-        admin_token = _read_token(token_file, source)
+        admin_token = _read_token(token_file, origins["admin.token_file"], problems)
     if admin_token is not None and not _usable_token(admin_token):
         where = "environment variable GATEWAY_ADMIN_TOKEN" if environ.get("GATEWAY_ADMIN_TOKEN") else source
-        raise ConfigError(f"{where}: admin token: expected {TOKEN_RULE}")
+        problems.append(f"{where}: admin token: expected {TOKEN_RULE}")
     named_tokens: list[tuple[str, str]] = []
     for name, token_file in values.get("admin.tokens", ()):
-        token = _read_token(token_file, source, key=f"admin.tokens ({name})")
+        where = origins["admin.tokens"]
+        token = _read_token(token_file, where, problems, key=f"admin.tokens ({name})")
+        if token is None:
+            continue
         if not _usable_token(token):
-            raise ConfigError(f"{source}: admin.tokens ({name}): expected {TOKEN_RULE}")
-        if token == admin_token or token in {t for _, t in named_tokens}:
-            raise ConfigError(f"{source}: admin.tokens ({name}): the same token as another; give each its own")
+            problems.append(f"{where}: admin.tokens ({name}): expected {TOKEN_RULE}")
+        elif token == admin_token or token in {t for _, t in named_tokens}:
+            problems.append(f"{where}: admin.tokens ({name}): the same token as another; give each its own")
         named_tokens.append((name, token))
 
     profiles: dict[str, ErrorProfile] = dict(BUILTIN_PROFILES)
-    for name, definition in custom_profiles.items():
+    for name, definition in values.pop("errors.profiles", {}).items():
         try:
             profiles[name] = build_profile(name, definition)
         except ProfileError as exc:
             key = f"errors.profiles.{name}" + (f".{exc.key}" if exc.key else "")
-            raise ConfigError(f"{source}: {key}: expected {exc.expected}") from None
+            problems.append(f"{origins['errors.profiles']}: {key}: expected {exc.expected}")
+    profile_name = values.pop("errors.profile", "mockly")
     if profile_name not in profiles:
-        raise ConfigError(f"{source}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
+        where = origins.get("errors.profile", source)
+        problems.append(f"{where}: errors.profile: expected one of {', '.join(profiles)}, got {profile_name!r}")
+    if problems:
+        raise ConfigError(*problems)
     if "keys.prefix" not in values:
         # The fronted API's documented prefix (mockupanda: mpa_). Keys minted before with the
         # old default keep working: the change of prefix must not turn every key away.
@@ -750,15 +796,19 @@ def _usable_token(token: str) -> bool:
     return len(token) >= MIN_ADMIN_TOKEN and all("!" <= character <= "~" for character in token) and len(set(token)) > 1
 
 
-def _read_token(token_file: str, source: str, key: str = "admin.token_file") -> str:
+def _read_token(token_file: str, source: str, problems: list[str], key: str = "admin.token_file") -> str | None:
+    """The token in ``token_file``, or None with the problem noted."""
     try:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{source}: {key}: cannot read {token_file}: {exc.strerror or exc}") from None
+        problems.append(f"{source}: {key}: cannot read {token_file}: {exc.strerror or exc}")
+        return None
     except UnicodeDecodeError:
-        raise ConfigError(f"{source}: {key}: {token_file} is not UTF-8 text") from None
+        problems.append(f"{source}: {key}: {token_file} is not UTF-8 text")
+        return None
     if not token:
-        raise ConfigError(f"{source}: {key}: {token_file} is empty")
+        problems.append(f"{source}: {key}: {token_file} is empty")
+        return None
     return token
 
 
@@ -783,39 +833,102 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     return data
 
 
-def _flatten(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """Checked values by dotted key, the chosen profile name, and the custom profile definitions."""
+def _flatten(raw: Mapping[str, Any], source: str, problems: list[str]) -> dict[str, Any]:
+    """The file's checked values by dotted key; what is wrong is noted in ``problems``."""
     values: dict[str, Any] = {}
-    profile_name = "mockly"
-    custom_profiles: dict[str, Any] = {}
     for section, body in raw.items():
         if section not in (*_SECTIONS, "errors"):
             known = ", ".join((*_SECTIONS, "errors"))
-            raise ConfigError(f"{source}: {section}: unknown section (known: {known})")
+            problems.append(f"{source}: {section}: unknown section (known: {known})")
+            continue
         if body is None:
             continue
         if not isinstance(body, dict):
-            raise ConfigError(f"{source}: {section}: expected a mapping of keys")
+            problems.append(f"{source}: {section}: expected a mapping of keys")
+            continue
         for name, value in body.items():
             key = f"{section}.{name}"
-            if key == "errors.profiles":
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{source}: {key}: expected a mapping of profile name to definition")
-                custom_profiles = {str(k): v for k, v in value.items()}
+            if key not in _KEYS:
+                known = ", ".join(k for k in _KEYS if k.startswith(section + "."))
+                problems.append(f"{source}: {key}: unknown key (known: {known})")
                 continue
-            if key not in _SCALARS:
-                known = ", ".join(k for k in (*_SCALARS, "errors.profiles") if k.startswith(section + "."))
-                raise ConfigError(f"{source}: {key}: unknown key (known: {known})")
-            parsed = _parse(key, value, source)
-            if key == "errors.profile":
-                profile_name = parsed
-            else:
+            parsed = _parse(key, value, source, problems)
+            if parsed is not _INVALID:
                 values[key] = parsed
-    return values, profile_name, custom_profiles
+    return values
 
 
-def _parse(key: str, value: object, source: str) -> Any:
+_INVALID = object()
+
+
+def _parse(key: str, value: object, source: str, problems: list[str]) -> Any:
+    """The key's checked value, or _INVALID with the problem noted."""
     try:
-        return _SCALARS[key](value)
+        return _KEYS[key](value)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {key}: expected {exc}, got {value!r}") from None
+        problems.append(f"{source}: {key}: expected {exc}, got {value!r}")
+        return _INVALID
+
+
+# ---------------------------------------------------------------------------------- the environment
+
+
+def _from_environment(environ: Mapping[str, str], problems: list[str]) -> list[tuple[str, str, object]]:
+    """(variable, key, raw value) of every config key set in the environment; an unknown
+    GATEWAY_ variable, or a value that cannot be read, is noted in ``problems``."""
+    found: list[tuple[str, str, object]] = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in SPECIAL_VARIABLES:
+            continue
+        key = _ENV_KEYS.get(variable)
+        if key is None:
+            problems.append(_unknown_variable(variable))
+            continue
+        try:
+            found.append((variable, key, _env_value(environ[variable])))
+        except ValueError as exc:
+            problems.append(f"environment variable {variable}: {key}: expected {exc}, got {environ[variable]!r}")
+    for variable, key in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        if any(key == other for _, other, _ in found):
+            problems.append(f"environment variable {variable}: {key} is set by {env_variable(key)} too: set one")
+            continue
+        found.append((variable, key, environ[variable]))  # as it is, as ever
+    return found
+
+
+def _env_value(text: str) -> object:
+    """A variable's value: a list or a mapping as JSON, a scalar as the YAML file would spell it
+    (``8081`` a number, ``true`` a boolean, ``5s`` a string, ``null`` or nothing none)."""
+    text = text.strip()
+    if text[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"a list or a mapping in JSON ({exc.msg} at column {exc.colno})") from None
+    loader = yaml.SafeLoader("")
+    try:
+        # Resolved as a plain scalar of the file: a value is never taken for YAML's structure.
+        tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        node = yaml.ScalarNode(tag, text)
+        return loader.construct_object(node)
+    except yaml.YAMLError:
+        return text
+    finally:
+        loader.dispose()
+
+
+def _unknown_variable(variable: str) -> str:
+    """The error for a GATEWAY_ variable that is no config key, naming the nearest one."""
+    candidates = {**{name: f"({key})" for name, key in _ENV_KEYS.items()}, **SPECIAL_VARIABLES}
+    # The usual slip is an underscore too few or too many: compared without them first.
+    squeezed = {name.replace("_", ""): name for name in candidates}
+    nearest = squeezed.get(variable.upper().replace("_", ""))
+    if nearest is None:
+        tails = {name[len(ENV_PREFIX) :]: name for name in candidates}
+        tail = variable[len(ENV_PREFIX) :].upper()
+        nearest = tails[max(tails, key=lambda t: difflib.SequenceMatcher(None, tail, t).ratio())]
+    what = candidates[nearest]
+    what = what if what.startswith("(") else f"({what})"
+    return f"environment variable {variable} is no config key: did you mean {nearest} {what}?"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import _SCALARS, ConfigError, GatewayConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -362,3 +363,160 @@ def test_a_backend_whose_extra_is_not_installed_is_named_with_the_install_comman
         load_config(path, environ={variable: f"sqlite:///{tmp_path}/x.db" if key == "store.url" else ""})
     monkeypatch.delitem(sys.modules, module)
     load_config(path, environ={})  # installed: accepted
+
+
+# ------------------------------------------------------------------------- the environment rule
+
+
+def test_a_scalar_from_the_environment_as_the_file_spells_it() -> None:
+    config = load_config(
+        environ={
+            "GATEWAY_LISTEN__PORT": "8081",
+            "GATEWAY_UPSTREAM__PRESERVE_HOST": "true",
+            "GATEWAY_LISTEN__HOST": "::",
+        }
+    )
+    assert (config.listen.port, config.upstream.preserve_host, config.listen.host) == (8081, True, "::")
+    assert load_config(environ={"GATEWAY_REDIS__URL": "null"}).redis.url is None
+
+
+def test_a_duration_and_a_size_from_the_environment() -> None:
+    config = load_config(environ={"GATEWAY_UPSTREAM__READ_TIMEOUT": "5s", "GATEWAY_LIMITS__MAX_BODY_BYTES": "1MiB"})
+    assert (config.upstream.read_timeout, config.limits.max_body_bytes) == (5.0, 1024 * 1024)
+
+
+def test_lists_and_nested_objects_from_the_environment_as_json(tmp_path: Path) -> None:
+    (tmp_path / "ops").write_text("ops-token-0123456789")
+    config = load_config(
+        environ={
+            "GATEWAY_RATE_LIMITS__DEFAULT": '["5/second", "100/hour"]',
+            "GATEWAY_PROXY__TRUSTED_PEERS": '["10.0.0.0/8"]',
+            "GATEWAY_ADMIN__TOKENS": json.dumps([{"name": "ops", "token_file": str(tmp_path / "ops")}]),
+            "GATEWAY_RATE_LIMITS__ROUTES": '[{"method": "post", "path": "/x", "per_key": ["1/minute"]}]',
+            "GATEWAY_CREDITS__REFILL": '{"amount": 10, "every": "day"}',
+            "GATEWAY_ERRORS__PROFILE": "acme",
+            "GATEWAY_ERRORS__PROFILES": '{"acme": {"situations": {"upstream_unavailable": {"code": "down"}}}}',
+        }
+    )
+    assert [str(item) for item in config.rate_limits.default] == ["5 per 1 second", "100 per 1 hour"]
+    assert config.proxy.trusted_peers == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert config.admin_tokens() == (("ops", "ops-token-0123456789"),)
+    assert [(route.name, route.mode) for route in config.rate_limits.routes] == [("POST /x", "enforce")]
+    assert config.credits.refill is not None and config.credits.refill.amount == 10
+    assert config.error_profile.situations["upstream_unavailable"].code == "down"
+
+
+def test_every_documented_key_comes_from_the_environment_by_one_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.yaml's every value, given as variables instead (lists and mappings as JSON, scalars
+    as YAML spells them), makes the same settings."""
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    documented = yaml.safe_load((REPO / "config.yaml").read_text())
+    environ = {}
+    for section, body in documented.items():
+        for name, value in body.items():
+            variable = "GATEWAY_" + f"{section}__{name}".upper()
+            environ[variable] = json.dumps(value) if isinstance(value, list | dict | bool | None) else str(value)
+    assert len(environ) == len(_SCALARS)
+    assert load_config(environ=environ) == GatewayConfig()
+
+
+def test_the_environment_wins_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"listen": {"port": 1111, "host": "0.0.0.0"}, "errors": {"profile": "mockly"}})
+    config = load_config(path, environ={"GATEWAY_LISTEN__PORT": "2222", "GATEWAY_ERRORS__PROFILE": "mockupanda"})
+    assert (config.listen.port, config.listen.host, config.error_profile.name) == (2222, "0.0.0.0", "mockupanda")
+    assert config.keys.prefix == "mpa_"  # the profile chosen in the environment brings its prefix too
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        pytest.param(
+            "GATEWAY_LISTEN_PORT",
+            "environment variable GATEWAY_LISTEN_PORT is no config key:"
+            " did you mean GATEWAY_LISTEN__PORT (listen.port)?",
+            id="one-underscore",
+        ),
+        pytest.param(
+            "GATEWAY_RATE_LIMITS_DEFAULT",
+            "did you mean GATEWAY_RATE_LIMITS__DEFAULT (rate_limits.default)?",
+            id="underscores-in-the-section",
+        ),
+        pytest.param(
+            "GATEWAY_UPSTREAM__READ_TIMOUT",
+            "did you mean GATEWAY_UPSTREAM__READ_TIMEOUT (upstream.read_timeout)?",
+            id="misspelt",
+        ),
+        pytest.param("GATEWAY_CONFIG_FILE", "did you mean GATEWAY_CONFIG (the config file's path)?", id="special"),
+        pytest.param("GATEWAY_listen__port", "did you mean GATEWAY_LISTEN__PORT (listen.port)?", id="lower-case"),
+    ],
+)
+def test_an_unknown_variable_is_an_error_naming_the_nearest_key(variable: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={variable: "1"})
+    assert str(caught.value).endswith(message) and str(caught.value).startswith(f"environment variable {variable} ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GATEWAY_LISTEN__PORT", "eighty", "listen.port: expected a port number from 0 to 65535, got 'eighty'"),
+        ("GATEWAY_UPSTREAM__READ_TIMEOUT", "soon", "upstream.read_timeout: expected a duration"),
+        ("GATEWAY_UPSTREAM__PRESERVE_HOST", "maybe", "upstream.preserve_host: expected true or false, got 'maybe'"),
+        ("GATEWAY_RATE_LIMITS__DEFAULT", '["5/second",', "rate_limits.default: expected a list or a mapping in JSON"),
+        ("GATEWAY_ADMIN__TOKENS", '[{"name": "ops"}]', "admin.tokens: expected a list of {name, token_file}"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_key(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={variable: value})
+    assert str(caught.value).startswith(f"environment variable {variable}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_the_special_variables_are_no_config_keys_and_not_flagged(tmp_path: Path) -> None:
+    path = write(tmp_path, {})
+    config = load_config(
+        environ={
+            "GATEWAY_CONFIG": str(path),
+            "GATEWAY_ADMIN_TOKEN": "the-unnamed-one-0123",
+            "GATEWAY_REQUIRE_SERVICES": "1",
+            "GATEWAY_UPSTREAM_URL": "http://env.example:2",
+            "GATEWAY_STORE_URL": "sqlite:///x.db",
+            "GATEWAY_REDIS_URL": "",
+            "OTHER_LISTEN_PORT": "not ours",
+        }
+    )
+    assert (config.source, config.upstream.url, config.store.url) == (
+        str(path),
+        "http://env.example:2",
+        "sqlite:///x.db",
+    )
+    assert config.admin_token == "the-unnamed-one-0123"
+
+
+def test_an_older_name_and_the_rule_s_name_for_one_key_are_not_both_taken() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_UPSTREAM_URL: upstream.url is set by GATEWAY_UPSTREAM__URL too"):
+        load_config(environ={"GATEWAY_UPSTREAM_URL": "http://a:1", "GATEWAY_UPSTREAM__URL": "http://b:1"})
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, {"listen": {"port": "x", "prot": 1}, "upstream": {"url": "ftp://x"}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"GATEWAY_LISTEN_PORT": "1", "GATEWAY_CACHE__MAX_ENTRIES": "0"})
+    assert [line.split(": ")[0:2] for line in caught.value.problems] == [
+        [str(path), "listen.port"],
+        [str(path), "listen.prot"],
+        [str(path), "upstream.url"],
+        [
+            "environment variable GATEWAY_LISTEN_PORT is no config key",
+            "did you mean GATEWAY_LISTEN__PORT (listen.port)?",
+        ],
+        ["environment variable GATEWAY_CACHE__MAX_ENTRIES", "cache.max_entries"],
+    ]
+    result = CliRunner().invoke(main, ["serve", "--config", str(path)], env={"GATEWAY_LISTEN_PORT": "1"})
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 4 and all(line.startswith("Error: ") for line in lines)

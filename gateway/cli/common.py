@@ -85,7 +85,8 @@ def load(ctx: click.Context) -> GatewayConfig:
     try:
         return load_config(ctx.find_root().meta.get(_CONFIG_KEY))
     except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
+        # Every problem found, each on its own "Error:" line.
+        raise ConfigProblem("\nError: ".join(exc.problems)) from None
 
 
 def shown(value: Any) -> str:
