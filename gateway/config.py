@@ -27,6 +27,7 @@ __all__ = ["ConfigError", "GatewayConfig", "load_config", "resolve_config_path"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UpstreamClientName = Literal["aiohttp", "httpx", "builtin"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 RedisFailure = Literal["open", "closed"]
 
 # Every key comes from the environment as GATEWAY_<SECTION>__<KEY> (``env_variable``); these
@@ -284,6 +285,8 @@ class RedisConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "info"
+    # The log on stderr: "text" lines, or one JSON object a line.
+    format: LogFormat = "text"
     # One JSON line per public request on stdout.
     access: bool = True
 
@@ -651,6 +654,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "redis.on_failure": _choice("open", "closed"),
     "redis.timeout": _positive_duration,
     "logging.level": _choice("debug", "info", "warning", "error"),
+    "logging.format": _choice("text", "json"),
     "logging.access": _boolean,
     "errors.profile": _string,
 }

@@ -19,13 +19,13 @@ from gateway.server.workers import run_workers
 
 __all__ = ["serve", "serve_process"]
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("gateway")
 logger_uvicorn = logging.getLogger("uvicorn.error")
 
 
 def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
     """Serve until told to stop, in this process or in ``workers`` forked ones; the exit status."""
-    log_config = logging_config(config.logging.level)
+    log_config = logging_config(config.logging.level, config.logging.format)
     logging.config.dictConfig(log_config)
     logger.info(
         "forwarding http://%s:%d to %s (config: %s, error profile: %s, upstream client: %s)",
@@ -53,7 +53,7 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
         for address in addresses:
             # Tried, then let go: uvicorn binds it itself once the app has started (and says so).
             _listen(*address).close()
-        serve_process(config, host, port, log_config, sockets=None, metrics=None)
+        serve_process(config, host, port, log_config, sockets=None, metrics=None, role="process")
         return 0
     # Bound once, here, and listening at once (connections wait in the backlog until a worker
     # accepts them, rather than being refused while the workers start); every worker accepts on them.
@@ -61,14 +61,13 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
     for listener in sockets:
         # What uvicorn says when it binds itself (Config.bind_socket): the port takes connections.
         shown_host, shown_port = listener.getsockname()[:2]
-        shown = f"[{shown_host}]" if ":" in shown_host else shown_host
-        logger_uvicorn.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, shown_port)
+        logger_uvicorn.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", _shown(shown_host), shown_port)
 
     slots = WorkerSlots(workers)  # shared with every worker: /metrics adds them up
 
     def serve_worker(index: int) -> None:
         metrics = Metrics(slots, index)
-        serve_process(config, host, port, log_config, sockets=sockets, metrics=metrics)
+        serve_process(config, host, port, log_config, sockets=sockets, metrics=metrics, role=f"worker {index + 1}")
 
     return run_workers(workers, serve_worker)
 
@@ -97,9 +96,11 @@ def serve_process(
     *,
     sockets: list[socket.socket] | None,
     metrics: Metrics | None,
+    role: str,
 ) -> None:
     """Serve the public listener, and the admin listener if there is a token, in this process:
-    on ``sockets`` (public, then admin) if given, else on sockets of its own."""
+    on ``sockets`` (public, then admin) if given, else on sockets of its own. ``role`` ("process",
+    "worker 2") names it in its one started line."""
     from gateway.http.app import create_app
     from gateway.http.protocol import protocol_class
 
@@ -128,8 +129,9 @@ def serve_process(
         timeout_keep_alive=config.limits.keepalive_timeout,  # type: ignore[arg-type]
         **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.rules, app.ledger)}),
     )
+    listeners = f"public http://{_shown(host)}:{port}"
     if not config.admin_tokens():
-        run_servers([public], sockets)
+        run_servers([public], sockets, role=role, listeners=listeners)
         return
     from gateway.admin.api import create_admin_app
 
@@ -140,4 +142,10 @@ def serve_process(
         log_config=None,
         **server_options,
     )
-    run_servers([public, admin], sockets)
+    listeners += f", admin http://{_shown(config.admin.host)}:{config.admin.port}"
+    run_servers([public, admin], sockets, role=role, listeners=listeners)
+
+
+def _shown(host: str) -> str:
+    """A host as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host

@@ -16,6 +16,8 @@ from uvicorn.config import STARTUP_FAILURE
 __all__ = ["run_workers"]
 
 logger = logging.getLogger("gateway.error")
+# What the parent is doing, as against what went wrong.
+logger_info = logging.getLogger("gateway")
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -100,7 +102,7 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         if stopping:
             break
         spawn(index)
-    logger.info("started %d workers: %s", count, ", ".join(map(str, workers)))
+    logger_info.info("started %d workers: %s", count, ", ".join(map(str, workers)))
 
     while workers:
         try:
