@@ -12,19 +12,24 @@ import pytest
 from gateway.auth.keys import hash_key
 from tests.conftest import GatewayFactory
 from tests.rawhttp import exchange
-from tests.servers import GatewayProcess, ServerProcess, cli_json, received_ids
+from tests.servers import GatewayProcess, ServerProcess, cli_json, free_port, received_ids
 
 FIELDS = [
     "ts",
     "request_id",
+    "client",
     "method",
     "path",
     "status",
     "outcome",
     "duration_ms",
+    "upstream_status",
     "upstream_ms",
+    "request_bytes",
+    "response_bytes",
     "key_id",
     "user_id",
+    "user_agent",
     "observed",
 ]
 
@@ -43,9 +48,72 @@ def test_a_forwarded_request(gw: GatewayProcess, stub: ServerProcess) -> None:
     assert entry["method"] == "GET" and entry["path"] == "/api/v1/templates"  # never the query string
     assert entry["status"] == 200 and entry["outcome"] == "forwarded"
     assert entry["key_id"] == gw.key_id and entry["user_id"] == gw.user_id
-    assert 0 < entry["upstream_ms"] <= entry["duration_ms"]
+    assert 0 < entry["upstream_ms"] <= entry["duration_ms"] and entry["upstream_status"] == 200
     assert entry["ts"].endswith("Z") and len(entry["ts"]) == len("2026-01-01T00:00:00.000Z")
+    assert entry["client"] == "127.0.0.1" and entry["user_agent"] == f"python-httpx/{httpx.__version__}"
+    assert entry["request_bytes"] == 0 and entry["response_bytes"] == len(response.content) > 0
     assert "secret-query" not in gw.stdout
+
+
+def test_request_and_response_bytes_of_a_body_both_ways(gw: GatewayProcess) -> None:
+    sent = b"u" * 12_345
+    echoed = httpx.post(f"{gw.url}/echo", headers=gw.auth, content=sent)
+    assert echoed.status_code == 200
+    entry = gw.access_entry(echoed.headers["x-request-id"])
+    assert (entry["request_bytes"], entry["response_bytes"]) == (len(sent), len(echoed.content))
+    # A large answer, streamed in parts: every byte the client got is counted.
+    streamed = httpx.get(f"{gw.url}/__stub/bytes/300000", headers=gw.auth)
+    assert len(streamed.content) == 300_000
+    assert gw.access_entry(streamed.headers["x-request-id"])["response_bytes"] == 300_000
+
+
+@pytest.mark.parametrize("code", [404, 503])
+def test_the_upstreams_status_beside_the_gateways(gw: GatewayProcess, code: int) -> None:
+    response = httpx.get(f"{gw.url}/__stub/status/{code}", headers=gw.auth)
+    entry = gw.access_entry(response.headers["x-request-id"])
+    assert response.status_code == entry["status"] == entry["upstream_status"] == code
+    assert entry["outcome"] == "forwarded" and entry["upstream_ms"] is not None
+
+
+def test_an_upstream_that_cannot_be_reached_has_no_status(gateway_factory: GatewayFactory) -> None:
+    down = gateway_factory({"upstream": {"url": f"http://127.0.0.1:{free_port()}"}})
+    response = httpx.get(f"{down.url}/x", headers=down.auth)
+    entry = down.access_entry(response.headers["x-request-id"])
+    assert (entry["status"], entry["upstream_status"], entry["outcome"]) == (502, None, "upstream_unavailable")
+    assert entry["upstream_ms"] is not None  # it was asked: the time it took to fail
+    assert entry["response_bytes"] == len(response.content) > 0
+
+
+def test_the_client_behind_a_trusted_peer(gateway_factory: GatewayFactory) -> None:
+    trusting = gateway_factory({"proxy": {"trusted_peers": ["127.0.0.1"]}})
+    forwarded = {**trusting.auth, "X-Forwarded-For": "198.51.100.9, 203.0.113.7"}
+    response = httpx.get(f"{trusting.url}/x", headers=forwarded)
+    assert trusting.access_entry(response.headers["x-request-id"])["client"] == "203.0.113.7"
+
+
+def test_a_claimed_client_from_an_untrusted_peer_is_not_logged(gw: GatewayProcess) -> None:
+    response = httpx.get(f"{gw.url}/x", headers={**gw.auth, "X-Forwarded-For": "203.0.113.7"})
+    assert gw.access_entry(response.headers["x-request-id"])["client"] == "127.0.0.1"
+
+
+def test_the_user_agent_is_bounded_and_escaped(gw: GatewayProcess) -> None:
+    agent = b'curl/8 "quoted" back\\slash \xe9t\xe9 \ttab ' + b"x" * 400
+    status, _, _ = exchange(
+        gw.port,
+        b"GET /x HTTP/1.1\r\nHost: x\r\nX-Request-Id: odd-agent\r\n"
+        + gw.auth_line
+        + b"User-Agent: "
+        + agent
+        + b"\r\n\r\n",
+    )
+    assert status == 200
+    logged = gw.access_entry("odd-agent")["user_agent"]
+    assert logged == agent[:256].decode("latin-1")
+    line = next(line for line in gw.stdout.splitlines() if '"odd-agent"' in line)
+    assert r'"user_agent":"curl/8 \"quoted\" back\\slash \u00e9t\u00e9 \ttab x' in line
+    assert line.isascii()
+    none = exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: x\r\nX-Request-Id: no-agent\r\n" + gw.auth_line + b"\r\n")
+    assert none[0] == 200 and gw.access_entry("no-agent")["user_agent"] is None
 
 
 def test_answers_of_the_gateway_itself(gw: GatewayProcess) -> None:
@@ -56,6 +124,18 @@ def test_answers_of_the_gateway_itself(gw: GatewayProcess) -> None:
         entry = gw.access_entry(response.headers["x-request-id"])
         assert entry["status"] == 401 and entry["outcome"] == outcome
         assert entry["key_id"] is None and entry["user_id"] is None and entry["upstream_ms"] is None
+        assert entry["upstream_status"] is None and entry["response_bytes"] == len(response.content) > 0
+        assert entry["client"] == "127.0.0.1"
+
+
+def test_a_request_the_protocol_refuses(gw: GatewayProcess) -> None:
+    status, headers, body = exchange(
+        gw.port, b"GET /x HTTP/1.1\r\nHost: x\r\nX-Request-Id: too-many-headers\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n"
+    )
+    assert status == 431
+    entry = gw.access_entry(headers[b"x-request-id"].decode())
+    assert (entry["status"], entry["outcome"], entry["client"]) == (431, "headers_too_large", "127.0.0.1")
+    assert (entry["upstream_status"], entry["request_bytes"], entry["response_bytes"]) == (None, 0, len(body))
 
 
 def test_a_rate_limited_request(gateway_factory: GatewayFactory) -> None:

@@ -11,8 +11,15 @@ from tests.conftest import GatewayFactory
 from tests.servers import GatewayProcess, cli_json, free_port, samples
 
 
-def outcome(values: dict, name: str) -> float:
-    return values[("gateway_requests_total", (("outcome", name),))]
+def outcome(values: dict, name: str, code_class: str | None = None) -> float:
+    """gateway_requests_total of one outcome, in one status class or all."""
+    return sum(
+        value
+        for (metric, labels), value in values.items()
+        if metric == "gateway_requests_total"
+        and dict(labels)["outcome"] == name
+        and code_class in (None, dict(labels)["code_class"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +80,34 @@ def test_usage_flushes_are_timed(gateway_factory: GatewayFactory) -> None:
     values = samples(server)
     assert values[("gateway_usage_flush_seconds_count", ())] >= 1
     assert values[("gateway_usage_flush_failures_total", ())] == 0
+
+
+def test_requests_by_status_class_give_the_upstreams_error_rate(gateway_factory: GatewayFactory) -> None:
+    server = gateway_factory({"metrics": {"public": True}}, admin=True)
+    before = samples(server, token=False)
+    # Every class a forwarded answer can have is listed from the start, at 0, and the gateway's
+    # own answers under 4xx and 5xx.
+    for code_class in ("2xx", "3xx", "4xx", "5xx"):
+        assert before[("gateway_requests_total", (("code_class", code_class), ("outcome", "forwarded")))] == 0
+    assert before[("gateway_requests_total", (("code_class", "5xx"), ("outcome", "upstream_timeout")))] == 0
+    assert ("gateway_requests_total", (("code_class", "2xx"), ("outcome", "missing_key"))) not in before
+    for path, status in (("/x", 200), ("/__stub/status/302", 302), ("/__stub/status/404", 404)):
+        assert httpx.get(server.url + path, headers=server.auth, follow_redirects=False).status_code == status
+    for _ in range(2):
+        assert httpx.get(server.url + "/__stub/status/503", headers=server.auth).status_code == 503
+    assert httpx.get(server.url + "/x").status_code == 401
+    values = samples(server, token=False)
+    assert [outcome(values, "forwarded", c) for c in ("2xx", "3xx", "4xx", "5xx")] == [1, 1, 1, 2]
+    assert outcome(values, "missing_key", "4xx") == 1 and outcome(values, "missing_key") == 1
+    assert outcome(values, "forwarded", "5xx") / outcome(values, "forwarded") == 0.4  # the upstream's error rate
+
+
+def test_build_info(gateway_factory: GatewayFactory) -> None:
+    from gateway import __version__
+
+    server = gateway_factory({"metrics": {"public": True}}, admin=True)
+    values = samples(server, token=False)
+    assert values[("gateway_build_info", (("version", __version__),))] == 1
+    assert [key for key in values if key[0] == "gateway_build_info"] == [
+        ("gateway_build_info", (("version", __version__),))
+    ]

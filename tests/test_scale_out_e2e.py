@@ -231,12 +231,13 @@ def test_two_replicas_of_two_workers_each_behave_as_one(
 
 
 def outcomes(gw: GatewayProcess) -> dict[str, int]:
-    """The non-zero gateway_requests_total counts on ``gw``'s /metrics."""
-    return {
-        labels[0][1]: int(value)
-        for (name, labels), value in samples(gw).items()
-        if name == "gateway_requests_total" and value
-    }
+    """The non-zero gateway_requests_total counts on ``gw``'s /metrics, by outcome (every status class)."""
+    counts: dict[str, int] = {}
+    for (name, labels), value in samples(gw).items():
+        if name == "gateway_requests_total" and value:
+            outcome = dict(labels)["outcome"]
+            counts[outcome] = counts.get(outcome, 0) + int(value)
+    return counts
 
 
 def test_usage_from_two_replicas_adds_up(

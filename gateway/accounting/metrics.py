@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["OUTCOMES", "Metrics", "WorkerSlots"]
+from gateway import __version__
+
+__all__ = ["CODE_CLASSES", "OUTCOMES", "Metrics", "WorkerSlots"]
 
 OUTCOMES = (
     "forwarded",
@@ -38,6 +40,13 @@ OUTCOMES = (
     "internal_error",
     "client_closed",
 )
+# The status class of the answer a client got: "2xx" for 200 to 299 (index status // 100; 0 unused).
+CODE_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+# Listed from the start, at 0, so that a rate of them is 0 rather than nothing: a forwarded answer
+# in each class the upstream may give, every other outcome (the gateway's own answers, 4xx or 5xx
+# in every profile) in both. Any other pair is listed once counted (a client that left after a
+# 2xx head: client_closed, 2xx).
+_LISTED = {outcome: (2, 3, 4, 5) if outcome == "forwarded" else (4, 5) for outcome in OUTCOMES}
 # The gateway's own time is tens of microseconds; the upstream's, milliseconds to seconds.
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -84,7 +93,8 @@ class LoopCounter:
 
 class Metrics:
     def __init__(self, slots: WorkerSlots | None = None, slot: int = 0) -> None:
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        # Per outcome, its requests by the status class of the answer (index status // 100).
+        self.requests = {outcome: [0] * len(CODE_CLASSES) for outcome in OUTCOMES}
         self.overhead = LoopHistogram(_FAST)
         self.upstream = LoopHistogram(_SLOW)
         self.store_query = LoopHistogram(_SLOW)
@@ -104,12 +114,18 @@ class Metrics:
         # process_open_fds, process_resident_memory_bytes, ...: what a flood or a leak shows in first.
         ProcessCollector(registry=registry)
 
-    def request(self, outcome: str, overhead: float, upstream: float | None) -> None:
-        """One request on the public listener; ``upstream`` is None when it was not sent upstream."""
-        self.outcomes[outcome] += 1
+    def request(self, outcome: str, status: int, overhead: float, upstream: float | None) -> None:
+        """One request on the public listener, answered with ``status`` (499: the client left
+        first); ``upstream`` is None when it was not sent upstream."""
+        self.requests[outcome][status // 100] += 1
         self.overhead.observe(overhead)
         if upstream is not None:
             self.upstream.observe(upstream)
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Requests by outcome, every class together."""
+        return {outcome: sum(counts) for outcome, counts in self.requests.items()}
 
     def values(self) -> list[float]:
         """Every value, flat, in a fixed order (the slots' layout); the live gauges last."""
@@ -118,7 +134,7 @@ class Metrics:
         except RuntimeError:  # no running loop: rendered outside the server
             tasks = 0
         return [
-            *self.outcomes.values(),
+            *(count for counts in self.requests.values() for count in counts),
             *self.overhead.values(),
             *self.upstream.values(),
             *self.store_query.values(),
@@ -138,8 +154,8 @@ class Metrics:
         if not any(values):
             return
         it = iter(values)
-        for name in OUTCOMES:
-            self.outcomes[name] = int(next(it))
+        for counts in self.requests.values():
+            counts[:] = [int(next(it)) for _ in counts]
         for histogram in (self.overhead, self.upstream, self.store_query, self.usage_flush):
             histogram.counts = [int(next(it)) for _ in histogram.counts]
             histogram.total = next(it)
@@ -225,11 +241,21 @@ class _Collector(Collector):
             at += count
             return values[at - count : at]
 
-        requests = CounterMetricFamily(
-            "gateway_requests", "Requests on the public listener, by outcome.", labels=["outcome"]
+        build = GaugeMetricFamily(
+            "gateway_build_info", "The gateway's version, as a label; the value is 1.", labels=["version"]
         )
-        for name, count in zip(OUTCOMES, take(len(OUTCOMES)), strict=True):
-            requests.add_metric([name], count)
+        build.add_metric([__version__], 1)
+        yield build
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests on the public listener, by outcome and by the status class of the answer the client got.",
+            labels=["outcome", "code_class"],
+        )
+        for outcome in OUTCOMES:
+            counts = take(len(CODE_CLASSES))
+            for index, count in enumerate(counts):
+                if count or index in _LISTED[outcome]:
+                    requests.add_metric([outcome, CODE_CLASSES[index]], count)
         yield requests
         histograms = (
             (

@@ -30,8 +30,8 @@ OUTCOME_OF = {
     "overloaded": "overloaded",
     "internal_error": "internal_error",
 }
-# Where the HTTP protocol notes in scope["state"] the (status, outcome, request id) it answered a
-# request with whose body turned out malformed after the request had reached the app.
+# Where the HTTP protocol notes in scope["state"] the (status, outcome, request id, body length) it
+# answered a request with whose body turned out malformed after the request had reached the app.
 REFUSAL = "gateway.refusal"
 # Set in scope["state"] by the HTTP protocol when it cancels a request whose client has gone.
 CLIENT_GONE = "gateway.client_gone"
@@ -69,9 +69,9 @@ async def send_error(
     *,
     close: bool = False,
     extra: list[tuple[bytes, bytes]] | None = None,
-) -> int:
-    """Answer ``error`` as the profile says; its status."""
+) -> tuple[int, int]:
+    """Answer ``error`` as the profile says; its status and the length of its body."""
     status, headers, body = error_answer(profile, error, extra, close=close)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-    return status
+    return status, len(body)

@@ -81,6 +81,8 @@ class ForwardedRequest:
     request_id: bytes | None
     # Who the client is: the peer, or the address a trusted peer says it forwards for.
     client_address: str | None
+    # The first User-Agent header's value, for the access log.
+    user_agent: bytes | None = None
 
 
 class RequestHeaderRules:
@@ -121,6 +123,7 @@ class RequestHeaderRules:
         forwarded_host: bytes | None = None
         authorization: list[bytes] = []
         request_ids: list[bytes] = []
+        user_agent: bytes | None = None
         trusted = peer is not None and self.is_trusted(peer)
         for name, value in scope_headers:
             if b"_" in name or b"." in name:
@@ -159,6 +162,8 @@ class RequestHeaderRules:
             elif name == b"content-length" and content_length is None:
                 # uvicorn's parser has already rejected a malformed or conflicting Content-Length.
                 content_length = int(value)
+            elif name == b"user-agent" and user_agent is None:
+                user_agent = value
             headers.append((name, value))
         if client_host is None:
             headers.insert(0, (b"host", self._upstream_host))
@@ -188,6 +193,7 @@ class RequestHeaderRules:
             authorization=authorization,
             request_id=acceptable(request_ids) if request_ids else None,
             client_address=client_address,
+            user_agent=user_agent,
         )
 
 

@@ -13,15 +13,38 @@ __all__ = ["Exchange", "Ledger"]
 class Exchange:
     """What became of one request, for the metrics and the access log."""
 
-    __slots__ = ("key_id", "observed", "outcome", "request_id", "status", "unread", "upstream", "user_id")
+    __slots__ = (
+        "client",
+        "key_id",
+        "observed",
+        "outcome",
+        "request_bytes",
+        "request_id",
+        "response_bytes",
+        "status",
+        "unread",
+        "upstream",
+        "upstream_status",
+        "user_agent",
+        "user_id",
+    )
 
     def __init__(self) -> None:
         self.request_id = b""
+        # The peer's address, or the client's that a trusted peer forwards for (proxy.trusted_peers).
+        self.client: str | None = None
         # Until an answer is sent: the client left first (499, as nginx logs it).
         self.outcome = "client_closed"
         self.status = 499
-        # Seconds from sending the request upstream until its response head (None: not sent).
+        # Seconds from sending the request upstream until its response head (None: not sent),
+        # and the status of that head (None: none came).
         self.upstream: float | None = None
+        self.upstream_status: int | None = None
+        # Bytes of the request body read (the whole body, or 0), and of the answer's body sent.
+        self.request_bytes = 0
+        self.response_bytes = 0
+        # The first User-Agent header's value, as received.
+        self.user_agent: bytes | None = None
         self.key_id: str | None = None
         self.user_id: str | None = None
         # The client may still be sending this request: an answer now closes the connection.
@@ -46,23 +69,24 @@ class Ledger:
     def record(self, exchange: Exchange, method: str, raw_path: bytes, duration: float) -> None:
         """One request in the metrics and the access log."""
         upstream = exchange.upstream
-        self.metrics.request(exchange.outcome, duration - (upstream or 0.0), upstream)
+        self.metrics.request(exchange.outcome, exchange.status, duration - (upstream or 0.0), upstream)
         if self.access_log is not None:
-            self.access_log.record(
-                request_id=exchange.request_id.decode(),
-                method=method,
-                raw_path=raw_path,
-                status=exchange.status,
-                outcome=exchange.outcome,
-                duration=duration,
-                upstream=upstream,
-                key_id=exchange.key_id,
-                user_id=exchange.user_id,
-                observed=exchange.observed,
-            )
+            self.access_log.record(exchange, method, raw_path, duration)
 
-    def refusal(self, request_id: bytes, method: str, raw_path: bytes, status: int, outcome: str) -> None:
-        """A request the HTTP protocol refused before it became an ASGI request."""
+    def refusal(
+        self,
+        request_id: bytes,
+        method: str,
+        raw_path: bytes,
+        status: int,
+        outcome: str,
+        *,
+        client: str | None,
+        sent: int = 0,
+    ) -> None:
+        """A request the HTTP protocol refused before it became an ASGI request, from ``client``
+        (the peer), answered with ``sent`` bytes of body."""
         exchange = Exchange()
         exchange.request_id, exchange.status, exchange.outcome = request_id, status, outcome
+        exchange.client, exchange.response_bytes = client, sent
         self.record(exchange, method, raw_path, 0.0)

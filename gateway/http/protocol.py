@@ -118,8 +118,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # Bytes received while requests wait in the pipeline, parsed once the one before is answered.
         self._held = b""
         # A pipelined request refused while an earlier answer was on its way: its answer, sent
-        # once the answers before it are (request id, method, path, status, outcome, bytes).
-        self._deferred: tuple[bytes, str, bytes, int, str, bytes] | None = None
+        # once the answers before it are (request id, method, path, status, outcome, the answer, the
+        # length of its body).
+        self._deferred: tuple[bytes, str, bytes, int, str, bytes, int] | None = None
 
     # -------------------------------------------------------------------- connection
 
@@ -148,9 +149,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deferred is not None:
             # The connection ended before the refusal's turn came: it was never answered.
-            request_id, method, path, _, _, _ = self._deferred
+            request_id, method, path, _, _, _, _ = self._deferred
             self._deferred = None
-            self.ledger.refusal(request_id, method, path, 499, "client_closed")
+            self.ledger.refusal(request_id, method, path, 499, "client_closed", client=self._peer())
         if self._address is not None:
             left = self.addresses[self._address] - 1
             if left:
@@ -173,7 +174,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         for queued, _ in self.pipeline:
             # Requests waiting behind it leave unanswered with the client: each is logged.
             scope = queued.scope
-            self.ledger.refusal(self.ledger.new_request_id(), scope["method"], scope["raw_path"], 499, "client_closed")
+            self.ledger.refusal(
+                self.ledger.new_request_id(),
+                scope["method"],
+                scope["raw_path"],
+                499,
+                "client_closed",
+                client=self._peer(),
+            )
         self.pipeline.clear()
         super().connection_lost(exc)
 
@@ -346,8 +354,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if deferred is not None and not self.pipeline and not self.transport.is_closing():
             # Every answer before the refused request's is out: now its own, and close.
             self._deferred = None
-            request_id, method, path, status, outcome, answer = deferred
-            self.ledger.refusal(request_id, method, path, status, outcome)
+            request_id, method, path, status, outcome, answer, sent = deferred
+            self.ledger.refusal(request_id, method, path, status, outcome, client=self._peer(), sent=sent)
             self._unset_keepalive_if_required()
             self.transport.write(answer)
             self.close_lingering()
@@ -379,6 +387,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # The client has taken nothing of its answer for limits.send_timeout.
         self._send_timer = None
         self.transport.abort()
+
+    def _peer(self) -> str | None:
+        """The peer's address, for a request refused before its headers were judged."""
+        return self.client[0] if self.client else None
 
     # -------------------------------------------------------------------- limits
 
@@ -434,7 +446,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.pipeline.popleft()
             head = [STATUS_LINE[status]]
             head.extend(name + b": " + value + b"\r\n" for name, value in headers)
-            self._deferred = (request_id, method, url, status, outcome, b"".join(head) + b"\r\n" + body)
+            answer = b"".join(head) + b"\r\n" + body
+            self._deferred = (request_id, method, url, status, outcome, answer, len(body))
             # Reading goes on (what arrives is discarded, see data_received), so that a client that
             # leaves meanwhile is seen to leave and its running request is cancelled.
             self.flow.resume_reading()
@@ -443,14 +456,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # The app's receive() now says the client left (its upstream request is abandoned,
             # never sent), and what it sends is dropped; the proxy logs the answer given here
             # (see Proxy.__call__).
-            scope["state"][REFUSAL] = (status, outcome, request_id)
+            scope["state"][REFUSAL] = (status, outcome, request_id, len(body))
             running.disconnected = True
             running.message_event.set()
             if running.response_started:
                 self.transport.close()  # mid-response: nothing honest left to send
                 return
         else:
-            self.ledger.refusal(request_id, method, url, status, outcome)
+            self.ledger.refusal(request_id, method, url, status, outcome, client=self._peer(), sent=len(body))
         head = [STATUS_LINE[status]]
         head.extend(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(b"".join(head) + b"\r\n" + body)

@@ -218,6 +218,7 @@ class Proxy:
         try:
             peer = scope.get("client")
             forwarded = self._rules.rewrite(scope["headers"], peer[0] if peer else None, scope["scheme"])
+            exchange.client, exchange.user_agent = forwarded.client_address, forwarded.user_agent
             exchange.request_id = forwarded.request_id or self._ledger.new_request_id()
             await self.route(scope, receive, send, forwarded, exchange)
         except UpstreamAborted:
@@ -232,7 +233,9 @@ class Proxy:
                 # the profile's words (uvicorn would answer a plain-text 500), and end here.
                 stopping = Overloaded("the gateway is shutting down")
                 extra = [(REQUEST_ID, exchange.request_id or self._ledger.new_request_id())]
-                exchange.status = await send_error(send, self._profile, stopping, close=True, extra=extra)
+                exchange.status, exchange.response_bytes = await send_error(
+                    send, self._profile, stopping, close=True, extra=extra
+                )
                 exchange.outcome = outcome_of(stopping)
             # Else the answer had begun: the connection closes under it, as it must.
         except Exception:
@@ -243,13 +246,13 @@ class Proxy:
             # If the response had already started, send() refuses a second start with RuntimeError
             # and the server closes the connection, which is all that is left.
             extra = [(REQUEST_ID, exchange.request_id)]
-            await send_error(send, self._profile, InternalError(), close=True, extra=extra)
+            _, exchange.response_bytes = await send_error(send, self._profile, InternalError(), close=True, extra=extra)
         finally:
             # The protocol's answer is the one the client got, whatever the app made of the request
             # meanwhile (its own answer was dropped).
             refusal = scope.get("state", {}).get(REFUSAL)
             if refusal is not None:
-                exchange.status, exchange.outcome, exchange.request_id = refusal
+                exchange.status, exchange.outcome, exchange.request_id, exchange.response_bytes = refusal
             self._ledger.record(exchange, scope["method"], scope["raw_path"], time.perf_counter() - started)
 
     async def route(
@@ -287,7 +290,9 @@ class Proxy:
         except ClientDisconnected:
             return  # nobody to answer
         except GatewayError as error:
-            exchange.status = await send_error(send, self._profile, error, close=exchange.unread, extra=answer_headers)
+            exchange.status, exchange.response_bytes = await send_error(
+                send, self._profile, error, close=exchange.unread, extra=answer_headers
+            )
             exchange.outcome = outcome_of(error)
 
     # -------------------------------------------------------------------- the steps, in order
@@ -372,6 +377,7 @@ class Proxy:
             return None
         body = await read_body(receive, limit=self._max_body, memory=self._body_memory, idle=self._body_idle)
         exchange.unread = False
+        exchange.request_bytes = body.length
         return body
 
     async def _forward(
@@ -418,6 +424,7 @@ class Proxy:
                     self._charge(scope, identity.key_id, spend)
                 raise
             exchange.upstream = time.perf_counter() - sent_at
+            exchange.upstream_status = response.status
             try:
                 if self._check_request_id and not _answers(response, exchange.request_id):
                     await response.abandon()
@@ -525,6 +532,7 @@ class Proxy:
         if content is not None:
             await send(start)
             await send({"type": "http.response.body", "body": content})
+            exchange.response_bytes = len(content)
             return
 
         await send(start)
@@ -550,4 +558,5 @@ class Proxy:
             raise
         finally:
             watcher.cancel()
+            exchange.response_bytes = sent
         await send({"type": "http.response.body", "body": b""})
