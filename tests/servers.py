@@ -196,6 +196,15 @@ class GatewayProcess(ServerProcess):
         if self.admin_url is not None and not self.wait_for_log(f"Uvicorn running on {self.admin_url} ", 20):
             self.stop()
             raise RuntimeError(f"the admin listener did not start:\n{self.log}")
+        self._wait_for_workers()
+
+    def _wait_for_workers(self) -> None:
+        """With --workers N the parent says "Uvicorn running" as it binds the sockets; connections
+        wait in the backlog until a worker serves, which each says (a busy machine takes seconds)."""
+        for index in range(1, self.workers + 1 if self.workers > 1 else 1):
+            if not self.wait_for_log(f"started worker {index} ", STARTUP_TIMEOUT * 3):
+                self.stop()
+                raise RuntimeError(f"worker {index} did not start:\n{self.log}")
 
     @classmethod
     def restart(cls, old: GatewayProcess) -> GatewayProcess:
@@ -209,6 +218,7 @@ class GatewayProcess(ServerProcess):
         command = ["-m", "gateway", "serve", "--config", str(old.config_path), "--port", str(port)]
         command += ["--workers", str(old.workers)]
         ServerProcess.__init__(new, command, port=port, cwd=old.config_path.parent)
+        new._wait_for_workers()
         return new
 
     @property
