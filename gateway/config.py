@@ -43,6 +43,7 @@ SPECIAL_VARIABLES: Mapping[str, str] = {
     "GATEWAY_CONFIG": "the config file's path",
     "GATEWAY_ADMIN_TOKEN": "the admin token",
     "GATEWAY_REQUIRE_SERVICES": "the tests: fail rather than skip without PostgreSQL or Redis",
+    "GATEWAY_SCREENSHOTS": "the tests: write the README's screenshots of the console",
     **ENV_OVERRIDES,
 }
 

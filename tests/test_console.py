@@ -285,8 +285,8 @@ async def test_sign_out_ends_the_session_on_the_server(browser: Browser) -> None
 async def test_the_overview_says_what_is_degraded_and_what_was_asked(browser: Browser) -> None:
     await browser.sign_in()
     for _ in range(3):
-        browser.metrics.request("forwarded", 0.001, 0.01)
-    browser.metrics.request("invalid_key", 0.001, None)
+        browser.metrics.request("forwarded", 200, 0.001, 0.01)
+    browser.metrics.request("invalid_key", 401, 0.001, None)
     overview = await browser.get("/console/")
     assert '<td>forwarded</td><td class="number">3</td>' in overview.text
     assert '<td>invalid_key</td><td class="number">1</td>' in overview.text

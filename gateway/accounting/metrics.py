@@ -177,7 +177,8 @@ class Metrics:
 
     def outcome_totals(self) -> dict[str, int]:
         """Requests by outcome, every worker's together (as /metrics counts them)."""
-        return dict(zip(OUTCOMES, map(int, self.totals()[: len(OUTCOMES)]), strict=True))
+        values, width = self.totals(), len(CODE_CLASSES)  # each outcome's counts by status class
+        return {outcome: int(sum(values[i * width : (i + 1) * width])) for i, outcome in enumerate(OUTCOMES)}
 
     def redis_degraded_processes(self) -> int:
         """Processes that cannot use Redis, every worker's together (gateway_redis_degraded)."""
