@@ -431,6 +431,10 @@ def _redis_url(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("a redis://host:port/db URL, or null for none")
+    try:
+        urlsplit(value).port  # noqa: B018 (read for its check: a port out of range raises)
+    except ValueError:
+        raise ValueError("a redis://host:port/db URL with a port from 1 to 65535") from None
     return value
 
 
@@ -866,12 +870,27 @@ def _flatten(raw: Mapping[str, Any], source: str, problems: list[str]) -> dict[s
 _INVALID = object()
 
 
+_PASSWORD_IN_URL = re.compile(r"(://[^/@]*?:)[^/@]*@")
+
+
+def _got(key: str, value: object) -> str:
+    """A refused value as an error message may show it: a URL's password masked (as the
+    connection errors mask it), and a URL key's value that is no URL at all left out (it may be
+    a password pasted in the wrong place)."""
+    if not key.endswith("url"):
+        return f", got {value!r}"
+    if not isinstance(value, str) or "://" not in value:
+        return ""
+    masked = _PASSWORD_IN_URL.sub(r"\1***@", value)
+    return f", got {masked!r}"
+
+
 def _parse(key: str, value: object, source: str, problems: list[str]) -> Any:
     """The key's checked value, or _INVALID with the problem noted."""
     try:
         return _KEYS[key](value)
     except ValueError as exc:
-        problems.append(f"{source}: {key}: expected {exc}, got {value!r}")
+        problems.append(f"{source}: {key}: expected {exc}{_got(key, value)}")
         return _INVALID
 
 
@@ -892,7 +911,7 @@ def _from_environment(environ: Mapping[str, str], problems: list[str]) -> list[t
         try:
             found.append((variable, key, _env_value(environ[variable])))
         except ValueError as exc:
-            problems.append(f"environment variable {variable}: {key}: expected {exc}, got {environ[variable]!r}")
+            problems.append(f"environment variable {variable}: {key}: expected {exc}{_got(key, environ[variable])}")
     for variable, key in ENV_OVERRIDES.items():
         if variable not in environ:
             continue

@@ -186,7 +186,7 @@ def build_profile(name: str, raw: object) -> ErrorProfile:
     if unknown:
         raise ProfileError(sorted(unknown)[0], "no such key (known: base, envelope, situations)")
     base_name = raw.get("base", "mockly")
-    if base_name not in BUILTIN_PROFILES:
+    if not isinstance(base_name, str) or base_name not in BUILTIN_PROFILES:
         raise ProfileError("base", f"one of {', '.join(BUILTIN_PROFILES)}")
     base = BUILTIN_PROFILES[base_name]
     envelope = raw.get("envelope", base.envelope)

@@ -11,6 +11,7 @@ CLI, the admin API, an import.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -43,6 +44,11 @@ _LIMIT_SEPARATORS = re.compile(r"[;,]")
 _NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
+# Beyond these a duration or a size is a typing mistake (and NaN or infinity is no number of seconds).
+MAX_SECONDS = 100 * 365 * 86400.0
+MAX_BYTES = 1 << 50
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``30``, ``0.5``, ``"500ms"``, ``"15m"``...; ValueError if it is none of those."""
     if isinstance(value, bool):
@@ -58,6 +64,8 @@ def parse_duration(value: object) -> float:
         raise ValueError("a duration such as 30s, 500ms, 15m, 12h or 90d")
     if seconds < 0:
         raise ValueError("a duration that is not negative")
+    if not seconds <= MAX_SECONDS:  # NaN too: a timer of NaN seconds fails every connection
+        raise ValueError("a duration of at most 100 years")
     return seconds
 
 
@@ -72,11 +80,16 @@ def parse_size(value: object) -> int:
         factor = _SIZE_UNITS.get(unit.lower() or "b")
         if factor is None:
             raise ValueError("a size in bytes such as 1048576 or 10MiB")
-        size = int(float(number) * factor)
+        scaled = float(number) * factor
+        if not math.isfinite(scaled):
+            raise ValueError("a size in bytes such as 1048576 or 10MiB")
+        size = int(scaled)
     else:
         raise ValueError("a size in bytes such as 1048576 or 10MiB")
     if size < 0:
         raise ValueError("a size that is not negative")
+    if size > MAX_BYTES:
+        raise ValueError("a size of at most 1 PiB")
     return size
 
 

@@ -520,3 +520,24 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 4 and all(line.startswith("Error: ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GATEWAY_STORE__URL", "mysql://u:S3cretPW@db/x", "store.url: expected"),
+        ("GATEWAY_STORE__URL", '{"a": "S3cretPW"', "store.url: expected"),
+        ("GATEWAY_REDIS__URL", "redis://:S3cretPW@h:99999/0", "redis.url: expected a redis://host:port/db URL"),
+        ("GATEWAY_ERRORS__PROFILES", '{"x": {"base": {"a": 1}}}', "errors.profiles.x.base: expected one of"),
+        ("GATEWAY_LIMITS__HEAD_TIMEOUT", ".nan", "limits.head_timeout: expected a duration of at most 100 years"),
+        ("GATEWAY_CACHE__TTL_SECONDS", ".inf", "cache.ttl_seconds: expected a duration of at most 100 years"),
+        ("GATEWAY_LIMITS__MAX_BODY_BYTES", "1" + "0" * 38, "limits.max_body_bytes: expected a size of at most"),
+    ],
+)
+def test_a_bad_value_is_one_line_that_shows_no_password(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, environ={variable: value})
+    assert message in str(refused.value) and "S3cretPW" not in str(refused.value)
+    assert "\n" not in str(refused.value)
