@@ -902,7 +902,8 @@ def _from_environment(environ: Mapping[str, str], problems: list[str]) -> list[t
     GATEWAY_ variable, or a value that cannot be read, is noted in ``problems``."""
     found: list[tuple[str, str, object]] = []
     for variable in sorted(environ):
-        if not variable.startswith(ENV_PREFIX) or variable in SPECIAL_VARIABLES:
+        # gateway_listen__port is a slip for GATEWAY_LISTEN__PORT, not someone else's variable.
+        if not variable.upper().startswith(ENV_PREFIX) or variable in SPECIAL_VARIABLES:
             continue
         key = _ENV_KEYS.get(variable)
         if key is None:

@@ -541,3 +541,9 @@ def test_a_bad_value_is_one_line_that_shows_no_password(
         load_config(None, environ={variable: value})
     assert message in str(refused.value) and "S3cretPW" not in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("variable", ["gateway_listen__port", "Gateway_LISTEN__PORT"])
+def test_a_variable_in_other_letter_cases_is_a_slip_named_as_such(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"{variable} is no config key: did you mean GATEWAY_LISTEN__PORT"):
+        load_config(None, environ={variable: "8081"})
