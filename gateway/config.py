@@ -258,6 +258,33 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PortalConfig:
+    """The self-service key portal (issue 16): its own listener, off while ``port`` is None."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    # What the links handed out are built from (the portal behind the service's proxy); None:
+    # http://host:port.
+    public_url: str | None = None
+    # How long a link opens the portal; it opens it once.
+    link_ttl: float = 5 * 60.0
+    # The hosts a portal session's return_url may name.
+    return_url_hosts: tuple[str, ...] = ()
+    # Who may show the portal in a frame (CSP frame-ancestors).
+    frame_ancestors: str = "'none'"
+    secure_cookies: bool = False
+    session_idle_timeout: float = 30 * 60.0  # as the console
+    session_lifetime: float = 12 * 3600.0
+
+    def link_base(self) -> str:
+        """Where links point: ``public_url``, else the listener's own address."""
+        if self.public_url is not None:
+            return self.public_url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     public: bool = False
 
@@ -309,6 +336,7 @@ class GatewayConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     error_profile: ErrorProfile = BUILTIN_PROFILES["mockly"]
@@ -596,6 +624,23 @@ def _networks(value: object) -> tuple[IPNetwork, ...]:
         raise ValueError(expected) from None
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9.\-]+")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    expected = "a list of host names, such as [dashboard.example.com]"
+    if not isinstance(value, list) or not all(isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in value):
+        raise ValueError(expected)
+    return tuple(h.lower() for h in value)
+
+
+def _frame_ancestors(value: object) -> str:
+    # Sources of a CSP directive: nothing that would end it (";") or another header line.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9'*:/.\- ]+", value.strip()):
+        raise ValueError("CSP frame-ancestors sources, such as 'none', 'self' or https://dashboard.example.com")
+    return value.strip()
+
+
 # Every key of the file: dotted name -> parser. Defaults live on the dataclasses above.
 _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "listen.host": _string,
@@ -651,6 +696,15 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "console.secure_cookies": _boolean,
     "console.session_idle_timeout": _positive_duration,
     "console.session_lifetime": _positive_duration,
+    "portal.host": _string,
+    "portal.port": lambda value: None if value is None else _port(value),
+    "portal.public_url": lambda value: None if value is None else _http_url(value),
+    "portal.link_ttl": _positive_duration,
+    "portal.return_url_hosts": _host_names,
+    "portal.frame_ancestors": _frame_ancestors,
+    "portal.secure_cookies": _boolean,
+    "portal.session_idle_timeout": _positive_duration,
+    "portal.session_lifetime": _positive_duration,
     "health.check_upstream": _boolean,
     "metrics.public": _boolean,
     "store.url": _store_url,
@@ -679,6 +733,7 @@ _SECTIONS = {
     "audit": AuditConfig,
     "admin": AdminConfig,
     "console": ConsoleConfig,
+    "portal": PortalConfig,
     "health": HealthConfig,
     "metrics": MetricsConfig,
     "store": StoreConfig,

@@ -291,7 +291,7 @@ def test_every_operation_refuses_an_unknown_query_parameter(gw: GatewayProcess, 
             assert_error(response, 422, "validation_failed", "colour")
             assert response.json()["error"]["message"] == "unknown query parameter 'colour'"
             tried += 1
-    assert tried == 22
+    assert tried == 23
 
 
 def test_the_subscription_is_set_by_its_documents_name_and_by_its_old_one(admin: httpx.Client) -> None:

@@ -66,7 +66,7 @@ def test_every_operation_has_a_summary_a_tag_and_its_errors_in_the_envelope(gw: 
     document = httpx.get(f"{gw.admin_url}/admin/v1/openapi.json").json()
     assert {tag["name"] for tag in document["tags"]} == TAGS
     operations = [(path, op) for path, ops in document["paths"].items() for op in ops.values()]
-    assert len(operations) == 25
+    assert len(operations) == 26
     for path, operation in operations:
         assert operation["summary"] and len(operation["tags"]) == 1 and operation["tags"][0] in TAGS, path
         for status, answer in operation["responses"].items():

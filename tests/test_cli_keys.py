@@ -247,7 +247,7 @@ def test_missing_store_folder(tmp_path: Path) -> None:
 
 def test_commands_are_pinned() -> None:
     """The command names are a contract (scripts call them)."""
-    assert sorted(main.commands) == ["audit", "db", "export", "import", "keys", "serve", "usage", "users"]
+    assert sorted(main.commands) == ["audit", "db", "export", "import", "keys", "portal", "serve", "usage", "users"]
     groups = {name: sorted(getattr(main.commands[name], "commands", {})) for name in ("db", "keys", "users")}
     assert groups == {
         "db": ["migrate"],

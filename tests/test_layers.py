@@ -98,6 +98,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.manage",),
     ("gateway.http",),
     ("gateway.admin",),
+    ("gateway.portal",),
     ("gateway.server",),
     ("gateway.cli", "gateway.__main__"),
 ]

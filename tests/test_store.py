@@ -295,3 +295,15 @@ async def test_a_look_up_abandoned_midway_hides_no_later_write(store: KeyStore, 
             assert found is not None and found[0].revoked_at == 10.0, f"attempt {attempt}: the revocation is hidden"
     finally:
         await other.close()
+
+
+async def test_a_portal_link_is_taken_once_and_expired_ones_are_swept(store: KeyStore) -> None:
+    await store.add_portal_link("d1", "alice", "https://dash.example.com/", expires_at=200.0, now=100.0)
+    await store.add_portal_link("d2", "bob", None, expires_at=150.0, now=100.0)
+    assert await store.take_portal_link("d1") == ("alice", "https://dash.example.com/", 200.0)
+    assert await store.take_portal_link("d1") is None  # once
+    assert await store.take_portal_link("unknown") is None
+    # Adding a link forgets those expired by then.
+    await store.add_portal_link("d3", "alice", None, expires_at=400.0, now=300.0)
+    assert await store.take_portal_link("d2") is None
+    assert await store.take_portal_link("d3") == ("alice", None, 400.0)

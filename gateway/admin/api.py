@@ -40,6 +40,7 @@ from gateway.manage.documents import (
     usage_document,
     user_document,
 )
+from gateway.manage.portal import mint_link
 from gateway.manage.service import ManagementService, open_service
 from gateway.manage.transfer import decode_line, export_lines
 from gateway.store import ApiKey, User
@@ -264,6 +265,21 @@ async def get_credits(user_id: str, service: Service) -> Any:
 )
 async def change_credits(user_id: str, change: models.CreditsChange, service: Service) -> Any:
     return {"user_id": user_id, "balance": await service.credits(user_id, add=change.add, set_to=change.set)}
+
+
+@router.post(
+    f"{API}/users/{{user_id}}/portal-sessions",
+    tags=["users"],
+    summary="A one-time link that opens the self-service portal for this user (portal.link_ttl)",
+    operation_id="createPortalSession",
+    status_code=201,
+    response_model=models.PortalSession,
+    responses=answers(400, 404, 409),
+    dependencies=NO_QUERY,
+)
+async def create_portal_session(user_id: str, new: models.NewPortalSession, service: Service, config: Config) -> Any:
+    url, expires_at = await mint_link(service, config.portal, user_id, new.return_url)
+    return {"url": url, "expires_at": iso(expires_at)}
 
 
 # ------------------------------------------------------------------------------------- keys

@@ -37,6 +37,8 @@ from gateway.units import parse_duration, parse_instant
 
 __all__ = [
     "REFUSED",
+    "NewPortalSession",
+    "PortalSession",
     "Alive",
     "AuditEvent",
     "AuditPage",
@@ -359,6 +361,17 @@ class CreatedKey(Document):
 class RotatedKey(CreatedKey):
     replaces: str = Field(description="the old key's id")
     replaced_key_stops_at: NullableTime = Field(description="when the old key stops (now, or the grace period's end)")
+
+
+class NewPortalSession(Checked):
+    return_url: Annotated[StrictStr, Field(max_length=2048)] | None = Field(
+        None, description="where the portal's link back goes: an http(s) URL on one of portal.return_url_hosts"
+    )
+
+
+class PortalSession(Document):
+    url: str
+    expires_at: Time
 
 
 class Credits(Document):

@@ -12,7 +12,7 @@ import click
 from gateway import __version__
 from gateway.cli.audit import audit
 from gateway.cli.common import ConfigProblem, OneLineErrors, config_option, load
-from gateway.cli.manage import db, keys, usage, users
+from gateway.cli.manage import db, keys, portal, usage, users
 from gateway.cli.transfer import export_command, import_command
 
 __all__ = ["main"]
@@ -64,3 +64,4 @@ main.add_command(db)
 main.add_command(import_command)
 main.add_command(export_command)
 main.add_command(audit)
+main.add_command(portal)

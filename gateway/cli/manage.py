@@ -29,6 +29,7 @@ from gateway.manage.documents import (
     usage_document,
     user_document,
 )
+from gateway.manage.portal import mint_link
 from gateway.manage.rules import InvalidField, ServiceError, check_limits
 from gateway.manage.service import UNCHANGED, AlreadyExists, CreatedKey, ManagementService, NotFound, open_service
 from gateway.store import ApiKey, StoreError
@@ -477,3 +478,25 @@ def db_migrate(ctx: click.Context, as_json: bool) -> None:
     """Bring the store's schema up to date (the server also does this at start-up)."""
     version = run(ctx, lambda service: service.store.migrate())
     emit(as_json, {"schema_version": version}, f"store schema at version {version}")
+
+
+# ------------------------------------------------------------------------------------ portal
+
+
+@click.group()
+@config_option
+def portal() -> None:
+    """The self-service key portal: one-time links that open it for a user."""
+
+
+@portal.command("link")
+@config_option
+@click.argument("user_id")
+@click.option("--return-url", help="where the portal links back to (a host of portal.return_url_hosts)")
+@json_option
+@click.pass_context
+def portal_link(ctx: click.Context, user_id: str, return_url: str | None, as_json: bool) -> None:
+    """A link that opens USER_ID's portal once, within portal.link_ttl (kept hashed in the key store)."""
+    config = load(ctx).portal
+    url, expires_at = run(ctx, lambda service: mint_link(service, config, user_id, return_url))
+    emit(as_json, {"url": url, "expires_at": iso(expires_at)}, url)

@@ -10,8 +10,10 @@ its SHA-256.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +95,10 @@ class CreatedKey:
 
     def __repr__(self) -> str:
         return f"CreatedKey(record={self.record!r}, key='{self.record.prefix}...')"
+
+
+def portal_link_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
 class ManagementService:
@@ -428,6 +434,30 @@ class ManagementService:
                 raise NotFound(f"no such key id: that looks like a full key ({self._prefix}...), not its id")
             raise NotFound(f"no key {key_id!r}")
         return key
+
+    async def get_own_key(self, user_id: str, key_id: str) -> ApiKey:
+        """``user_id``'s key ``key_id``: another user's key is not found, as an unknown one."""
+        key = await self.get_key(key_id)
+        if key.user_id != user_id:
+            raise NotFound(f"no key {key_id!r}")
+        return key
+
+    async def add_portal_link(self, user_id: str, *, return_url: str | None, ttl: float) -> tuple[str, float]:
+        """A one-time token that opens ``user_id``'s portal session within ``ttl`` seconds, and
+        when it expires. The store keeps only its SHA-256."""
+        await self.get_user(user_id)
+        token = secrets.token_urlsafe(32)
+        now = self.now()
+        await self.store.add_portal_link(portal_link_digest(token), user_id, return_url, now + ttl, now)
+        return token, now + ttl
+
+    async def take_portal_link(self, token: str) -> tuple[str, str | None] | None:
+        """The (user id, return url) of a portal link, which opens nothing after: None for an
+        unknown, used or expired token."""
+        found = await self.store.take_portal_link(portal_link_digest(token))
+        if found is None or found[2] <= self.now():
+            return None
+        return found[0], found[1]
 
     async def find_key(self, key: str) -> ApiKey:
         """The stored key whose full key is ``key`` (a leaked key's owner); NotFound otherwise. The

@@ -45,10 +45,14 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int) -> int:
             config.admin.port,
             ", ".join(name for name, _ in config.admin_tokens()),
         )
+    if config.portal.port is not None:
+        logger.info("self-service portal on http://%s:%d/portal/", _shown(config.portal.host), config.portal.port)
     # A port that cannot be had stops the start with one line, before anything starts.
     addresses = [(host, port, "--port, listen.port")]
     if config.admin_tokens():
         addresses.append((config.admin.host, config.admin.port, "admin.port"))
+    if config.portal.port is not None:
+        addresses.append((config.portal.host, config.portal.port, "portal.port"))
     if workers == 1:
         for address in addresses:
             # Tried, then let go: uvicorn binds it itself once the app has started (and says so).
@@ -98,8 +102,9 @@ def serve_process(
     metrics: Metrics | None,
     role: str,
 ) -> None:
-    """Serve the public listener, and the admin listener if there is a token, in this process:
-    on ``sockets`` (public, then admin) if given, else on sockets of its own. ``role`` ("process",
+    """Serve the public listener, the admin listener if there is a token, and the portal's if
+    portal.port is set, in this process: on ``sockets`` (public, admin, portal: those served) if
+    given, else on sockets of its own. ``role`` ("process",
     "worker 2") names it in its one started line."""
     from gateway.http.app import create_app
     from gateway.http.protocol import protocol_class
@@ -129,21 +134,35 @@ def serve_process(
         timeout_keep_alive=config.limits.keepalive_timeout,  # type: ignore[arg-type]
         **(server_options | {"http": protocol_class(config.limits, config.error_profile, app.rules, app.ledger)}),
     )
+    servers = [public]
     listeners = f"public http://{_shown(host)}:{port}"
-    if not config.admin_tokens():
-        run_servers([public], sockets, role=role, listeners=listeners)
-        return
-    from gateway.admin.api import create_admin_app
+    if config.admin_tokens():
+        from gateway.admin.api import create_admin_app
 
-    admin = uvicorn.Config(
-        create_admin_app(config, metrics),
-        host=config.admin.host,
-        port=config.admin.port,
-        log_config=None,
-        **server_options,
-    )
-    listeners += f", admin http://{_shown(config.admin.host)}:{config.admin.port}"
-    run_servers([public, admin], sockets, role=role, listeners=listeners)
+        servers.append(
+            uvicorn.Config(
+                create_admin_app(config, metrics),
+                host=config.admin.host,
+                port=config.admin.port,
+                log_config=None,
+                **server_options,
+            )
+        )
+        listeners += f", admin http://{_shown(config.admin.host)}:{config.admin.port}"
+    if config.portal.port is not None:
+        from gateway.portal.app import create_portal_app
+
+        servers.append(
+            uvicorn.Config(
+                create_portal_app(config),
+                host=config.portal.host,
+                port=config.portal.port,
+                log_config=None,
+                **server_options,
+            )
+        )
+        listeners += f", portal http://{_shown(config.portal.host)}:{config.portal.port}"
+    run_servers(servers, sockets, role=role, listeners=listeners)
 
 
 def _shown(host: str) -> str:

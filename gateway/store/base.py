@@ -135,6 +135,10 @@ class AuditFilter:
 AUDIT_COLUMNS = tuple(f.name for f in fields(AuditEvent))
 RECORD_AUDIT = f"INSERT INTO audit_events ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})"
 DROP_AUDIT_BEFORE = "DELETE FROM audit_events WHERE at < ?"
+ADD_PORTAL_LINK = "INSERT INTO portal_links (digest, user_id, return_url, expires_at) VALUES (?, ?, ?, ?)"
+DROP_PORTAL_LINKS_BEFORE = "DELETE FROM portal_links WHERE expires_at <= ?"
+# Taken and gone in one statement: two requests with the same link cannot both have it.
+TAKE_PORTAL_LINK = "DELETE FROM portal_links WHERE digest = ? RETURNING user_id, return_url, expires_at"
 
 
 def audit_query(matching: AuditFilter, before_id: str | None, limit: int) -> tuple[str, list[Any]]:
@@ -421,6 +425,18 @@ class KeyStore(Protocol):
 
     async def drop_audit_before(self, at: float) -> None:
         """Forget audit events older than ``at`` (audit.retention)."""
+        ...
+
+    async def add_portal_link(
+        self, digest: str, user_id: str, return_url: str | None, expires_at: float, now: float
+    ) -> None:
+        """Keep a portal link by its token's digest; links expired by ``now`` are forgotten (they
+        open nothing)."""
+        ...
+
+    async def take_portal_link(self, digest: str) -> tuple[str, str | None, float] | None:
+        """The link's (user id, return url, expires at), removed as it is read: None if unknown
+        or taken already."""
         ...
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:

@@ -18,10 +18,12 @@ import asyncpg
 from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
+    ADD_PORTAL_LINK,
     BUSIEST_KEYS,
     CREDIT_BALANCE,
     DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
+    DROP_PORTAL_LINKS_BEFORE,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
@@ -35,6 +37,7 @@ from gateway.store.base import (
     SET_CREDITS,
     SPEND_CREDITS,
     STILL_ITS_OWN_END,
+    TAKE_PORTAL_LINK,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -104,6 +107,9 @@ _LOAD_WINDOWS = _numbered(LOAD_WINDOWS)
 _ADD_DAILY_USAGE = _numbered(ADD_DAILY_USAGE)
 _RECORD_AUDIT = _numbered(RECORD_AUDIT)
 _DROP_AUDIT_BEFORE = _numbered(DROP_AUDIT_BEFORE)
+_ADD_PORTAL_LINK = _numbered(ADD_PORTAL_LINK)
+_DROP_PORTAL_LINKS_BEFORE = _numbered(DROP_PORTAL_LINKS_BEFORE)
+_TAKE_PORTAL_LINK = _numbered(TAKE_PORTAL_LINK)
 _KEY_DAILY_USAGE = _numbered(KEY_DAILY_USAGE)
 _USER_DAILY_USAGE = _numbered(USER_DAILY_USAGE)
 _DROP_USAGE_BEFORE = _numbered(DROP_USAGE_BEFORE)
@@ -403,6 +409,17 @@ class PostgresStore:
 
     async def drop_audit_before(self, at: float) -> None:
         await self._pool.execute(_DROP_AUDIT_BEFORE, at)
+
+    async def add_portal_link(
+        self, digest: str, user_id: str, return_url: str | None, expires_at: float, now: float
+    ) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(_DROP_PORTAL_LINKS_BEFORE, now)
+            await connection.execute(_ADD_PORTAL_LINK, digest, user_id, return_url, expires_at)
+
+    async def take_portal_link(self, digest: str) -> tuple[str, str | None, float] | None:
+        row = await self._pool.fetchrow(_TAKE_PORTAL_LINK, digest)
+        return None if row is None else (row[0], row[1], row[2])
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         # Increments, never totals: flushes from several replicas add up.

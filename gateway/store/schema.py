@@ -115,6 +115,16 @@ def migrations(*, real: str, big_integer: str, boolean: str) -> list[list[str]]:
             "CREATE INDEX audit_events_target ON audit_events (target, id)",
             "CREATE INDEX audit_events_at ON audit_events (at)",
         ],
+        [
+            # The self-service portal's one-time links (issue 16), by the SHA-256 of their token:
+            # minted by the admin API or the CLI, opened by the portal listener, any process.
+            f"""CREATE TABLE portal_links (
+                digest TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                return_url TEXT,
+                expires_at {real} NOT NULL
+            )""",
+        ],
     ]
 
 

@@ -20,10 +20,12 @@ import aiosqlite
 from gateway.store.base import (
     ADD_CREDITS,
     ADD_DAILY_USAGE,
+    ADD_PORTAL_LINK,
     BUSIEST_KEYS,
     CREDIT_BALANCE,
     DROP_AUDIT_BEFORE,
     DROP_CLOSED_WINDOWS,
+    DROP_PORTAL_LINKS_BEFORE,
     DROP_USAGE_BEFORE,
     FIND_KEY_BY_HASH,
     KEY_COLUMNS,
@@ -37,6 +39,7 @@ from gateway.store.base import (
     SET_CREDITS,
     SPEND_CREDITS,
     STILL_ITS_OWN_END,
+    TAKE_PORTAL_LINK,
     USAGE_BY_USER,
     USER_COLUMNS,
     USER_DAILY_USAGE,
@@ -361,6 +364,18 @@ class SQLiteStore:
     async def drop_audit_before(self, at: float) -> None:
         async with self._writing:
             await self._db.execute(DROP_AUDIT_BEFORE, (at,))
+
+    async def add_portal_link(
+        self, digest: str, user_id: str, return_url: str | None, expires_at: float, now: float
+    ) -> None:
+        async with self._writing:
+            await self._db.execute(DROP_PORTAL_LINKS_BEFORE, (now,))
+            await self._db.execute(ADD_PORTAL_LINK, (digest, user_id, return_url, expires_at))
+
+    async def take_portal_link(self, digest: str) -> tuple[str, str | None, float] | None:
+        async with self._writing:
+            rows = list(await self._db.execute_fetchall(TAKE_PORTAL_LINK, (digest,)))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def add_usage(self, deltas: Mapping[str, UsageDelta], day: str) -> None:
         async with self._writing:

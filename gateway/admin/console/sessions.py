@@ -36,7 +36,7 @@ MAX_SESSIONS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    actor: str  # the name of the admin token signed in with ("admin" for the unnamed one)
+    actor: str  # the name of the admin token signed in with ("admin" for the unnamed one); the portal's user id
     csrf: str  # the token every form of this session posts back
     started_at: float
     seen_at: float
@@ -86,9 +86,11 @@ class RedisSessionRecords:
 
     PREFIX = "gateway:console:session:"
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float, prefix: str = PREFIX) -> None:
+        """``prefix`` keeps one kind of session apart from another (the portal's)."""
         import redis.asyncio as redis
 
+        self.PREFIX = prefix
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     async def put(self, digest: str, session: Session, ttl: float) -> None:
@@ -126,13 +128,14 @@ class Sessions:
         self,
         records: SessionRecords,
         *,
-        tokens: Sequence[tuple[str, str]],
+        tokens: Sequence[tuple[str, str]] | None,
         idle_timeout: float,
         lifetime: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._records = records
-        self._marks = {name: token_mark(token) for name, token in tokens}
+        # None: sessions opened by no token (the portal's, by a one-time link), none to check.
+        self._marks = None if tokens is None else {name: token_mark(token) for name, token in tokens}
         self._idle = idle_timeout
         self._lifetime = lifetime
         self._clock = clock
@@ -148,7 +151,11 @@ class Sessions:
         now = self._clock()
         session_id = secrets.token_urlsafe(32)
         session = Session(
-            actor=actor, csrf=secrets.token_urlsafe(32), started_at=now, seen_at=now, token_mark=self._marks[actor]
+            actor=actor,
+            csrf=secrets.token_urlsafe(32),
+            started_at=now,
+            seen_at=now,
+            token_mark="" if self._marks is None else self._marks[actor],
         )
         await self._records.put(_digest(session_id), session, self._ttl(session))
         return session_id, session
@@ -160,8 +167,10 @@ class Sessions:
         if session is None:
             return None
         now = self._clock()
-        expected = self._marks.get(session.actor, "")
-        own_token = bool(expected) and hmac.compare_digest(session.token_mark.encode(), expected.encode())
+        expected = "" if self._marks is None else self._marks.get(session.actor, "")
+        own_token = self._marks is None or (
+            bool(expected) and hmac.compare_digest(session.token_mark.encode(), expected.encode())
+        )
         if not own_token or now - session.seen_at >= self._idle or now - session.started_at >= self._lifetime:
             await self._records.delete(digest)
             return None

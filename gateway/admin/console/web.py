@@ -40,6 +40,8 @@ __all__ = [
     "Visit",
     "from_another_site",
     "page",
+    "posted_form",
+    "problem_of",
     "read_form",
     "render",
     "segment",
@@ -167,6 +169,39 @@ def from_another_site(request: Request) -> bool:
     return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
+async def posted_form(request: Request, session: Session) -> tuple[dict[str, str], str | None]:
+    """A POST's form, and why it is refused if it is: sent from another site's page, or without
+    the session's CSRF token (compared in constant time)."""
+    if from_another_site(request):
+        return {}, "This form was refused: it was sent from a page of another site."
+    form = await read_form(request)
+    if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
+        return form, (
+            "This form was refused: it did not carry this session's security token (CSRF)."
+            " Open the page again and send the form from there."
+        )
+    return form, None
+
+
+def problem_of(exc: Exception) -> tuple[int, str] | None:
+    """The status and message of a page for what the service refused; None for anything else."""
+    if isinstance(exc, NotFound):
+        return 404, str(exc)
+    if isinstance(exc, AlreadyExists):
+        return 409, str(exc)
+    if isinstance(exc, InvalidField):
+        return 422, str(exc)
+    if isinstance(exc, ChangeNotAnnounced):
+        return (
+            503,
+            "The change was made, but Redis could not tell every gateway: they may use cached"
+            " copies for up to cache.ttl_seconds. Repeat it once Redis answers.",
+        )
+    if is_store_failure(exc):
+        return 503, "The key store is unavailable; nothing was changed. Retry later."
+    return None
+
+
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A console page for signed-in operators only; a POST checked for the session's CSRF token."""
 
@@ -181,16 +216,10 @@ def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request]
         if session is None:
             return _signing_in(request)
         visit = Visit(request, console, session)
-        if request.method == "POST" and from_another_site(request):
-            return visit.problem(403, "This form was refused: it was sent from a page of another site.")
         if request.method == "POST":
-            visit.form = await read_form(request)
-            if not hmac.compare_digest(visit.form.get("csrf", "").encode(), session.csrf.encode()):
-                return visit.problem(
-                    403,
-                    "This form was refused: it did not carry this session's security token (CSRF)."
-                    " Open the page again and send the form from there.",
-                )
+            visit.form, refusal = await posted_form(request, session)
+            if refusal is not None:
+                return visit.problem(403, refusal)
         try:
             if request.method != "POST":
                 return await endpoint(visit)
@@ -201,21 +230,10 @@ def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request]
                 response = await endpoint(visit)
             response.headers["x-request-id"] = request_id
             return response
-        except NotFound as exc:
-            return visit.problem(404, str(exc))
-        except AlreadyExists as exc:
-            return visit.problem(409, str(exc))
-        except InvalidField as exc:
-            return visit.problem(422, str(exc))
-        except ChangeNotAnnounced:
-            return visit.problem(
-                503,
-                "The change was made, but Redis could not tell every gateway: they may use cached"
-                " copies for up to cache.ttl_seconds. Repeat it once Redis answers.",
-            )
         except Exception as exc:
-            if is_store_failure(exc):
-                return visit.problem(503, "The key store is unavailable; nothing was changed. Retry later.")
-            raise
+            problem = problem_of(exc)
+            if problem is None:
+                raise
+            return visit.problem(*problem)
 
     return handle

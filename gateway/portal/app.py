@@ -1,0 +1,294 @@
+"""The portal's listener: a small Starlette app, on ``portal.host``/``portal.port`` beside the
+admin listener (``gateway serve``), built on the console's machinery: its sessions (here keyed by
+the user's id, opened by a one-time link rather than a token), its CSRF and Sec-Fetch-Site checks
+(``posted_form``), its security headers (with ``portal.frame_ancestors``) and its refusals
+(``problem_of``).
+
+The session cookie is SameSite=Lax, not Strict as the console's: the link is opened from the
+service's dashboard, another site, and Strict would keep the cookie off the redirect that follows
+the exchange (a navigation another site started), so the user would land signed out. Lax sends it
+on top-level GET navigations only; a POST still needs the session's CSRF token, and is refused when
+another site's page sent it (Sec-Fetch-Site).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, Router, request_response
+from starlette.staticfiles import StaticFiles
+
+from gateway.admin.console.app import STATIC
+from gateway.admin.console.headers import SecurityHeaders
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Session, Sessions
+from gateway.admin.console.web import posted_form, problem_of, segment, when
+from gateway.config import GatewayConfig
+from gateway.manage.audit import acting
+from gateway.manage.portal import PORTAL_PREFIX
+from gateway.manage.service import CreatedKey, ManagementService, NotFound, open_service
+
+__all__ = ["COOKIE", "Portal", "create_portal_app", "open_portal"]
+
+logger = logging.getLogger("gateway.error")
+
+COOKIE = "gateway_portal"
+PREFIX = PORTAL_PREFIX
+REDIS_PREFIX = "gateway:portal:session:"
+NOWHERE = f'<!doctype html><title>Not Found</title><h1>Not Found</h1><p><a href="{PREFIX}/">Your API keys</a></p>'
+START_AGAIN = "Open the portal again from the service's dashboard, where you found its link."
+
+
+@dataclass(frozen=True, slots=True)
+class Portal:
+    """The portal's parts, built once in its app's lifespan."""
+
+    config: GatewayConfig
+    service: ManagementService
+    sessions: Sessions
+    templates: jinja2.Environment
+
+    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(template).render(prefix=PREFIX, **context)
+        return HTMLResponse(html, http_status)
+
+    def problem(self, status: int, message: str, **context: Any) -> HTMLResponse:
+        return self.render("problem.html", status, status=status, message=message, **context)
+
+
+def _templates() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("gateway.portal", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    environment.filters["when"] = when
+    environment.filters["segment"] = segment
+    return environment
+
+
+@dataclass(slots=True)
+class Visit:
+    """A request of a user with a live portal session (``session.actor`` is the user's id)."""
+
+    request: Request
+    portal: Portal
+    session: Session
+    form: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def user_id(self) -> str:
+        return self.session.actor
+
+    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+        ends_in = math.ceil(max(self.portal.sessions.remaining(self.session), 0)) + 1
+        return self.portal.render(template, http_status, session=self.session, session_ends_in=ends_in, **context)
+
+    def problem(self, status: int, message: str) -> HTMLResponse:
+        return self.render("problem.html", status, status=status, message=message)
+
+
+def _portal(request: Request) -> Portal:
+    portal: Portal = request.app.state.portal  # opened in the lifespan
+    return portal
+
+
+def _sessions_unavailable(portal: Portal) -> HTMLResponse:
+    return portal.problem(503, "The portal cannot reach where its sessions are kept: retry in a moment.")
+
+
+def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A portal page for a live session only; a POST checked as the console checks one, and its
+    changes recorded in the audit trail as ``portal:<user id>``."""
+
+    async def handle(request: Request) -> Response:
+        portal = _portal(request)
+        session_id = request.cookies.get(COOKIE)
+        try:
+            session = await portal.sessions.find(session_id) if session_id else None
+        except Exception as exc:
+            logger.error("portal sessions unavailable: %s", type(exc).__name__)
+            return _sessions_unavailable(portal)
+        if session is None:
+            return portal.problem(401, f"Your portal session has ended. {START_AGAIN}")
+        visit = Visit(request, portal, session)
+        if request.method == "POST":
+            visit.form, refusal = await posted_form(request, session)
+            if refusal is not None:
+                return visit.problem(403, refusal)
+        try:
+            if request.method != "POST":
+                return await endpoint(visit)
+            request_id = secrets.token_hex(8)
+            with acting(f"portal:{visit.user_id}", "portal", request_id):
+                response = await endpoint(visit)
+            response.headers["x-request-id"] = request_id
+            return response
+        except Exception as exc:
+            problem = problem_of(exc)
+            if problem is None:
+                raise
+            return visit.problem(*problem)
+
+    return handle
+
+
+# ------------------------------------------------------------------------------------- pages
+
+
+async def start(request: Request) -> Response:
+    """The link: its token (once, before it expires) for a new session of its user."""
+    portal = _portal(request)
+    token = request.query_params.get("token", "")
+    try:
+        found = await portal.service.take_portal_link(token) if token else None
+        if found is not None:
+            await portal.service.get_user(found[0])  # a user removed since has no portal
+    except NotFound:
+        found = None
+    except Exception as exc:
+        problem = problem_of(exc)  # the store unavailable: not the link's fault
+        if problem is None:
+            raise
+        return portal.problem(*problem)
+    if found is None:
+        return portal.problem(
+            403, f"This portal link has been used already, has expired, or is not a link of this portal. {START_AGAIN}"
+        )
+    old = request.cookies.get(COOKIE)
+    try:
+        if old:
+            await portal.sessions.end(old)
+        # A new id at every exchange, whatever cookie the browser had.
+        session_id, _ = await portal.sessions.start(found[0])
+    except Exception as exc:
+        logger.error("portal sessions unavailable: %s", type(exc).__name__)
+        return _sessions_unavailable(portal)
+    response = RedirectResponse(f"{PREFIX}/", 303)
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        path=PREFIX + "/",
+        httponly=True,
+        samesite="lax",
+        secure=portal.config.portal.secure_cookies,
+    )
+    return response
+
+
+async def _keys_page(visit: Visit, created: CreatedKey | None = None, notice: str | None = None) -> Response:
+    service = visit.portal.service
+    now = service.now()
+    keys = [(key, key.status(now)) for key in await service.list_keys(visit.user_id)]
+    keys.sort(key=lambda pair: pair[0].created_at, reverse=True)
+    return visit.render("keys.html", keys=keys, created=created, notice=notice)
+
+
+@page
+async def keys(visit: Visit) -> Response:
+    done = visit.request.query_params.get("done")
+    return await _keys_page(visit, notice="The key was revoked." if done == "revoked" else None)
+
+
+@page
+async def new_key(visit: Visit) -> Response:
+    return visit.render("new_key.html")
+
+
+@page
+async def create_key(visit: Visit) -> Response:
+    created = await visit.portal.service.create_key(
+        visit.user_id, name=visit.form.get("name", "").strip() or None, expires_in=None, rate_limits=None
+    )
+    return await _keys_page(visit, created)
+
+
+@page
+async def confirm_revoke(visit: Visit) -> Response:
+    key = await visit.portal.service.get_own_key(visit.user_id, visit.request.path_params["key_id"])
+    return visit.render("revoke.html", key=key)
+
+
+@page
+async def revoke_key(visit: Visit) -> Response:
+    key = await visit.portal.service.get_own_key(visit.user_id, visit.request.path_params["key_id"])
+    await visit.portal.service.revoke_key(key.id)
+    return RedirectResponse(f"{PREFIX}/?done=revoked", 303)
+
+
+@page
+async def missing(visit: Visit) -> Response:
+    return visit.problem(404, "There is no such page in the portal.")
+
+
+# ------------------------------------------------------------------------------------- the app
+
+
+@contextlib.asynccontextmanager
+async def open_portal(
+    config: GatewayConfig, service: ManagementService, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Portal]:
+    """The portal's parts: its sessions in memory, or in Redis (every worker must know them)."""
+    settings = config.portal
+    redis = (
+        RedisSessionRecords(config.redis.url, timeout=config.redis.timeout, prefix=REDIS_PREFIX)
+        if config.redis.url
+        else None
+    )
+    sessions = Sessions(
+        redis or MemorySessionRecords(clock),
+        tokens=None,
+        idle_timeout=settings.session_idle_timeout,
+        lifetime=settings.session_lifetime,
+        clock=clock,
+    )
+    try:
+        yield Portal(config, service, sessions, _templates())
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
+def create_portal_app(
+    config: GatewayConfig, *, service: ManagementService | None = None, clock: Callable[[], float] = time.time
+) -> Starlette:
+    """The portal listener's app; ``service`` (tests) instead of one on the configured store."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            own = service if service is not None else await stack.enter_async_context(open_service(config))
+            app.state.portal = await stack.enter_async_context(open_portal(config, own, clock))
+            yield
+
+    router = Router(
+        [
+            Route("/start", start),
+            Route("/", keys),
+            Route("/new-key", new_key),
+            Route("/new-key", create_key, methods=["POST"]),
+            Route("/keys/{key_id}/revoke", confirm_revoke),
+            Route("/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC)),
+        ],
+        default=request_response(missing),
+        redirect_slashes=False,
+    )
+    headers = {"frame_ancestors": config.portal.frame_ancestors, "home": PREFIX + "/", "home_name": "Your API keys"}
+    return Starlette(
+        routes=[
+            Route(PREFIX, SecurityHeaders(RedirectResponse(f"{PREFIX}/", 307), **headers)),
+            Mount(PREFIX, SecurityHeaders(router, **headers)),
+            # Every other path: the portal is all there is on this listener.
+            Route("/{rest:path}", SecurityHeaders(HTMLResponse(NOWHERE, 404), **headers)),
+        ],
+        lifespan=lifespan,
+    )
