@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -31,10 +29,9 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.admin.console.app import STATIC
 from gateway.admin.console.headers import SecurityHeaders
-from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Session, Sessions
-from gateway.admin.console.web import posted_form, problem_of, segment, when
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions
+from gateway.admin.console.web import SessionVisit, problem_of, segment, session_page, when
 from gateway.config import GatewayConfig
-from gateway.manage.audit import acting
 from gateway.manage.portal import PORTAL_PREFIX
 from gateway.manage.service import CreatedKey, ManagementService, NotFound, open_service
 
@@ -68,7 +65,15 @@ class Portal:
 
 def _templates() -> jinja2.Environment:
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("gateway.portal", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        # The portal's pages, on the console's base page ("console/base.html").
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PackageLoader("gateway.portal", "templates"),
+                jinja2.PrefixLoader({"console": jinja2.PackageLoader("gateway.admin.console", "templates")}),
+            ]
+        ),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
     )
     environment.filters["when"] = when
     environment.filters["segment"] = segment
@@ -76,24 +81,16 @@ def _templates() -> jinja2.Environment:
 
 
 @dataclass(slots=True)
-class Visit:
+class Visit(SessionVisit[Portal]):
     """A request of a user with a live portal session (``session.actor`` is the user's id)."""
 
-    request: Request
-    portal: Portal
-    session: Session
-    form: dict[str, str] = field(default_factory=dict)
+    @property
+    def portal(self) -> Portal:
+        return self.site
 
     @property
     def user_id(self) -> str:
         return self.session.actor
-
-    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
-        ends_in = math.ceil(max(self.portal.sessions.remaining(self.session), 0)) + 1
-        return self.portal.render(template, http_status, session=self.session, session_ends_in=ends_in, **context)
-
-    def problem(self, status: int, message: str) -> HTMLResponse:
-        return self.render("problem.html", status, status=status, message=message)
 
 
 def _portal(request: Request) -> Portal:
@@ -108,37 +105,16 @@ def _sessions_unavailable(portal: Portal) -> HTMLResponse:
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A portal page for a live session only; a POST checked as the console checks one, and its
     changes recorded in the audit trail as ``portal:<user id>``."""
-
-    async def handle(request: Request) -> Response:
-        portal = _portal(request)
-        session_id = request.cookies.get(COOKIE)
-        try:
-            session = await portal.sessions.find(session_id) if session_id else None
-        except Exception as exc:
-            logger.error("portal sessions unavailable: %s", type(exc).__name__)
-            return _sessions_unavailable(portal)
-        if session is None:
-            return portal.problem(401, f"Your portal session has ended. {START_AGAIN}")
-        visit = Visit(request, portal, session)
-        if request.method == "POST":
-            visit.form, refusal = await posted_form(request, session)
-            if refusal is not None:
-                return visit.problem(403, refusal)
-        try:
-            if request.method != "POST":
-                return await endpoint(visit)
-            request_id = secrets.token_hex(8)
-            with acting(f"portal:{visit.user_id}", "portal", request_id):
-                response = await endpoint(visit)
-            response.headers["x-request-id"] = request_id
-            return response
-        except Exception as exc:
-            problem = problem_of(exc)
-            if problem is None:
-                raise
-            return visit.problem(*problem)
-
-    return handle
+    return session_page(
+        endpoint,
+        name="portal",
+        site_of=_portal,
+        visit=Visit,
+        cookie=COOKIE,
+        no_session=lambda _request, portal: portal.problem(401, f"Your portal session has ended. {START_AGAIN}"),
+        unavailable=_sessions_unavailable,
+        actor=lambda session: (f"portal:{session.actor}", "portal"),
+    )
 
 
 # ------------------------------------------------------------------------------------- pages

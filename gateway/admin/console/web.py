@@ -15,7 +15,7 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote
 
 import jinja2
@@ -37,6 +37,8 @@ __all__ = [
     "COOKIE",
     "PREFIX",
     "Console",
+    "SessionVisit",
+    "Site",
     "Visit",
     "from_another_site",
     "page",
@@ -45,6 +47,7 @@ __all__ = [
     "read_form",
     "render",
     "segment",
+    "session_page",
     "sessions_unavailable",
     "user_url",
     "when",
@@ -68,6 +71,9 @@ class Console:
     sessions: Sessions
     outcomes: OutcomeHistory
     templates: jinja2.Environment
+
+    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+        return render(self, template, http_status, **context)
 
 
 def segment(value: str) -> str:
@@ -123,27 +129,102 @@ async def read_form(request: Request) -> dict[str, str]:
     return fields
 
 
+class Site(Protocol):
+    """What pages behind a session are served from: the console's parts, or the portal's."""
+
+    @property
+    def sessions(self) -> Sessions: ...
+
+    @property
+    def service(self) -> ManagementService: ...
+
+    def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse: ...
+
+
+SiteT = TypeVar("SiteT", bound=Site)
+
+
 @dataclass(slots=True)
-class Visit:
-    """A signed-in operator's request."""
+class SessionVisit(Generic[SiteT]):
+    """A request with a live session, of the console or the portal."""
 
     request: Request
-    console: Console
+    site: SiteT
     session: Session
     form: dict[str, str] = field(default_factory=dict)
 
     @property
     def service(self) -> ManagementService:
-        return self.console.service
+        return self.site.service
 
     def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
         # A page left open goes back to the sign-in form once its session has ended (a second
         # after), rather than show what it showed to whoever comes by.
-        ends_in = math.ceil(max(self.console.sessions.remaining(self.session), 0)) + 1
-        return render(self.console, template, http_status, session=self.session, session_ends_in=ends_in, **context)
+        ends_in = math.ceil(max(self.site.sessions.remaining(self.session), 0)) + 1
+        return self.site.render(template, http_status, session=self.session, session_ends_in=ends_in, **context)
 
     def problem(self, status: int, message: str) -> HTMLResponse:
         return self.render("problem.html", status, status=status, message=message)
+
+
+@dataclass(slots=True)
+class Visit(SessionVisit[Console]):
+    """A signed-in operator's request."""
+
+    @property
+    def console(self) -> Console:
+        return self.site
+
+
+VisitT = TypeVar("VisitT", bound=SessionVisit[Any])
+
+
+def session_page(
+    endpoint: Callable[[VisitT], Awaitable[Response]],
+    *,
+    name: str,
+    site_of: Callable[[Request], SiteT],
+    visit: Callable[[Request, SiteT, Session], VisitT],
+    cookie: str,
+    no_session: Callable[[Request, SiteT], Response],
+    unavailable: Callable[[SiteT], Response],
+    actor: Callable[[Session], tuple[str, str]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A page for a live session only (``no_session`` answers otherwise); a POST checked by
+    ``posted_form``; each POST inside ``acting(*actor(session), <a new request id>)``, which the
+    answer carries back; what the service refuses, a page with the admin API's status."""
+
+    async def handle(request: Request) -> Response:
+        site = site_of(request)
+        session_id = request.cookies.get(cookie)
+        try:
+            session = await site.sessions.find(session_id) if session_id else None
+        except Exception as exc:
+            logger.error("%s sessions unavailable: %s", name, type(exc).__name__)
+            return unavailable(site)
+        if session is None:
+            return no_session(request, site)
+        current = visit(request, site, session)
+        if request.method == "POST":
+            current.form, refusal = await posted_form(request, session)
+            if refusal is not None:
+                return current.problem(403, refusal)
+        try:
+            if request.method != "POST":
+                return await endpoint(current)
+            # Every change is a POST: recorded in the audit trail under a request id of its own.
+            request_id = secrets.token_hex(8)
+            with acting(*actor(session), request_id):
+                response = await endpoint(current)
+            response.headers["x-request-id"] = request_id
+            return response
+        except Exception as exc:
+            problem = problem_of(exc)
+            if problem is None:
+                raise
+            return current.problem(*problem)
+
+    return handle
 
 
 def console_of(request: Request) -> Console:
@@ -203,37 +284,15 @@ def problem_of(exc: Exception) -> tuple[int, str] | None:
 
 
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """A console page for signed-in operators only; a POST checked for the session's CSRF token."""
-
-    async def handle(request: Request) -> Response:
-        console = console_of(request)
-        session_id = request.cookies.get(COOKIE)
-        try:
-            session = await console.sessions.find(session_id) if session_id else None
-        except Exception as exc:
-            logger.error("console sessions unavailable: %s", type(exc).__name__)
-            return sessions_unavailable(console)
-        if session is None:
-            return _signing_in(request)
-        visit = Visit(request, console, session)
-        if request.method == "POST":
-            visit.form, refusal = await posted_form(request, session)
-            if refusal is not None:
-                return visit.problem(403, refusal)
-        try:
-            if request.method != "POST":
-                return await endpoint(visit)
-            # Every change is a POST: recorded in the audit trail as the signed-in token's, under
-            # a request id of its own, which the answer carries back.
-            request_id = secrets.token_hex(8)
-            with acting(session.actor, "console", request_id):
-                response = await endpoint(visit)
-            response.headers["x-request-id"] = request_id
-            return response
-        except Exception as exc:
-            problem = problem_of(exc)
-            if problem is None:
-                raise
-            return visit.problem(*problem)
-
-    return handle
+    """A console page for signed-in operators only (others go to the sign-in form); a POST checked
+    for the session's CSRF token, its changes recorded as the signed-in token's."""
+    return session_page(
+        endpoint,
+        name="console",
+        site_of=console_of,
+        visit=Visit,
+        cookie=COOKIE,
+        no_session=lambda request, _console: _signing_in(request),
+        unavailable=sessions_unavailable,
+        actor=lambda session: (session.actor, "console"),
+    )
