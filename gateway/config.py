@@ -275,6 +275,20 @@ class PortalConfig:
     secure_cookies: bool = False
     session_idle_timeout: float = 30 * 60.0  # as the console
     session_lifetime: float = 12 * 3600.0
+    # The grace periods a user may give the old key when rotating (besides "now").
+    rotation_graces: tuple[float, ...] = (3600.0, 86400.0, 7 * 86400.0)
+    # A key older than this is marked, with a suggestion to rotate it (Mockupanda advises 90 days).
+    rotate_after: float = 90 * 86400.0
+    # At most this many active keys per user from the portal (None: no limit, as Mockupanda has none).
+    max_active_keys_per_user: int | None = None
+    # Keys one portal session may create or rotate: a stolen session cannot mint keys without end.
+    max_keys_per_session: int = 20
+    # The service's name ("Back to <name>"; default: the error profile's service) and the portal's
+    # title (default: "<service name> API keys", in the profile's own wording).
+    service_name: str | None = None
+    title: str | None = None
+    accent_color: str | None = None  # "#rrggbb"; None: the console's blue
+    logo: str | None = None  # an image file shown in the portal's header
 
     def link_base(self) -> str:
         """Where links point: ``public_url``, else the listener's own address."""
@@ -634,6 +648,60 @@ def _host_names(value: object) -> tuple[str, ...]:
     return tuple(h.lower() for h in value)
 
 
+def _durations(value: object) -> tuple[float, ...]:
+    expected = "a list of durations above zero, such as [1h, 1d, 7d]"
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    try:
+        graces = tuple(sorted({_positive_duration(item) for item in value}))
+    except ValueError:
+        raise ValueError(expected) from None
+    return graces
+
+
+def _colour(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"#(?:[0-9A-Fa-f]{3}){1,2}", value):
+        raise ValueError("a colour as #rrggbb or #rgb, such as '#2f5fd0' (quoted in YAML)")
+    return value.lower()
+
+
+def _short_text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 80 or not value.isprintable():
+        raise ValueError("a line of text of at most 80 characters")
+    return value.strip()
+
+
+# What an <img> may show of a logo file, by its extension, and how large it may be.
+LOGO_TYPES: Mapping[str, str] = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+}
+MAX_LOGO_BYTES = 512 * 1024
+
+
+def _logo(value: object) -> str:
+    if not isinstance(value, str) or Path(value).suffix.lower() not in LOGO_TYPES:
+        raise ValueError("the path of an image file: " + ", ".join(LOGO_TYPES))
+    return value
+
+
+def _check_logo(path: str, source: str, problems: list[str]) -> None:
+    """The logo file can be read and is not too large (it is read again when the portal starts)."""
+    try:
+        size = Path(path).stat().st_size
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        problems.append(f"{source}: portal.logo: cannot read {path}: {exc.strerror or exc}")
+        return
+    if size > MAX_LOGO_BYTES:
+        problems.append(f"{source}: portal.logo: {path} is {size:,} bytes; at most {MAX_LOGO_BYTES:,}")
+
+
 def _frame_ancestors(value: object) -> str:
     # Sources of a CSP directive: nothing that would end it (";") or another header line.
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9'*:/.\- ]+", value.strip()):
@@ -705,6 +773,14 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "portal.secure_cookies": _boolean,
     "portal.session_idle_timeout": _positive_duration,
     "portal.session_lifetime": _positive_duration,
+    "portal.rotation_graces": _durations,
+    "portal.rotate_after": _positive_duration,
+    "portal.max_active_keys_per_user": lambda value: None if value is None else _positive_int(value),
+    "portal.max_keys_per_session": _positive_int,
+    "portal.service_name": lambda value: None if value is None else _short_text(value),
+    "portal.title": lambda value: None if value is None else _short_text(value),
+    "portal.accent_color": lambda value: None if value is None else _colour(value),
+    "portal.logo": lambda value: None if value is None else _logo(value),
     "health.check_upstream": _boolean,
     "metrics.public": _boolean,
     "store.url": _store_url,
@@ -815,6 +891,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         elif token == admin_token or token in {t for _, t in named_tokens}:
             problems.append(f"{where}: admin.tokens ({name}): the same token as another; give each its own")
         named_tokens.append((name, token))
+
+    if values.get("portal.logo") is not None:
+        _check_logo(values["portal.logo"], origins["portal.logo"], problems)
 
     profiles: dict[str, ErrorProfile] = dict(BUILTIN_PROFILES)
     for name, definition in values.pop("errors.profiles", {}).items():

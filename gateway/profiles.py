@@ -61,6 +61,10 @@ class ErrorProfile:
     situations: Mapping[str, Situation]
     # The prefix of the keys the fronted API documents: keys.prefix unless that is set.
     key_prefix: str = "mk_live_"
+    # The fronted service's name and what its documentation calls keys (the portal's wording):
+    # "Account → API keys" in Mockly's, "Dashboard → API Keys" in Mockupanda's.
+    service: str = "Mockly"
+    keys_title: str = "API keys"
     # Bodies of the situations whose message takes no parameter, rendered once.
     _static: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -142,6 +146,8 @@ _MOCKLY = ErrorProfile(
 _MOCKUPANDA = ErrorProfile(
     name="mockupanda",
     key_prefix="mpa_",
+    service="Mockupanda",
+    keys_title="API Keys",
     envelope={"error": "{message}", "code": "{code}", "details": "{details}"},
     situations={
         "missing_credentials": Situation(401, "MISSING_API_KEY", "Authorization header is required"),
@@ -198,7 +204,14 @@ def build_profile(name: str, raw: object) -> ErrorProfile:
         raise ProfileError("situations", "a mapping of situation name to status, code and message")
     for situation_name, spec in raw_situations.items():
         situations[situation_name] = _build_situation(str(situation_name), spec, situations.get(situation_name))
-    return ErrorProfile(name=name, envelope=envelope, situations=situations, key_prefix=base.key_prefix)
+    return ErrorProfile(
+        name=name,
+        envelope=envelope,
+        situations=situations,
+        key_prefix=base.key_prefix,
+        service=base.service,
+        keys_title=base.keys_title,
+    )
 
 
 def _build_situation(name: str, spec: object, default: Situation | None) -> Situation:

@@ -3,6 +3,7 @@ hashed; in memory and in the machine's Redis alike."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -106,3 +107,18 @@ async def test_a_record_written_without_the_token_opens_nothing(clock: Clock) ->
         assert await kept.find(session_id) is None
     finally:
         await redis.aclose()
+
+
+async def test_a_sessions_counter_counts_each_request_once_and_ends_with_it(
+    records: SessionRecords, clock: Clock
+) -> None:
+    kept = Sessions(records, tokens=None, idle_timeout=600, lifetime=3600, clock=clock)
+    session_id, _ = await kept.start("alice", back="https://dash.example.com/")
+    other_id, _ = await kept.start("alice")
+    counted = await asyncio.gather(*(kept.count(session_id) for _ in range(10)))
+    assert sorted(counted) == list(range(1, 11))  # concurrent requests each get their own number
+    assert await kept.count(other_id) == 1
+    found = await kept.find(session_id)
+    assert found is not None and found.back == "https://dash.example.com/"
+    await kept.end(session_id)
+    assert await kept.count(session_id) == 1  # a new session with that id (none can have it) starts again

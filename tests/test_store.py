@@ -107,6 +107,21 @@ async def test_keys(store: KeyStore) -> None:
     assert await store.get_key("key_5") is not None
 
 
+async def test_at_most_max_active_keys_however_many_additions_race(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_user(User("bob", "active", 1.0, 1.0))
+    await store.add_key(key("revoked", key_hash="r" * 64, revoked_at=5.0))
+    await store.add_key(key("expired", key_hash="e" * 64, expires_at=9.0))
+    await store.add_key(key("bobs", user_id="bob", key_hash="b" * 64))
+    added = await asyncio.gather(
+        *(store.add_key(key(f"k{n}", key_hash=f"{n:064d}"), max_active=3, now=10.0) for n in range(12))
+    )
+    # Revoked, expired and another user's keys do not count; the three added are all there are.
+    assert sorted(added) == [False] * 9 + [True] * 3
+    assert len([k for k in await store.list_keys("alice") if k.status(10.0) == "active"]) == 3
+    assert await store.add_key(key("bob2", user_id="bob", key_hash="c" * 64), max_active=3, now=10.0)
+
+
 async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStore) -> None:
     await store.add_user(User("alice", "active", 1.0, 1.0))
     await store.add_key(key("key_old", key_hash="0" * 64, expires_at=1000.0))

@@ -44,6 +44,7 @@ __all__ = [
     "AlreadyReplaced",
     "ChangeNotAnnounced",
     "CreatedKey",
+    "LimitReached",
     "ManagementService",
     "NotFound",
     "open_service",
@@ -78,6 +79,15 @@ class AlreadyReplaced(AlreadyExists):
     def __init__(self, key_id: str, replaced_by: str) -> None:
         super().__init__(f"key {key_id} was rotated already: its replacement is {replaced_by}")
         self.replaced_by = replaced_by
+
+
+class LimitReached(ServiceError):
+    """A limit on keys is reached: 409 for the user's active keys (``portal.max_active_keys_per_user``),
+    429 for what one portal session may do (``portal.max_keys_per_session``)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CreditsChanged(Protocol):
@@ -362,13 +372,19 @@ class ManagementService:
         name: str | None = None,
         expires_in: float | None = None,
         rate_limits: str | Sequence[str] | None = None,
+        max_active: int | None = None,
     ) -> CreatedKey:
+        """A new key for the user; with ``max_active``, LimitReached once it has that many active."""
         await self.get_user(user_id)
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
             raise InvalidField("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, self._check_name(name), expires_at, check_limits(rate_limits))
-        await self._write(lambda: self.store.add_key(created.record))
+        now = self._clock()
+        if not await self._write(lambda: self.store.add_key(created.record, max_active=max_active, now=now)):
+            raise LimitReached(
+                f"{user_id} has {max_active} active keys, the most allowed: revoke one to create another"
+            )
         await self._audit("key.create", "key", created.record.id, None, key_fields(created.record))
         return created
 

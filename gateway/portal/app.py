@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -28,22 +29,61 @@ from starlette.routing import Mount, Route, Router, request_response
 from starlette.staticfiles import StaticFiles
 
 from gateway.admin.console.app import STATIC
+from gateway.admin.console.charts import daily_chart
 from gateway.admin.console.headers import SecurityHeaders
 from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions
-from gateway.admin.console.web import SessionVisit, problem_of, segment, session_page, when
-from gateway.config import GatewayConfig
+from gateway.admin.console.web import (
+    SessionVisit,
+    key_rows,
+    problem_of,
+    segment,
+    session_page,
+    spoken_duration,
+    when,
+)
+from gateway.config import LOGO_TYPES, MAX_LOGO_BYTES, GatewayConfig
 from gateway.manage.portal import PORTAL_PREFIX
-from gateway.manage.service import CreatedKey, ManagementService, NotFound, open_service
+from gateway.manage.rules import InvalidField
+from gateway.manage.service import CreatedKey, LimitReached, ManagementService, NotFound, open_service
+from gateway.store import ApiKey
 
-__all__ = ["COOKIE", "Portal", "create_portal_app", "open_portal"]
+__all__ = ["COOKIE", "Brand", "Portal", "create_portal_app", "open_portal"]
 
 logger = logging.getLogger("gateway.error")
 
 COOKIE = "gateway_portal"
 PREFIX = PORTAL_PREFIX
 REDIS_PREFIX = "gateway:portal:session:"
-NOWHERE = f'<!doctype html><title>Not Found</title><h1>Not Found</h1><p><a href="{PREFIX}/">Your API keys</a></p>'
+NOWHERE = f'<!doctype html><title>Not Found</title><h1>Not Found</h1><p><a href="{PREFIX}/">The portal</a></p>'
 START_AGAIN = "Open the portal again from the service's dashboard, where you found its link."
+
+
+@dataclass(frozen=True, slots=True)
+class Brand:
+    """What the portal calls itself and the service, and how it looks (portal.title, .service_name,
+    .accent_color, .logo; the error profile's service and wording by default)."""
+
+    service: str
+    title: str
+    keys: str  # "API keys" (Mockly's documentation), "API Keys" (Mockupanda's)
+    accent: str | None
+    logo: tuple[bytes, str] | None  # the file's bytes and its media type
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> Brand:
+        settings, profile = config.portal, config.error_profile
+        service = settings.service_name or profile.service
+        logo = None
+        if settings.logo is not None:
+            path = Path(settings.logo)
+            logo = (path.read_bytes()[: MAX_LOGO_BYTES + 1], LOGO_TYPES[path.suffix.lower()])
+        return cls(
+            service=service,
+            title=settings.title or f"{service} {profile.keys_title}",
+            keys=profile.keys_title,
+            accent=settings.accent_color,
+            logo=logo,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +94,10 @@ class Portal:
     service: ManagementService
     sessions: Sessions
     templates: jinja2.Environment
+    brand: Brand
 
     def render(self, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
-        html = self.templates.get_template(template).render(prefix=PREFIX, **context)
+        html = self.templates.get_template(template).render(prefix=PREFIX, brand=self.brand, **context)
         return HTMLResponse(html, http_status)
 
     def problem(self, status: int, message: str, **context: Any) -> HTMLResponse:
@@ -77,6 +118,7 @@ def _templates() -> jinja2.Environment:
     )
     environment.filters["when"] = when
     environment.filters["segment"] = segment
+    environment.filters["spoken"] = spoken_duration
     return environment
 
 
@@ -144,7 +186,7 @@ async def start(request: Request) -> Response:
         if old:
             await portal.sessions.end(old)
         # A new id at every exchange, whatever cookie the browser had.
-        session_id, _ = await portal.sessions.start(found[0])
+        session_id, _ = await portal.sessions.start(found[0], back=found[1] or "")
     except Exception as exc:
         logger.error("portal sessions unavailable: %s", type(exc).__name__)
         return _sessions_unavailable(portal)
@@ -160,12 +202,26 @@ async def start(request: Request) -> Response:
     return response
 
 
-async def _keys_page(visit: Visit, created: CreatedKey | None = None, notice: str | None = None) -> Response:
-    service = visit.portal.service
+async def _keys_page(
+    visit: Visit, created: CreatedKey | None = None, replaced: ApiKey | None = None, notice: str | None = None
+) -> Response:
+    service, settings = visit.portal.service, visit.portal.config.portal
     now = service.now()
-    keys = [(key, key.status(now)) for key in await service.list_keys(visit.user_id)]
-    keys.sort(key=lambda pair: pair[0].created_at, reverse=True)
-    return visit.render("keys.html", keys=keys, created=created, notice=notice)
+    first, last, days = await service.daily_usage(user_id=visit.user_id)
+    return visit.render(
+        "keys.html",
+        keys=key_rows(await service.list_keys(visit.user_id), now, settings.rotate_after),
+        rotate_after=settings.rotate_after,
+        graces=settings.rotation_graces,
+        created=created,
+        replaced=replaced,
+        now=now,
+        notice=notice,
+        days=days,
+        chart=daily_chart(days, first, last, title=f"Requests per day of your keys, {first} to {last}"),
+        first=first,
+        last=last,
+    )
 
 
 @page
@@ -179,12 +235,37 @@ async def new_key(visit: Visit) -> Response:
     return visit.render("new_key.html")
 
 
+async def _count_creation(visit: Visit) -> None:
+    """One more key made by this session: LimitReached past portal.max_keys_per_session."""
+    most = visit.portal.config.portal.max_keys_per_session
+    if await visit.portal.sessions.count(visit.request.cookies[COOKIE]) > most:
+        raise LimitReached(f"This session has made {most} keys, the most one session may. {START_AGAIN}", 429)
+
+
 @page
 async def create_key(visit: Visit) -> Response:
+    await _count_creation(visit)
     created = await visit.portal.service.create_key(
-        visit.user_id, name=visit.form.get("name", "").strip() or None, expires_in=None, rate_limits=None
+        visit.user_id,
+        name=visit.form.get("name", "").strip() or None,
+        expires_in=None,
+        rate_limits=None,
+        max_active=visit.portal.config.portal.max_active_keys_per_user,
     )
     return await _keys_page(visit, created)
+
+
+@page
+async def rotate_key(visit: Visit) -> Response:
+    key = await visit.portal.service.get_own_key(visit.user_id, visit.request.path_params["key_id"])
+    graces = visit.portal.config.portal.rotation_graces
+    chosen = visit.form.get("grace", "0")
+    grace = next((g for g in graces if str(int(g)) == chosen), 0.0 if chosen == "0" else None)
+    if grace is None:
+        raise InvalidField("the old key stops now or after one of the grace periods offered", "grace")
+    await _count_creation(visit)
+    created, old = await visit.portal.service.rotate_key(key.id, grace=grace or None)
+    return await _keys_page(visit, created, replaced=old)
 
 
 @page
@@ -198,6 +279,24 @@ async def revoke_key(visit: Visit) -> Response:
     key = await visit.portal.service.get_own_key(visit.user_id, visit.request.path_params["key_id"])
     await visit.portal.service.revoke_key(key.id)
     return RedirectResponse(f"{PREFIX}/?done=revoked", 303)
+
+
+async def theme(request: Request) -> Response:
+    """The accent colour (portal.accent_color): a stylesheet, since the CSP allows no inline style."""
+    accent = _portal(request).brand.accent or "#2f5fd0"
+    return Response(f":root {{ --accent: {accent}; }}\n", media_type="text/css", headers=_PUBLIC)
+
+
+async def logo(request: Request) -> Response:
+    """The logo file (portal.logo), read when the portal started."""
+    found = _portal(request).brand.logo
+    if found is None:
+        return HTMLResponse(NOWHERE, 404)
+    return Response(found[0], media_type=found[1], headers=_PUBLIC)
+
+
+# What any visitor may see and a browser may keep a while: the portal's look, no one's data.
+_PUBLIC = {"cache-control": "public, max-age=3600"}
 
 
 @page
@@ -227,7 +326,7 @@ async def open_portal(
         clock=clock,
     )
     try:
-        yield Portal(config, service, sessions, _templates())
+        yield Portal(config, service, sessions, _templates(), Brand.of(config))
     finally:
         if redis is not None:
             await redis.aclose()
@@ -251,14 +350,17 @@ def create_portal_app(
             Route("/", keys),
             Route("/new-key", new_key),
             Route("/new-key", create_key, methods=["POST"]),
+            Route("/keys/{key_id}/rotate", rotate_key, methods=["POST"]),
             Route("/keys/{key_id}/revoke", confirm_revoke),
             Route("/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+            Route("/theme.css", theme),
+            Route("/logo", logo),
             Mount("/static", StaticFiles(directory=STATIC)),
         ],
         default=request_response(missing),
         redirect_slashes=False,
     )
-    headers = {"frame_ancestors": config.portal.frame_ancestors, "home": PREFIX + "/", "home_name": "Your API keys"}
+    headers = {"frame_ancestors": config.portal.frame_ancestors, "home": PREFIX + "/", "home_name": "The portal"}
     return Starlette(
         routes=[
             Route(PREFIX, SecurityHeaders(RedirectResponse(f"{PREFIX}/", 307), **headers)),

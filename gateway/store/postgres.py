@@ -86,6 +86,10 @@ MIGRATIONS = migrations(**_TYPES)
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
+_COUNT_ACTIVE_KEYS = (
+    "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
+    " AND (expires_at IS NULL OR expires_at > $2)"
+)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join(f'${i + 1}' for i in range(_KEY_FIELDS))})"
 _USER_COLUMNS = ", ".join(USER_COLUMNS)
 _FIND_KEY = FIND_KEY_BY_HASH + "$1"
@@ -331,8 +335,19 @@ class PostgresStore:
 
     # ------------------------------------------------------------------------------- keys
 
-    async def add_key(self, key: ApiKey) -> None:
-        await self._write(_INSERT_KEY, *key_row(key))
+    async def add_key(self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0) -> bool:
+        if max_active is None:
+            await self._write(_INSERT_KEY, *key_row(key))
+            return True
+        async with self._pool.acquire() as connection, connection.transaction():
+            # Additions for one user wait for each other: each counts what the one before wrote.
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key.user_id)
+            if await connection.fetchval(_COUNT_ACTIVE_KEYS, key.user_id, now) >= max_active:
+                return False
+            await connection.execute(_INSERT_KEY, *key_row(key))
+            await connection.execute(f"NOTIFY {CHANNEL}")
+        self._changes += 1
+        return True
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)

@@ -82,6 +82,11 @@ MIGRATIONS = migrations(**_TYPES)
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
+_INSERT_KEY_UNDER_LIMIT = (
+    f"INSERT INTO api_keys ({_KEY_COLUMNS}) SELECT {', '.join('?' * _KEY_FIELDS)}"
+    " WHERE (SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL"
+    " AND (expires_at IS NULL OR expires_at > ?)) < ?"
+)
 _USER_COLUMNS = ", ".join(USER_COLUMNS)
 _FIND_KEY = FIND_KEY_BY_HASH + "?"
 
@@ -282,8 +287,12 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------- keys
 
-    async def add_key(self, key: ApiKey) -> None:
-        await self._write(_INSERT_KEY, key_row(key))
+    async def add_key(self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0) -> bool:
+        if max_active is None:
+            await self._write(_INSERT_KEY, key_row(key))
+            return True
+        # One statement, and SQLite has one writer: the count and the insert cannot interleave.
+        return await self._write(_INSERT_KEY_UNDER_LIMIT, (*key_row(key), key.user_id, now, max_active)) == 1
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))

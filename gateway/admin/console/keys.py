@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from gateway.admin.console.audit import audit_rows
 from gateway.admin.console.charts import daily_chart
 from gateway.admin.console.users import user_page_context
-from gateway.admin.console.web import PREFIX, Visit, page, user_url
+from gateway.admin.console.web import PREFIX, Visit, key_rows, page, user_url
 from gateway.manage.rules import InvalidField, split_limits
 from gateway.units import parse_duration
 
@@ -78,6 +78,8 @@ async def key_page(visit: Visit) -> Response:
         nav="users",
         key=key,
         status=key.status(visit.service.now()),
+        row=key_rows([key], visit.service.now(), visit.console.config.portal.rotate_after)[0],
+        rotate_after=visit.console.config.portal.rotate_after,
         own_limits=split_limits(key.rate_limits),
         default_limits=visit.console.config.rate_limits.default,
         days=days,

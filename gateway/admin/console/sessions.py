@@ -41,6 +41,7 @@ class Session:
     started_at: float
     seen_at: float
     token_mark: str = ""  # token_mark(the token signed in with)
+    back: str = ""  # a portal session's return_url: where its "Back to" link goes
 
     def __repr__(self) -> str:
         return f"Session(actor={self.actor!r})"
@@ -55,12 +56,18 @@ class SessionRecords(Protocol):
 
     async def delete(self, digest: str) -> None: ...
 
+    async def count(self, digest: str, ttl: float) -> int:
+        """Add one to the session's counter (kept ``ttl`` seconds) and return it: atomically, so
+        concurrent requests of one session each get their own number."""
+        ...
+
 
 class MemorySessionRecords:
     """In this process's memory: the oldest seen goes first when MAX_SESSIONS are kept."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_sessions: int = MAX_SESSIONS) -> None:
         self._records: dict[str, tuple[Session, float]] = {}  # digest -> (session, kept until)
+        self._counts: dict[str, int] = {}  # digest -> counter, gone with its session
         self._clock = clock
         self._max = max_sessions
 
@@ -71,6 +78,7 @@ class MemorySessionRecords:
             self._records = {d: kept for d, kept in self._records.items() if kept[1] > now}
             while len(self._records) >= self._max:  # dicts keep insertion order: the least recently put first
                 del self._records[next(iter(self._records))]
+            self._counts = {d: n for d, n in self._counts.items() if d in self._records}
         self._records[digest] = (session, self._clock() + ttl)
 
     async def get(self, digest: str) -> Session | None:
@@ -79,6 +87,12 @@ class MemorySessionRecords:
 
     async def delete(self, digest: str) -> None:
         self._records.pop(digest, None)
+        self._counts.pop(digest, None)
+
+    async def count(self, digest: str, ttl: float) -> int:
+        # No await in between: one event loop, so no other request runs inside.
+        self._counts[digest] = counted = self._counts.get(digest, 0) + 1
+        return counted
 
 
 class RedisSessionRecords:
@@ -106,7 +120,14 @@ class RedisSessionRecords:
             return None
 
     async def delete(self, digest: str) -> None:
-        await self._client.delete(self.PREFIX + digest)
+        await self._client.delete(self.PREFIX + digest, self.PREFIX + digest + ":count")
+
+    async def count(self, digest: str, ttl: float) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.incr(self.PREFIX + digest + ":count")
+            pipe.pexpire(self.PREFIX + digest + ":count", max(1, int(ttl * 1000)))
+            counted, _ = await pipe.execute()
+        return int(counted)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -146,7 +167,7 @@ class Sessions:
 
     _ttl = remaining  # how long its record must be kept
 
-    async def start(self, actor: str) -> tuple[str, Session]:
+    async def start(self, actor: str, *, back: str = "") -> tuple[str, Session]:
         """A new session for ``actor``, and its id (for the cookie, and nowhere else)."""
         now = self._clock()
         session_id = secrets.token_urlsafe(32)
@@ -156,6 +177,7 @@ class Sessions:
             started_at=now,
             seen_at=now,
             token_mark="" if self._marks is None else self._marks[actor],
+            back=back,
         )
         await self._records.put(_digest(session_id), session, self._ttl(session))
         return session_id, session
@@ -180,3 +202,8 @@ class Sessions:
 
     async def end(self, session_id: str) -> None:
         await self._records.delete(_digest(session_id))
+
+    async def count(self, session_id: str) -> int:
+        """One more of what the session may do only so many times (the portal's key creations):
+        how many, this one included."""
+        return await self._records.count(_digest(session_id), max(self._lifetime, 1.0))

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.responses import RedirectResponse, Response
 
 from gateway.admin.console.charts import daily_chart
-from gateway.admin.console.web import Visit, page, user_url
+from gateway.admin.console.web import Visit, key_rows, page, user_url
 from gateway.admin.pages import decode_cursor, page as page_of
 from gateway.manage.service import CreatedKey
 from gateway.store import User
@@ -56,13 +56,13 @@ async def add_user(visit: Visit) -> Response:
 
 async def user_page_context(visit: Visit, user: User, created: CreatedKey | None = None) -> dict[str, Any]:
     """What a user's page shows; ``created``: a key just made (or rotated), shown this once."""
-    now = visit.service.now()
-    keys = sorted(await visit.service.list_keys(user.id), key=lambda key: (key.created_at, key.id), reverse=True)
+    rotate_after = visit.console.config.portal.rotate_after
     first, last, days = await visit.service.daily_usage(user_id=user.id)
     return {
         "nav": "users",
         "user": user,
-        "keys": [(key, key.status(now)) for key in keys],
+        "keys": key_rows(await visit.service.list_keys(user.id), visit.service.now(), rotate_after),
+        "rotate_after": rotate_after,
         "days": days,
         "chart": daily_chart(days, first, last, title=f"Requests per day of {user.id}, {first} to {last}"),
         "first": first,

@@ -13,7 +13,7 @@ import hmac
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote
@@ -29,18 +29,21 @@ from gateway.config import GatewayConfig
 from gateway.manage.audit import acting
 from gateway.manage.documents import iso
 from gateway.manage.rules import InvalidField
-from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, ManagementService, NotFound
+from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, LimitReached, ManagementService, NotFound
+from gateway.store import ApiKey
 from gateway.store.base import is_store_failure
-from gateway.units import window_name
+from gateway.units import format_duration, window_name
 
 __all__ = [
     "COOKIE",
     "PREFIX",
     "Console",
+    "KeyRow",
     "SessionVisit",
     "Site",
     "Visit",
     "from_another_site",
+    "key_rows",
     "page",
     "posted_form",
     "problem_of",
@@ -49,6 +52,7 @@ __all__ = [
     "segment",
     "session_page",
     "sessions_unavailable",
+    "spoken_duration",
     "user_url",
     "when",
 ]
@@ -95,6 +99,47 @@ def when(timestamp: float | None) -> str:
     return "never" if shown is None else f"{shown[:10]} {shown[11:16]} UTC"
 
 
+_SPOKEN_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def spoken_duration(seconds: float) -> str:
+    """A duration as a person says it: 86400 -> "1 day", 7200 -> "2 hours" (else as configured)."""
+    for unit, factor in _SPOKEN_UNITS:
+        if seconds >= factor and seconds % factor == 0:
+            count = int(seconds // factor)
+            return f"{count} {unit}" + ("" if count == 1 else "s")
+    return format_duration(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """A key as its row shows it, in the console and the portal: its status, its age, and whether
+    it is old enough to be rotated (``portal.rotate_after``)."""
+
+    key: ApiKey
+    status: str
+    age: str
+    rotate_now: bool
+
+
+def key_rows(keys: Sequence[ApiKey], now: float, rotate_after: float) -> list[KeyRow]:
+    """The rows of ``keys``, newest first."""
+    rows = []
+    for key in sorted(keys, key=lambda key: (key.created_at, key.id), reverse=True):
+        days = int(max(now - key.created_at, 0) // 86400)
+        status = key.status(now)
+        rows.append(
+            KeyRow(
+                key=key,
+                status=status,
+                age="today" if days == 0 else f"{days} day" + ("" if days == 1 else "s"),
+                # A key being replaced (in its grace period) has been rotated already.
+                rotate_now=status == "active" and key.replaced_by is None and now - key.created_at > rotate_after,
+            )
+        )
+    return rows
+
+
 def templates() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("gateway.admin.console", "templates"),
@@ -104,6 +149,7 @@ def templates() -> jinja2.Environment:
     environment.filters["when"] = when
     environment.filters["user_url"] = user_url
     environment.filters["segment"] = segment
+    environment.filters["spoken"] = spoken_duration
     environment.filters["limits"] = lambda limits: "; ".join(limits) if limits else ""
     environment.filters["limit_items"] = lambda items: "; ".join(f"{i.amount}/{window_name(i)}" for i in items)
     return environment
@@ -272,6 +318,8 @@ def problem_of(exc: Exception) -> tuple[int, str] | None:
         return 409, str(exc)
     if isinstance(exc, InvalidField):
         return 422, str(exc)
+    if isinstance(exc, LimitReached):
+        return exc.status, str(exc)
     if isinstance(exc, ChangeNotAnnounced):
         return (
             503,
