@@ -151,7 +151,9 @@ def start_stub(*options: str, test_tools: bool = True) -> ServerProcess:
 
 
 class GatewayProcess(ServerProcess):
-    """``gateway serve`` on a config file and a SQLite store of its own, with one user and key."""
+    """``gateway serve`` on a config file and a SQLite store of its own, with one user and key;
+    with ``admin=True`` its admin listener (``admin_url``), with ``portal=True`` its portal
+    listener (``portal_url``) on a free port each."""
 
     ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -162,6 +164,7 @@ class GatewayProcess(ServerProcess):
         *,
         env: dict[str, str] | None = None,
         admin: bool = False,
+        portal: bool = False,
         parser: str = "gateway",
         workers: int = 1,
     ):
@@ -176,6 +179,11 @@ class GatewayProcess(ServerProcess):
             settings["admin"] = {"host": "127.0.0.1", "port": admin_port} | settings.get("admin", {})
             self.admin_url = f"http://127.0.0.1:{admin_port}"
             env["GATEWAY_ADMIN_TOKEN"] = self.ADMIN_TOKEN
+        self.portal_url: str | None = None
+        if portal:
+            portal_port = free_port()
+            settings["portal"] = {"host": "127.0.0.1", "port": portal_port} | settings.get("portal", {})
+            self.portal_url = f"http://127.0.0.1:{portal_port}"
         settings["store"] = {"url": f"sqlite:///{tmp_dir}/gateway.db"} | settings.get("store", {})
         self.config_path = tmp_dir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
@@ -193,9 +201,10 @@ class GatewayProcess(ServerProcess):
             command += ["--port", str(port), "--app-dir", str(REPO), "--no-server-header", "--no-access-log"]
             env["GATEWAY_CONFIG"] = str(self.config_path)
         super().__init__(command, port=port, env=env, cwd=tmp_dir)
-        if self.admin_url is not None and not self.wait_for_log(f"Uvicorn running on {self.admin_url} ", 20):
-            self.stop()
-            raise RuntimeError(f"the admin listener did not start:\n{self.log}")
+        for name, url in (("admin", self.admin_url), ("portal", self.portal_url)):
+            if url is not None and not self.wait_for_log(f"Uvicorn running on {url} ", 20):
+                self.stop()
+                raise RuntimeError(f"the {name} listener did not start:\n{self.log}")
         self._wait_for_workers()
 
     def _wait_for_workers(self) -> None:
@@ -214,6 +223,7 @@ class GatewayProcess(ServerProcess):
         for name in ("config_path", "config", "user_id", "key", "key_id", "parser", "workers"):
             setattr(new, name, getattr(old, name))
         new.admin_url = None
+        new.portal_url = None
         port = free_port()
         command = ["-m", "gateway", "serve", "--config", str(old.config_path), "--port", str(port)]
         command += ["--workers", str(old.workers)]

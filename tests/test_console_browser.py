@@ -8,42 +8,26 @@ to docs/screenshots/.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser import browser_context, chromium, screenshot
 from tests.conftest import GatewayFactory
-from tests.servers import REPO, GatewayProcess
+from tests.servers import GatewayProcess
 
-CHROMIUM = "/usr/bin/chromium"
-# As root, without the network: no sandbox, and none of Chromium's own calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 OPS_TOKEN = "ops-console-token-0123456789abcdef"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def browser(gw: GatewayProcess, short_lived: GatewayProcess) -> Iterator[Browser]:
-    """Started after the gateways: Playwright's sync API runs an event loop in this thread, where
-    starting a gateway (its store set up with asyncio.run) could not run another."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    """Started after the gateways (tests/browser.py says why)."""
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def _gateway(factory: GatewayFactory, folder: Path, console: dict[str, object] | None = None) -> GatewayProcess:
@@ -67,10 +51,8 @@ def short_lived(gateway_factory: GatewayFactory, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    opened = browser.new_context(viewport={"width": 1200, "height": 900})
-    opened.set_default_timeout(10_000)
-    yield opened
-    opened.close()
+    with browser_context(browser) as opened:
+        yield opened
 
 
 def console(gw: GatewayProcess, path: str = "/") -> str:
@@ -83,12 +65,6 @@ def sign_in(page: Page, gw: GatewayProcess, token: str = OPS_TOKEN) -> None:
     page.get_by_label("Admin token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
-
-
-def screenshot(page: Page, name: str) -> None:
-    if os.environ.get("GATEWAY_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def test_an_operator_issues_a_key_and_revokes_it(gw: GatewayProcess, context: BrowserContext) -> None:
