@@ -23,12 +23,12 @@ DEMO = REPO / "scripts" / "demo"
 
 class Demo:
     def __init__(self, store: Path, *ports: int) -> None:
-        self.port, self.stub_port, self.admin_port = ports
+        self.port, self.stub_port, self.admin_port, self.portal_port = ports
         env = dict(os.environ, GATEWAY_STORE_URL=f"sqlite:///{store}")
         env.pop("GATEWAY_CONFIG", None)
         self.process = subprocess.Popen(
             ["bash", str(DEMO), "--port", str(self.port), "--stub-port", str(self.stub_port)]
-            + ["--admin-port", str(self.admin_port)],
+            + ["--admin-port", str(self.admin_port), "--portal-port", str(self.portal_port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -66,6 +66,10 @@ class Demo:
     def admin_token(self) -> str:
         return re.findall(r"Authorization: Bearer (\S+)\" http://127.0.0.1:\d+/admin", self.output)[0]
 
+    @property
+    def portal_link(self) -> str:
+        return re.findall(rf"^    (http://127.0.0.1:{self.portal_port}/portal/start\?token=\S+)$", self.output, re.M)[0]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)  # Ctrl-C, as its user would
@@ -73,12 +77,12 @@ class Demo:
 
 
 @pytest.fixture
-def ports() -> tuple[int, int, int]:
-    return free_port(), free_port(), free_port()
+def ports() -> tuple[int, int, int, int]:
+    return free_port(), free_port(), free_port(), free_port()
 
 
 @pytest.fixture
-def started(tmp_path: Path, ports: tuple[int, int, int]) -> Iterator[list[Demo]]:
+def started(tmp_path: Path, ports: tuple[int, int, int, int]) -> Iterator[list[Demo]]:
     demos: list[Demo] = []
     yield demos
     for demo in demos:
@@ -86,7 +90,7 @@ def started(tmp_path: Path, ports: tuple[int, int, int]) -> Iterator[list[Demo]]
 
 
 def test_the_demo_works_and_a_second_run_replaces_its_key(
-    tmp_path: Path, ports: tuple[int, int, int], started: list[Demo]
+    tmp_path: Path, ports: tuple[int, int, int, int], started: list[Demo]
 ) -> None:
     first = Demo(tmp_path / "gateway.db", *ports)
     started.append(first)
@@ -97,6 +101,11 @@ def test_the_demo_works_and_a_second_run_replaces_its_key(
     admin = {"Authorization": f"Bearer {first.admin_token}"}
     users = httpx.get(f"http://127.0.0.1:{first.admin_port}/admin/v1/users", headers=admin).json()
     assert [user["id"] for user in users["items"]] == ["demo"]
+    # The portal link opens the demo user's keys, once.
+    with httpx.Client() as browser:
+        opened = browser.get(first.portal_link, follow_redirects=True)
+        assert opened.status_code == 200 and "Your API keys" in opened.text and "demo" in opened.text
+        assert browser.get(first.portal_link).status_code == 403
     first.stop()
     assert first.process.returncode is not None
 
@@ -111,9 +120,9 @@ def test_the_demo_works_and_a_second_run_replaces_its_key(
     assert keys[1]["expires_at"] is not None
 
 
-@pytest.mark.parametrize("taken", [0, 1, 2], ids=["gateway-port", "stub-port", "admin-port"])
+@pytest.mark.parametrize("taken", [0, 1, 2, 3], ids=["gateway-port", "stub-port", "admin-port", "portal-port"])
 def test_a_port_taken_by_another_program_stops_the_demo_with_one_line(
-    tmp_path: Path, ports: tuple[int, int, int], taken: int
+    tmp_path: Path, ports: tuple[int, int, int, int], taken: int
 ) -> None:
     with socket.create_server(("127.0.0.1", ports[taken])):  # someone else's server
         demo = Demo(tmp_path / "gateway.db", *ports)
@@ -122,6 +131,6 @@ def test_a_port_taken_by_another_program_stops_the_demo_with_one_line(
     lines = demo.output.strip().splitlines()
     assert lines == [
         f"error: port {ports[taken]} is in use by another program: stop it, or move the demo"
-        " (--port, --stub-port, --admin-port)"
+        " (--port, --stub-port, --admin-port, --portal-port)"
     ]
     assert not (tmp_path / "gateway.db").exists()  # stopped before anything was made

@@ -28,8 +28,9 @@ START_AGAIN = "Open the portal again from the service"
 
 @pytest.fixture(scope="module")
 def gw(gateway_factory: GatewayFactory) -> GatewayProcess:
-    """Its user ``alice`` (user A) has a key of her own already, "tests" (``gw.key``)."""
-    return gateway_factory(admin=True, portal=True)
+    """Its user ``alice`` (user A) has a key of her own already, "tests" (``gw.key``); a session may
+    name a page of 127.0.0.1 (the gateway's own public listener here) to go back to."""
+    return gateway_factory({"portal": {"return_url_hosts": ["127.0.0.1"]}}, admin=True, portal=True)
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +62,21 @@ def add_user(gw: GatewayProcess, user_id: str) -> None:
     assert answer.status_code == 201, answer.text
 
 
-def portal_link(gw: GatewayProcess, user_id: str) -> tuple[str, float]:
+def portal_link(gw: GatewayProcess, user_id: str, return_url: str | None = None) -> tuple[str, float]:
     """A link for ``user_id`` from the admin API, as the service's backend asks for one, and
     when it expires."""
-    answer = httpx.post(f"{gw.admin_url}/admin/v1/users/{user_id}/portal-sessions", json={}, headers=ADMIN)
+    body = {} if return_url is None else {"return_url": return_url}
+    answer = httpx.post(f"{gw.admin_url}/admin/v1/users/{user_id}/portal-sessions", json=body, headers=ADMIN)
     assert answer.status_code == 201, answer.text
     document = answer.json()
     assert document["url"].startswith(portal(gw, "/start?token="))
     return document["url"], datetime.fromisoformat(document["expires_at"]).timestamp()
 
 
-def open_portal(context: BrowserContext, gw: GatewayProcess, user_id: str) -> Page:
+def open_portal(context: BrowserContext, gw: GatewayProcess, user_id: str, return_url: str | None = None) -> Page:
     """A page of ``context`` on ``user_id``'s keys, opened by a fresh link."""
     page = context.new_page()
-    url, _ = portal_link(gw, user_id)
+    url, _ = portal_link(gw, user_id, return_url)
     page.goto(url)
     expect(page.get_by_role("heading", name="Your API keys", level=1)).to_be_visible()
     assert page.url == portal(gw)  # the token is no longer in the address bar
@@ -154,6 +156,35 @@ def test_a_user_creates_a_key_uses_it_and_revokes_it(gw: GatewayProcess, context
 
     assert public_status(gw, key) == 401
     assert public_status(gw, gw.key) == 200
+
+
+def test_a_user_rotates_a_key_and_goes_back_to_the_service(gw: GatewayProcess, context: BrowserContext) -> None:
+    add_user(gw, "rotating-user")
+    dashboard = f"{gw.url}/dashboard?tab=keys"
+    page = open_portal(context, gw, "rotating-user", return_url=dashboard)
+    first = create_key(page, "mobile")
+    page.get_by_role("link", name="Done").click()
+    expect(page.get_by_role("img", name="Requests per day of your keys", exact=False)).to_be_visible()
+
+    # The old key stops now (the first choice): the new one works, the old one no longer.
+    key_row(page, "mobile").get_by_role("button", name="Rotate").click()
+    expect(page.get_by_role("dialog", name="API key rotated")).to_contain_text("has stopped working")
+    second = page.get_by_label("New key").input_value()
+    assert second != first and public_status(gw, second) == 200 and public_status(gw, first) == 401
+
+    # After a grace period: both work until it ends.
+    page.get_by_role("link", name="Done").click()
+    active = key_row(page, "mobile").filter(has=page.get_by_role("button", name="Rotate"))
+    active.get_by_role("combobox").select_option(label="old key stops in 1 hour")
+    active.get_by_role("button", name="Rotate").click()
+    expect(page.get_by_role("dialog", name="API key rotated")).to_contain_text("keeps working until")
+    third = page.get_by_label("New key").input_value()
+    assert public_status(gw, third) == 200 and public_status(gw, second) == 200
+
+    back = page.get_by_role("link", name="Back to Mockly")
+    expect(back).to_have_attribute("href", dashboard)
+    back.click()
+    page.wait_for_url(dashboard)
 
 
 def test_another_users_key_is_neither_shown_nor_reachable(
@@ -260,7 +291,7 @@ def test_a_form_without_the_csrf_token_is_refused(gw: GatewayProcess, context: B
         expect(page.get_by_role("heading", name="Refused")).to_be_visible()
         expect(page.get_by_role("alert")).to_contain_text("CSRF")
         expect(page.get_by_label("New key")).to_have_count(0)
-        page.get_by_role("link", name="Back to your API keys").click()
+        page.get_by_role("link", name="Your API keys").click()
         expect(page.get_by_role("cell", name="No API keys yet.")).to_be_visible()
     answer = httpx.get(f"{gw.admin_url}/admin/v1/keys", params={"user_id": "carol"}, headers=ADMIN)
     assert answer.status_code == 200 and answer.json()["items"] == []
