@@ -648,14 +648,17 @@ def _host_names(value: object) -> tuple[str, ...]:
     return tuple(h.lower() for h in value)
 
 
-def _durations(value: object) -> tuple[float, ...]:
-    expected = "a list of durations above zero, such as [1h, 1d, 7d]"
+def _grace_periods(value: object) -> tuple[float, ...]:
+    # Whole seconds: a page offers each by its seconds, and "0" is "now".
+    expected = "a list of durations of whole seconds, at least 1s, such as [1h, 1d, 7d]"
     if not isinstance(value, list):
         raise ValueError(expected)
     try:
         graces = tuple(sorted({_positive_duration(item) for item in value}))
     except ValueError:
         raise ValueError(expected) from None
+    if any(grace < 1 or grace != int(grace) for grace in graces):
+        raise ValueError(expected)
     return graces
 
 
@@ -773,7 +776,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "portal.secure_cookies": _boolean,
     "portal.session_idle_timeout": _positive_duration,
     "portal.session_lifetime": _positive_duration,
-    "portal.rotation_graces": _durations,
+    "portal.rotation_graces": _grace_periods,
     "portal.rotate_after": _positive_duration,
     "portal.max_active_keys_per_user": lambda value: None if value is None else _positive_int(value),
     "portal.max_keys_per_session": _positive_int,

@@ -113,12 +113,31 @@ async def test_a_sessions_counter_counts_each_request_once_and_ends_with_it(
     records: SessionRecords, clock: Clock
 ) -> None:
     kept = Sessions(records, tokens=None, idle_timeout=600, lifetime=3600, clock=clock)
-    session_id, _ = await kept.start("alice", back="https://dash.example.com/")
-    other_id, _ = await kept.start("alice")
-    counted = await asyncio.gather(*(kept.count(session_id) for _ in range(10)))
+    session_id, session = await kept.start("alice", back="https://dash.example.com/")
+    other_id, other = await kept.start("alice")
+    counted = await asyncio.gather(*(kept.count(session_id, session) for _ in range(10)))
     assert sorted(counted) == list(range(1, 11))  # concurrent requests each get their own number
-    assert await kept.count(other_id) == 1
+    assert await kept.count(session_id, session, -1) == 9  # one taken back
+    assert await kept.count(other_id, other) == 1
     found = await kept.find(session_id)
     assert found is not None and found.back == "https://dash.example.com/"
     await kept.end(session_id)
-    assert await kept.count(session_id) == 1  # a new session with that id (none can have it) starts again
+    assert await kept.count(session_id, session) == 1  # gone with its session
+
+
+async def test_a_sessions_counter_in_redis_goes_when_its_session_can_last_no_longer(clock: Clock) -> None:
+    import redis.asyncio
+
+    records = RedisSessionRecords(machine_redis_url(), timeout=1.0)
+    reader = redis.asyncio.Redis.from_url(machine_redis_url())
+    try:
+        kept = Sessions(records, tokens=None, idle_timeout=600, lifetime=3600, clock=clock)
+        session_id, session = await kept.start("alice")
+        clock.tick(1000)
+        await kept.count(session_id, session)
+        digest = hashlib.sha256(session_id.encode()).hexdigest()
+        ttl = await reader.pttl(f"{RedisSessionRecords.PREFIX}{digest}:count")
+        assert 2_500_000 < ttl <= 2_600_000  # the 2,600 s left of the session's hour, not another hour
+    finally:
+        await records.aclose()
+        await reader.aclose()

@@ -100,6 +100,42 @@ async def test_at_most_max_active_keys_per_user_even_when_asked_at_once(tmp_path
         )
 
 
+async def test_a_grace_period_lets_keys_overlap_by_one_and_no_more(tmp_path: Path) -> None:
+    async with open_setup(tmp_path, portal={"max_active_keys_per_user": 2}) as setup:
+        browser = await setup.browser("alice")
+        one = await setup.service.find_key(_new_key((await browser.post("/portal/new-key", {"name": "one"})).text))
+        two = await setup.service.find_key(_new_key((await browser.post("/portal/new-key", {"name": "two"})).text))
+        week = str(7 * 86400)
+        rotated = await browser.post(f"/portal/keys/{two.id}/rotate", {"grace": week})
+        assert rotated.status_code == 200  # three active until the week ends
+        three = await setup.service.find_key(_new_key(rotated.text))
+        # No chain of graces: over the limit, a grace is refused and nothing changes.
+        for key_id in (one.id, three.id):
+            refused = await browser.post(f"/portal/keys/{key_id}/rotate", {"grace": week})
+            assert refused.status_code == 409 and "rotate this key with the old one stopping now" in refused.text
+            assert (await setup.service.get_key(key_id)).replaced_by is None
+        # Now is always possible: it adds no active key.
+        assert (await browser.post(f"/portal/keys/{three.id}/rotate", {"grace": "0"})).status_code == 200
+        active = [k for k in await setup.service.list_keys("alice") if k.status(setup.service.now()) == "active"]
+        assert len(active) == 3
+        # Once the grace has ended, two again.
+        setup.clock.now += 7 * 86400 + 1
+        active = [k for k in await setup.service.list_keys("alice") if k.status(setup.service.now()) == "active"]
+        assert len(active) == 2
+
+
+async def test_an_attempt_the_service_refuses_is_not_counted_against_the_session(tmp_path: Path) -> None:
+    async with open_setup(tmp_path, portal={"max_active_keys_per_user": 1, "max_keys_per_session": 2}) as setup:
+        browser = await setup.browser("alice")
+        made = await browser.post("/portal/new-key", {"name": "one"})
+        for _ in range(3):
+            assert (await browser.post("/portal/new-key", {"name": "refused"})).status_code == 409
+        key = await setup.service.find_key(_new_key(made.text))
+        await browser.post(f"/portal/keys/{key.id}/revoke")
+        assert (await browser.post("/portal/new-key", {"name": "two"})).status_code == 200
+        assert (await browser.post("/portal/new-key", {"name": "three"})).status_code == 429
+
+
 async def test_a_session_makes_at_most_max_keys_per_session(tmp_path: Path) -> None:
     async with open_setup(tmp_path, portal={"max_keys_per_session": 2}) as setup:
         browser = await setup.browser("alice")
@@ -191,6 +227,8 @@ async def test_title_colour_logo_and_the_wording_of_the_error_profile(tmp_path: 
         ({"logo": "logo.exe"}, "portal.logo: expected the path of an image file"),
         ({"accent_color": "red"}, "portal.accent_color: expected a colour as #rrggbb"),
         ({"rotation_graces": ["1h", "soon"]}, "portal.rotation_graces: expected a list of durations"),
+        ({"rotation_graces": ["500ms"]}, "portal.rotation_graces: expected a list of durations of whole seconds"),
+        ({"rotation_graces": ["1.5s"]}, "portal.rotation_graces: expected a list of durations of whole seconds"),
         ({"max_active_keys_per_user": 0}, "portal.max_active_keys_per_user: expected a whole number of at least 1"),
         ({"title": "x" * 81}, "portal.title: expected a line of text of at most 80 characters"),
     ],

@@ -120,6 +120,15 @@ async def test_at_most_max_active_keys_however_many_additions_race(store: KeySto
     assert sorted(added) == [False] * 9 + [True] * 3
     assert len([k for k in await store.list_keys("alice") if k.status(10.0) == "active"]) == 3
     assert await store.add_key(key("bob2", user_id="bob", key_hash="c" * 64), max_active=3, now=10.0)
+    # A rotation with a grace overlaps by one: at the limit (3), one may; then (4) none.
+    first, second, _ = [k.id for k in await store.list_keys("alice") if k.status(10.0) == "active"]
+    assert await store.rotate_key(first, key("g1", key_hash="g" * 64), now=10.0, grace_until=99.0, max_active=3)
+    refused = await store.rotate_key(second, key("g2", key_hash="h" * 64), now=10.0, grace_until=99.0, max_active=3)
+    assert not refused and await store.get_key("g2") is None
+    unchanged = await store.get_key(second)
+    assert unchanged is not None and unchanged.replaced_by is None and unchanged.expires_at is None
+    # Rotating now adds no active key: not limited.
+    assert await store.rotate_key(second, key("g3", key_hash="i" * 64), now=10.0, grace_until=None, max_active=3)
 
 
 async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStore) -> None:

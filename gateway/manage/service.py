@@ -498,8 +498,12 @@ class ManagementService:
             await self._audit("key.revoke", "key", key_id, key_fields(before), key_fields(key))
         return key, before.revoked_at is not None
 
-    async def rotate_key(self, key_id: str, *, grace: float | None = None) -> tuple[CreatedKey, ApiKey]:
-        """A new key for the same user and name, and the old key, which stops now or after ``grace``."""
+    async def rotate_key(
+        self, key_id: str, *, grace: float | None = None, max_active: int | None = None
+    ) -> tuple[CreatedKey, ApiKey]:
+        """A new key for the same user and name, and the old key, which stops now or after ``grace``;
+        with ``max_active``, a grace only while the user has at most that many active keys (the old
+        and the new key overlap by one, and no more): LimitReached otherwise."""
         now = self._clock()
         old = await self.get_key(key_id)
         # A key in its grace period is still active, but rotating it again would make a second
@@ -514,11 +518,18 @@ class ManagementService:
         created = self._new_key(old.user_id, old.name, old.expires_at, old.rate_limits)
         grace_until = now + grace if grace else None
         rotated = await self._write(
-            lambda: self.store.rotate_key(old.id, created.record, now=now, grace_until=grace_until)
+            lambda: self.store.rotate_key(
+                old.id, created.record, now=now, grace_until=grace_until, max_active=max_active
+            )
         )
-        if not rotated:  # another rotation landed since it was read
+        if not rotated:
             found = await self.get_key(old.id)
-            raise AlreadyReplaced(old.id, found.replaced_by or "unknown")
+            if found.replaced_by is None:  # not replaced: the limit refused the grace
+                raise LimitReached(
+                    f"{old.user_id} has more than {max_active} active keys, the most allowed:"
+                    " rotate this key with the old one stopping now, or revoke a key first"
+                )
+            raise AlreadyReplaced(old.id, found.replaced_by)  # another rotation landed since it was read
         after = await self.get_key(old.id)
         await self._audit("key.rotate", "key", old.id, key_fields(old), key_fields(after))
         await self._audit(

@@ -43,7 +43,7 @@ from gateway.admin.console.web import (
 )
 from gateway.config import LOGO_TYPES, MAX_LOGO_BYTES, GatewayConfig
 from gateway.manage.portal import PORTAL_PREFIX
-from gateway.manage.rules import InvalidField
+from gateway.manage.rules import InvalidField, ServiceError
 from gateway.manage.service import CreatedKey, LimitReached, ManagementService, NotFound, open_service
 from gateway.store import ApiKey
 
@@ -76,7 +76,17 @@ class Brand:
         logo = None
         if settings.logo is not None:
             path = Path(settings.logo)
-            logo = (path.read_bytes()[: MAX_LOGO_BYTES + 1], LOGO_TYPES[path.suffix.lower()])
+            try:
+                content = path.read_bytes()  # checked when the config was read; and now?
+            except OSError as exc:
+                logger.error("portal.logo: cannot read %s (%s): the portal shows no logo", path, exc.strerror or exc)
+            else:
+                if len(content) <= MAX_LOGO_BYTES:
+                    logo = (content, LOGO_TYPES[path.suffix.lower()])
+                else:
+                    logger.error(
+                        "portal.logo: %s is larger than %d bytes: the portal shows no logo", path, MAX_LOGO_BYTES
+                    )
         return cls(
             service=service,
             title=settings.title or f"{service} {profile.keys_title}",
@@ -235,36 +245,49 @@ async def new_key(visit: Visit) -> Response:
     return visit.render("new_key.html")
 
 
-async def _count_creation(visit: Visit) -> None:
-    """One more key made by this session: LimitReached past portal.max_keys_per_session."""
+@contextlib.asynccontextmanager
+async def _one_key_more(visit: Visit) -> AsyncIterator[None]:
+    """Counts a key made by this session (LimitReached past portal.max_keys_per_session), and takes
+    the count back when the service refuses to make it: what counts is keys made, not attempts."""
     most = visit.portal.config.portal.max_keys_per_session
-    if await visit.portal.sessions.count(visit.request.cookies[COOKIE]) > most:
+    sessions, session_id = visit.portal.sessions, visit.request.cookies[COOKIE]
+    # Counted before the key is made, atomically: requests sent at once cannot pass it together.
+    if await sessions.count(session_id, visit.session) > most:
+        await sessions.count(session_id, visit.session, -1)
         raise LimitReached(f"This session has made {most} keys, the most one session may. {START_AGAIN}", 429)
+    try:
+        yield
+    except ServiceError:
+        await sessions.count(session_id, visit.session, -1)
+        raise
 
 
 @page
 async def create_key(visit: Visit) -> Response:
-    await _count_creation(visit)
-    created = await visit.portal.service.create_key(
-        visit.user_id,
-        name=visit.form.get("name", "").strip() or None,
-        expires_in=None,
-        rate_limits=None,
-        max_active=visit.portal.config.portal.max_active_keys_per_user,
-    )
+    async with _one_key_more(visit):
+        created = await visit.portal.service.create_key(
+            visit.user_id,
+            name=visit.form.get("name", "").strip() or None,
+            expires_in=None,
+            rate_limits=None,
+            max_active=visit.portal.config.portal.max_active_keys_per_user,
+        )
     return await _keys_page(visit, created)
 
 
 @page
 async def rotate_key(visit: Visit) -> Response:
     key = await visit.portal.service.get_own_key(visit.user_id, visit.request.path_params["key_id"])
-    graces = visit.portal.config.portal.rotation_graces
-    chosen = visit.form.get("grace", "0")
-    grace = next((g for g in graces if str(int(g)) == chosen), 0.0 if chosen == "0" else None)
+    settings = visit.portal.config.portal
+    # The choices offered: "0" (now) or one of the grace periods, in whole seconds.
+    offered = {str(int(grace)): grace for grace in settings.rotation_graces} | {"0": 0.0}
+    grace = offered.get(visit.form.get("grace", "0"))
     if grace is None:
         raise InvalidField("the old key stops now or after one of the grace periods offered", "grace")
-    await _count_creation(visit)
-    created, old = await visit.portal.service.rotate_key(key.id, grace=grace or None)
+    async with _one_key_more(visit):
+        created, old = await visit.portal.service.rotate_key(
+            key.id, grace=grace or None, max_active=settings.max_active_keys_per_user
+        )
     return await _keys_page(visit, created, replaced=old)
 
 

@@ -406,10 +406,21 @@ class KeyStore(Protocol):
         """Revoke the key (an earlier revocation stands); None if unknown."""
         ...
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
+    async def rotate_key(
+        self,
+        old_key_id: str,
+        new_key: ApiKey,
+        *,
+        now: float,
+        grace_until: float | None,
+        max_active: int | None = None,
+    ) -> bool:
         """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
         ``grace_until`` (never later than it would have anyway). False, with nothing written, when
-        the old key has been replaced already (a retried or concurrent rotation)."""
+        the old key has been replaced already (a retried or concurrent rotation), or, with a grace
+        and ``max_active``, when the user has more than ``max_active`` keys active at ``now``: a
+        grace lets the old and the new key overlap by one, not chain into more (checked as
+        add_key checks its limit)."""
         ...
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...

@@ -86,6 +86,8 @@ MIGRATIONS = migrations(**_TYPES)
 
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
+# Additions of one user's keys under a limit wait for each other, until the transaction ends.
+_LOCK_USERS_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 _COUNT_ACTIVE_KEYS = (
     "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
     " AND (expires_at IS NULL OR expires_at > $2)"
@@ -341,7 +343,7 @@ class PostgresStore:
             return True
         async with self._pool.acquire() as connection, connection.transaction():
             # Additions for one user wait for each other: each counts what the one before wrote.
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key.user_id)
+            await connection.execute(_LOCK_USERS_KEYS, key.user_id)
             if await connection.fetchval(_COUNT_ACTIVE_KEYS, key.user_id, now) >= max_active:
                 return False
             await connection.execute(_INSERT_KEY, *key_row(key))
@@ -372,8 +374,20 @@ class PostgresStore:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2", now, key_id)
         return await self.get_key(key_id)
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
+    async def rotate_key(
+        self,
+        old_key_id: str,
+        new_key: ApiKey,
+        *,
+        now: float,
+        grace_until: float | None,
+        max_active: int | None = None,
+    ) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
+            if grace_until is not None and max_active is not None:
+                await connection.execute(_LOCK_USERS_KEYS, new_key.user_id)
+                if await connection.fetchval(_COUNT_ACTIVE_KEYS, new_key.user_id, now) > max_active:
+                    return False  # nothing written: the transaction commits empty
             if grace_until is None:
                 replaced = await connection.execute(
                     "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2)"

@@ -82,6 +82,9 @@ MIGRATIONS = migrations(**_TYPES)
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _KEY_FIELDS)})"
+_COUNT_ACTIVE_KEYS = (
+    "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+)
 _INSERT_KEY_UNDER_LIMIT = (
     f"INSERT INTO api_keys ({_KEY_COLUMNS}) SELECT {', '.join('?' * _KEY_FIELDS)}"
     " WHERE (SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL"
@@ -316,13 +319,29 @@ class SQLiteStore:
         await self._write("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", (now, key_id))
         return await self.get_key(key_id)
 
-    async def rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
+    async def rotate_key(
+        self,
+        old_key_id: str,
+        new_key: ApiKey,
+        *,
+        now: float,
+        grace_until: float | None,
+        max_active: int | None = None,
+    ) -> bool:
         async with self._writing:
-            return await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until)
+            return await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until, max_active=max_active)
 
-    async def _rotate_key(self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None) -> bool:
-        await self._db.execute("BEGIN IMMEDIATE")
+    async def _rotate_key(
+        self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None, max_active: int | None
+    ) -> bool:
+        await self._db.execute("BEGIN IMMEDIATE")  # the database's one writer until COMMIT
         try:
+            if grace_until is not None and max_active is not None:
+                async with self._db.execute(_COUNT_ACTIVE_KEYS, (new_key.user_id, now)) as cursor:
+                    row = await cursor.fetchone()
+                if row is not None and row[0] > max_active:
+                    await self._db.execute("ROLLBACK")
+                    return False
             if grace_until is None:
                 replaced = await self._db.execute(
                     "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?)"

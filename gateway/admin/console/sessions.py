@@ -56,8 +56,8 @@ class SessionRecords(Protocol):
 
     async def delete(self, digest: str) -> None: ...
 
-    async def count(self, digest: str, ttl: float) -> int:
-        """Add one to the session's counter (kept ``ttl`` seconds) and return it: atomically, so
+    async def count(self, digest: str, ttl: float, by: int = 1) -> int:
+        """Add ``by`` to the session's counter (kept ``ttl`` seconds) and return it: atomically, so
         concurrent requests of one session each get their own number."""
         ...
 
@@ -89,9 +89,9 @@ class MemorySessionRecords:
         self._records.pop(digest, None)
         self._counts.pop(digest, None)
 
-    async def count(self, digest: str, ttl: float) -> int:
+    async def count(self, digest: str, ttl: float, by: int = 1) -> int:
         # No await in between: one event loop, so no other request runs inside.
-        self._counts[digest] = counted = self._counts.get(digest, 0) + 1
+        self._counts[digest] = counted = self._counts.get(digest, 0) + by
         return counted
 
 
@@ -122,9 +122,9 @@ class RedisSessionRecords:
     async def delete(self, digest: str) -> None:
         await self._client.delete(self.PREFIX + digest, self.PREFIX + digest + ":count")
 
-    async def count(self, digest: str, ttl: float) -> int:
+    async def count(self, digest: str, ttl: float, by: int = 1) -> int:
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.incr(self.PREFIX + digest + ":count")
+            pipe.incrby(self.PREFIX + digest + ":count", by)
             pipe.pexpire(self.PREFIX + digest + ":count", max(1, int(ttl * 1000)))
             counted, _ = await pipe.execute()
         return int(counted)
@@ -203,7 +203,8 @@ class Sessions:
     async def end(self, session_id: str) -> None:
         await self._records.delete(_digest(session_id))
 
-    async def count(self, session_id: str) -> int:
-        """One more of what the session may do only so many times (the portal's key creations):
-        how many, this one included."""
-        return await self._records.count(_digest(session_id), max(self._lifetime, 1.0))
+    async def count(self, session_id: str, session: Session, by: int = 1) -> int:
+        """One more (``by``) of what the session may do only so many times (the portal's keys): how
+        many now. Kept until the session's lifetime ends, the latest it can be used."""
+        ends_in = session.started_at + self._lifetime - self._clock()
+        return await self._records.count(_digest(session_id), max(ends_in, 1.0), by)
