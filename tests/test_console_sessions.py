@@ -6,10 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
-from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, SessionRecords, Sessions
+from gateway.admin.console.sessions import (
+    MemorySessionRecords,
+    RedisSessionRecords,
+    SessionRecords,
+    Sessions,
+    user_marks,
+)
 from tests.fakes import Clock
 from tests.services import machine_redis_url
 
@@ -141,3 +148,24 @@ async def test_a_sessions_counter_in_redis_goes_when_its_session_can_last_no_lon
     finally:
         await records.aclose()
         await reader.aclose()
+
+
+async def test_a_portal_session_record_written_without_the_tokens_opens_nothing(
+    records: SessionRecords, clock: Clock
+) -> None:
+    marks = user_marks(TOKENS)
+    kept = Sessions(records, marks=marks, idle_timeout=600, lifetime=3600, clock=clock)
+    session_id, session = await kept.start("alice")
+    assert await kept.find(session_id) is not None
+    digest = hashlib.sha256(session_id.encode()).hexdigest()
+    # Someone who can write the records, but holds no token: no mark, or alice's mark for bob.
+    for forged in (replace(session, token_mark=""), replace(session, actor="bob")):
+        await records.put(digest, forged, 60)
+        assert await kept.find(session_id) is None
+    # Another deployment (other tokens) cannot open this one's sessions.
+    session_id, _ = await kept.start("alice")
+    other = Sessions(
+        records, marks=user_marks([("ops", "another-token-0123456789")]), idle_timeout=600, lifetime=3600, clock=clock
+    )
+    assert await other.find(session_id) is None
+    assert user_marks([]) is None

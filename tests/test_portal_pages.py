@@ -8,12 +8,14 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from gateway.accounting.metrics import Metrics
 from gateway.config import ConfigError, load_config
+from gateway.manage.portal import mint_link
 from tests.portal_support import TOKEN, keys_shown, open_setup
 from tests.test_console import Browser as ConsoleBrowser
 
@@ -218,6 +220,49 @@ async def test_title_colour_logo_and_the_wording_of_the_error_profile(tmp_path: 
         page = (await browser.client.get("/portal/")).text
         assert "<title>Your API keys · Mockly API keys</title>" in page and "theme.css" not in page
         assert (await browser.client.get("/portal/logo")).status_code == 404
+
+
+async def test_the_portal_serves_active_users_only(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        alice = await setup.browser("alice")
+        assert (await alice.client.get("/portal/")).status_code == 200
+        unused = (await setup.link("alice")).json()["url"]
+        await setup.service.retire_user("alice")  # "deleted": every key revoked, inactive
+        closed = await alice.client.get("/portal/")
+        assert closed.status_code == 403 and "closed to this account" in closed.text
+        assert (await alice.client.get("/portal/")).status_code == 401  # and the session ended
+        # A link made before opens nothing now, and none is made.
+        assert (await (await setup.browser()).open(unused)).status_code == 403
+        refused = await setup.link("alice")
+        assert refused.status_code == 409 and "inactive" in refused.json()["error"]["message"]
+        assert await setup.service.list_keys("alice") == []
+
+
+async def test_a_link_of_another_account_says_so_and_every_page_names_the_account(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        browser = await setup.browser("alice")
+        assert "Account <strong>alice</strong>" in (await browser.client.get("/portal/new-key")).text
+        # Someone else's link opened in this browser (pushed by a page of theirs, say).
+        url, _ = await mint_link(setup.service, setup.config.portal, "bob", None)
+        parts = urlsplit(url)
+        start = await browser.client.get(f"{parts.path}?{parts.query}")
+        assert start.headers["location"] == "/portal/?done=switched"
+        page = (await browser.client.get(start.headers["location"])).text
+        assert "This link opened the portal for account bob, in place of the account this browser" in page
+        assert "Account <strong>bob</strong>" in page
+        # The same account again: nothing to say.
+        url, _ = await mint_link(setup.service, setup.config.portal, "bob", None)
+        parts = urlsplit(url)
+        assert (await browser.client.get(f"{parts.path}?{parts.query}")).headers["location"] == "/portal/"
+
+
+@pytest.mark.parametrize(
+    "bad", ["https://dash.example.com/\u0000", "https://dash.example.com/a b", "https://dash.example.com/\n"]
+)
+async def test_a_return_url_with_control_characters_or_spaces_is_refused(tmp_path: Path, bad: str) -> None:
+    async with open_setup(tmp_path) as setup:
+        answer = await setup.link("alice", return_url=bad.encode().decode("unicode_escape"))
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == "return_url"
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,11 @@ async def test_at_most_max_active_keys_however_many_additions_race(store: KeySto
     assert not refused and await store.get_key("g2") is None
     unchanged = await store.get_key(second)
     assert unchanged is not None and unchanged.replaced_by is None and unchanged.expires_at is None
+    # A revoked key is not rotated (a revocation racing a rotation: no working replacement).
+    await store.revoke_key(first, 11.0)
+    for grace in (None, 99.0):
+        assert not await store.rotate_key(first, key("g4", key_hash="j" * 64), now=12.0, grace_until=grace)
+        assert await store.get_key("g4") is None
     # Rotating now adds no active key: not limited.
     assert await store.rotate_key(second, key("g3", key_hash="i" * 64), now=10.0, grace_until=None, max_active=3)
 
@@ -170,8 +175,8 @@ async def test_every_write_advances_the_change_counter(store: KeyStore, store_ur
             store.add_user(User("alice", "active", 1.0, 1.0)),
             store.set_subscription("alice", "inactive", 2.0),
             store.add_key(key("key_1")),
-            store.revoke_key("key_1", 3.0),
-            store.rotate_key("key_1", key("key_2", key_hash="b" * 64), now=4.0, grace_until=None),
+            store.rotate_key("key_1", key("key_2", key_hash="b" * 64), now=3.0, grace_until=None),
+            store.revoke_key("key_2", 4.0),
             store.retire_user("alice", 5.0),
         ]
         for write in writes:

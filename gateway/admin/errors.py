@@ -6,7 +6,7 @@ refusal, whoever raised it; FastAPI's and pydantic's own formats never reach a c
     401     unauthorized        token.AdminToken, before the app runs
     404     not_found           service.NotFound; a path no route has
     405     method_not_allowed  a path's routes, asked with another method (Allow: the ones they take)
-    409     conflict            service.AlreadyExists (and AlreadyReplaced); manage.portal.PortalOff
+    409     conflict            service.AlreadyExists (and AlreadyReplaced); manage.portal.PortalOff, PortalClosed
     422     validation_failed   a model's check (models.Checked), rules.InvalidField; with field
     503     store_unavailable   a store failure, service.ChangeNotAnnounced; Retry-After: 5
     500     internal_error      anything else, logged with its traceback
@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from gateway.admin.models import REFUSED, Error, ErrorCode, ErrorDetail
 from gateway.admin.routing import allowed_methods
-from gateway.manage.portal import PortalOff
+from gateway.manage.portal import PortalClosed, PortalOff
 from gateway.manage.rules import InvalidField
 from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, NotFound
 from gateway.store.base import is_store_failure
@@ -42,7 +42,7 @@ _MEANINGS = {
     401: "The admin token is missing or wrong",
     404: "No such user or key",
     409: "It exists already (a user), or was rotated already (a key: the message names its replacement);"
-    " a portal session while the portal is off (portal.port)",
+    " a portal session while the portal is off (portal.port), or for an inactive user",
     422: "A value or a name is not acceptable: field names it",
     503: "The key store (or Redis) is unavailable: the message says whether the change was made",
 }
@@ -73,7 +73,7 @@ async def _conflict(request: Request, exc: AlreadyExists) -> Response:
     return envelope(409, "conflict", str(exc))
 
 
-async def _portal_off(request: Request, exc: PortalOff) -> Response:
+async def _portal_off(request: Request, exc: PortalOff | PortalClosed) -> Response:
     return envelope(409, "conflict", str(exc))
 
 
@@ -149,6 +149,7 @@ def handlers(routes: Sequence[BaseRoute]) -> dict[int | type[Exception], Handler
         NotFound: _not_found,
         AlreadyExists: _conflict,
         PortalOff: _portal_off,
+        PortalClosed: _portal_off,
         InvalidField: _invalid_field,
         HTTPException: _http_errors(routes),
         RequestValidationError: _refused,

@@ -14,7 +14,7 @@ from gateway.config import PortalConfig
 from gateway.manage.rules import InvalidField, ServiceError
 from gateway.manage.service import ManagementService
 
-__all__ = ["PORTAL_PREFIX", "PortalOff", "check_return_url", "mint_link"]
+__all__ = ["PORTAL_PREFIX", "PortalClosed", "PortalOff", "check_return_url", "mint_link"]
 
 PORTAL_PREFIX = "/portal"
 
@@ -26,8 +26,18 @@ class PortalOff(ServiceError):
         return "the portal is off: set portal.port (GATEWAY_PORTAL__PORT) to serve it"
 
 
+class PortalClosed(ServiceError):
+    """The user's subscription is not active: the portal serves active users only."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} is inactive: the portal opens for active users only")
+
+
 def check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
-    """``url`` if it is an http(s) URL on one of ``allowed_hosts`` (portal.return_url_hosts)."""
+    """``url`` if it is an http(s) URL on one of ``allowed_hosts`` (portal.return_url_hosts),
+    written as a link is: printable, no spaces (a NUL or a line break is no part of a URL)."""
+    if not url.isprintable() or any(character.isspace() for character in url):
+        raise InvalidField("return_url: a URL without spaces or control characters", "return_url")
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -49,5 +59,7 @@ async def mint_link(
         raise PortalOff
     if return_url is not None:
         check_return_url(return_url, config.return_url_hosts)
+    if (await service.get_user(user_id)).subscription != "active":
+        raise PortalClosed(user_id)
     token, expires_at = await service.add_portal_link(user_id, return_url=return_url, ttl=config.link_ttl)
     return f"{config.link_base()}{PORTAL_PREFIX}/start?token={quote(token)}", expires_at

@@ -524,6 +524,8 @@ class ManagementService:
         )
         if not rotated:
             found = await self.get_key(old.id)
+            if found.replaced_by is None and found.revoked_at is not None:  # revoked since it was read
+                raise InvalidField(f"key {key_id} is revoked: create a new key instead", "key_id")
             if found.replaced_by is None:  # not replaced: the limit refused the grace
                 raise LimitReached(
                     f"{old.user_id} has more than {max_active} active keys, the most allowed:"

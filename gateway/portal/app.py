@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.admin.console.app import STATIC
 from gateway.admin.console.charts import daily_chart
 from gateway.admin.console.headers import SecurityHeaders
-from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions, user_marks
 from gateway.admin.console.web import (
     SessionVisit,
     key_rows,
@@ -154,11 +154,30 @@ def _sessions_unavailable(portal: Portal) -> HTMLResponse:
     return portal.problem(503, "The portal cannot reach where its sessions are kept: retry in a moment.")
 
 
+CLOSED = "The portal is closed to this account: its subscription is not active."
+
+
+async def _open_to(service: ManagementService, user_id: str) -> bool:
+    """Whether the portal serves ``user_id``: a user with an active subscription (a user deleted,
+    whose keys were all revoked, is inactive: no key made here could work, or should later)."""
+    try:
+        return (await service.get_user(user_id)).subscription == "active"
+    except NotFound:
+        return False
+
+
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """A portal page for a live session only; a POST checked as the console checks one, and its
-    changes recorded in the audit trail as ``portal:<user id>``."""
+    """A portal page for a live session of a user it is open to; a POST checked as the console
+    checks one, and its changes recorded in the audit trail as ``portal:<user id>``."""
+
+    async def open_only(visit: Visit) -> Response:
+        if not await _open_to(visit.service, visit.user_id):
+            await visit.portal.sessions.end(visit.request.cookies[COOKIE])
+            return visit.problem(403, CLOSED)
+        return await endpoint(visit)
+
     return session_page(
-        endpoint,
+        open_only,
         name="portal",
         site_of=_portal,
         visit=Visit,
@@ -178,10 +197,8 @@ async def start(request: Request) -> Response:
     token = request.query_params.get("token", "")
     try:
         found = await portal.service.take_portal_link(token) if token else None
-        if found is not None:
-            await portal.service.get_user(found[0])  # a user removed since has no portal
-    except NotFound:
-        found = None
+        if found is not None and not await _open_to(portal.service, found[0]):
+            return portal.problem(403, f"{CLOSED} {START_AGAIN}")
     except Exception as exc:
         problem = problem_of(exc)  # the store unavailable: not the link's fault
         if problem is None:
@@ -193,6 +210,9 @@ async def start(request: Request) -> Response:
         )
     old = request.cookies.get(COOKIE)
     try:
+        # A link of another user than the browser's live session: said on the page it lands on
+        # (a link pushed into someone's browser would otherwise swap accounts unseen).
+        before = await portal.sessions.find(old) if old else None
         if old:
             await portal.sessions.end(old)
         # A new id at every exchange, whatever cookie the browser had.
@@ -200,7 +220,8 @@ async def start(request: Request) -> Response:
     except Exception as exc:
         logger.error("portal sessions unavailable: %s", type(exc).__name__)
         return _sessions_unavailable(portal)
-    response = RedirectResponse(f"{PREFIX}/", 303)
+    switched = before is not None and before.actor != found[0]
+    response = RedirectResponse(f"{PREFIX}/" + ("?done=switched" if switched else ""), 303)
     response.set_cookie(
         COOKIE,
         session_id,
@@ -236,8 +257,15 @@ async def _keys_page(
 
 @page
 async def keys(visit: Visit) -> Response:
-    done = visit.request.query_params.get("done")
-    return await _keys_page(visit, notice="The key was revoked." if done == "revoked" else None)
+    done = visit.request.query_params.get("done", "")
+    return await _keys_page(visit, notice=NOTICES.get(done, "").format(user=visit.user_id) or None)
+
+
+# What a redirect's ``done`` says on the page it lands on (never text from the request).
+NOTICES = {
+    "revoked": "The key was revoked.",
+    "switched": "This link opened the portal for account {user}, in place of the account this browser showed before.",
+}
 
 
 @page
@@ -343,7 +371,7 @@ async def open_portal(
     )
     sessions = Sessions(
         redis or MemorySessionRecords(clock),
-        tokens=None,
+        marks=user_marks(config.admin_tokens()),
         idle_timeout=settings.session_idle_timeout,
         lifetime=settings.session_lifetime,
         clock=clock,

@@ -391,7 +391,7 @@ class PostgresStore:
             if grace_until is None:
                 replaced = await connection.execute(
                     "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2)"
-                    " WHERE id = $3 AND replaced_by IS NULL",
+                    " WHERE id = $3 AND replaced_by IS NULL AND revoked_at IS NULL",
                     new_key.id,
                     now,
                     old_key_id,
@@ -399,7 +399,7 @@ class PostgresStore:
             else:
                 replaced = await connection.execute(
                     "UPDATE api_keys SET replaced_by = $1, expires_at = least(coalesce(expires_at, $2), $2)"
-                    " WHERE id = $3 AND replaced_by IS NULL",
+                    " WHERE id = $3 AND replaced_by IS NULL AND revoked_at IS NULL",
                     new_key.id,
                     grace_until,
                     old_key_id,

@@ -345,13 +345,13 @@ class SQLiteStore:
             if grace_until is None:
                 replaced = await self._db.execute(
                     "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?)"
-                    " WHERE id = ? AND replaced_by IS NULL",
+                    " WHERE id = ? AND replaced_by IS NULL AND revoked_at IS NULL",
                     (new_key.id, now, old_key_id),
                 )
             else:
                 replaced = await self._db.execute(
                     "UPDATE api_keys SET replaced_by = ?, expires_at = min(coalesce(expires_at, ?), ?)"
-                    " WHERE id = ? AND replaced_by IS NULL",
+                    " WHERE id = ? AND replaced_by IS NULL AND revoked_at IS NULL",
                     (new_key.id, grace_until, grace_until, old_key_id),
                 )
             if replaced.rowcount == 0:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
-__all__ = ["MemorySessionRecords", "RedisSessionRecords", "Session", "SessionRecords", "Sessions"]
+__all__ = ["MemorySessionRecords", "RedisSessionRecords", "Session", "SessionRecords", "Sessions", "user_marks"]
 
 # Sessions kept at most in memory: a flood of sign-ins (each needs a token) cannot grow it past this.
 MAX_SESSIONS = 10_000
@@ -142,6 +142,17 @@ def token_mark(token: str) -> str:
     return hmac.new(token.encode(), b"gateway console session", hashlib.sha256).hexdigest()
 
 
+def user_marks(tokens: Sequence[tuple[str, str]]) -> Callable[[str], str] | None:
+    """The marks of portal sessions (opened by a link, for a user): an HMAC of the user's id keyed
+    by every configured admin token, which only this deployment's gateways hold, so that a record
+    written into Redis without them opens nothing. None (no marks) when no token is configured;
+    a change of the tokens ends every portal session."""
+    if not tokens:
+        return None
+    key = hashlib.sha256(b"gateway portal session\0" + b"\0".join(t.encode() for _, t in sorted(tokens))).digest()
+    return lambda user_id: hmac.new(key, user_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+
+
 class Sessions:
     """Starts, finds (and keeps alive) and ends sessions, with their expiry rules."""
 
@@ -149,14 +160,19 @@ class Sessions:
         self,
         records: SessionRecords,
         *,
-        tokens: Sequence[tuple[str, str]] | None,
+        tokens: Sequence[tuple[str, str]] | None = None,
+        marks: Callable[[str], str] | None = None,
         idle_timeout: float,
         lifetime: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``tokens``: the console's, each session marked by the token signed in with; ``marks``:
+        an actor's mark otherwise (``user_marks``); neither: no marks to check."""
         self._records = records
-        # None: sessions opened by no token (the portal's, by a one-time link), none to check.
-        self._marks = None if tokens is None else {name: token_mark(token) for name, token in tokens}
+        if tokens is not None:
+            by_name = {name: token_mark(token) for name, token in tokens}
+            marks = lambda actor: by_name.get(actor, "")  # noqa: E731
+        self._marks = marks
         self._idle = idle_timeout
         self._lifetime = lifetime
         self._clock = clock
@@ -176,7 +192,7 @@ class Sessions:
             csrf=secrets.token_urlsafe(32),
             started_at=now,
             seen_at=now,
-            token_mark="" if self._marks is None else self._marks[actor],
+            token_mark="" if self._marks is None else self._marks(actor),
             back=back,
         )
         await self._records.put(_digest(session_id), session, self._ttl(session))
@@ -189,7 +205,7 @@ class Sessions:
         if session is None:
             return None
         now = self._clock()
-        expected = "" if self._marks is None else self._marks.get(session.actor, "")
+        expected = "" if self._marks is None else self._marks(session.actor)
         own_token = self._marks is None or (
             bool(expected) and hmac.compare_digest(session.token_mark.encode(), expected.encode())
         )
