@@ -7,6 +7,7 @@ refusal, whoever raised it; FastAPI's and pydantic's own formats never reach a c
     404     not_found           service.NotFound; a path no route has
     405     method_not_allowed  a path's routes, asked with another method (Allow: the ones they take)
     409     conflict            service.AlreadyExists (and AlreadyReplaced); manage.portal.PortalOff, PortalClosed
+    413     payload_too_large   a JSON body past routing.MAX_JSON_BODY (1 MiB)
     422     validation_failed   a model's check (models.Checked), rules.InvalidField; with field
     503     store_unavailable   a store failure, service.ChangeNotAnnounced; Retry-After: 5
     500     internal_error      anything else, logged with its traceback
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from gateway.admin.models import REFUSED, Error, ErrorCode, ErrorDetail
-from gateway.admin.routing import allowed_methods
+from gateway.admin.routing import TOO_LARGE, allowed_methods
 from gateway.manage.portal import PortalClosed, PortalOff
 from gateway.manage.rules import InvalidField
 from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, NotFound
@@ -93,6 +94,8 @@ def _http_errors(routes: Sequence[BaseRoute]) -> Handler:
             return envelope(405, "method_not_allowed", message, headers={"Allow": allow})
         if exc.status_code == 400:
             return envelope(400, "invalid_json", "the request body is not valid JSON")
+        if exc.status_code == 413:
+            return envelope(413, "payload_too_large", TOO_LARGE)
         return envelope(500, "internal_error", f"unexpected {exc.status_code}: see the gateway's log")
 
     return http_error

@@ -488,6 +488,7 @@ ErrorCode = Literal[
     "not_found",
     "method_not_allowed",
     "conflict",
+    "payload_too_large",
     "validation_failed",
     "store_unavailable",
     "internal_error",

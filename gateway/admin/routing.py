@@ -11,20 +11,36 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
+from gateway.admin.models import Error
 from gateway.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["HeadAsGet", "JsonBodyRoute", "allowed_methods"]
+__all__ = ["MAX_JSON_BODY", "TOO_LARGE", "HeadAsGet", "JsonBodyRoute", "allowed_methods"]
+
+
+# A JSON body of this API is a user, a key or a change: a few KiB at most (metadata is 2 KiB).
+# Read past this, a body is refused (413) rather than held in memory whole.
+MAX_JSON_BODY = 1024 * 1024
+TOO_LARGE = f"the request body is larger than {MAX_JSON_BODY // 1024} KiB, the most a JSON body of this API may be"
 
 
 class _JsonBody(Request):
     async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > MAX_JSON_BODY:
+                    raise HTTPException(413)
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
         # An empty body is an empty object: POST …/rotate needs none, and a missing required
         # field is then named ("id is required") rather than the body.
-        return await super().body() or b"{}"
+        return self._body or b"{}"
 
 
 class JsonBodyRoute(APIRoute):
@@ -32,6 +48,11 @@ class JsonBodyRoute(APIRoute):
     type (curl -d sends application/x-www-form-urlencoded) to the model as raw bytes. Its reason,
     keeping browsers' forms from posting JSON across sites, does not apply behind a bearer token,
     which a browser never adds by itself."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if self.body_field is not None:  # documented where it can happen
+            self.responses.setdefault(413, {"model": Error, "description": TOO_LARGE})
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
