@@ -186,8 +186,11 @@ def test_export_from_sqlite_into_postgres(gateway_factory: GatewayFactory, old_s
     source = gateway_factory(LEGACY)
     assert import_file(source, old_system["file"]).returncode == 0
     assert gateway_cli(source.config_path, "users", "set-limits", "acme", "7/minute;500/day").returncode == 0
+    metadata = gateway_cli(source.config_path, "keys", "update", "k_bolt_1", "--metadata", '{"plan": "pro"}')
+    assert metadata.returncode == 0, metadata.stderr
     exported = gateway_cli(source.config_path, "export")
     assert '"rate_limits":"7/minute;500/day"' in exported.stdout  # a user's own limits travel too
+    assert '"metadata":{"plan":"pro"}' in exported.stdout  # and a key's metadata
     assert exported.returncode == 0 and "exported 4 users and 5 keys" in exported.stderr
 
     with postgres_schema() as url:
@@ -263,6 +266,31 @@ def test_an_import_never_gives_back_what_the_store_took_away(
     records[3].pop("last_used_at")
     done = import_file(gw, write_lines(tmp_path / "moved.jsonl", records))
     assert "line 5: this key belongs to user 'bolt' in the store; a key never changes owner" in done.stderr
+
+
+def test_metadata_is_checked_and_a_line_without_it_keeps_the_stored(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = gateway_factory(LEGACY)
+    key = old_key("mk_live_", 32)
+    users = [{"type": "user", "id": "acme", "subscription": "active"}]
+    first = write_lines(tmp_path / "first.jsonl", [*users, key_line(key, "acme", id="k1", metadata={"plan": "pro"})])
+    assert import_file(gw, first).returncode == 0
+    again = write_lines(tmp_path / "again.jsonl", [*users, key_line(key, "acme", id="k1")])
+    assert import_file(gw, again).returncode == 0
+    assert cli_json(gw, "keys", "show", "k1")["metadata"] == {"plan": "pro"}
+    bad = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            *users,
+            key_line(old_key("mk_live_", 32), "acme", metadata=["not", "an", "object"]),
+            key_line(old_key("mk_live_", 32), "acme", metadata={"leaked": "Bearer " + old_key("mk_live_", 32)}),
+        ],
+    )
+    refused = import_file(gw, bad)
+    assert refused.returncode != 0
+    assert "line 2: metadata is a JSON object" in refused.stderr
+    assert "line 3: metadata must not hold a key" in refused.stderr
 
 
 def test_every_bad_line_is_counted(gateway_factory: GatewayFactory, tmp_path: Path) -> None:

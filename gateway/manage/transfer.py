@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.auth.keys import key_id_for_hash
-from gateway.manage.rules import InvalidField, check_limits, check_name, check_subscription, check_user_id
+from gateway.manage.rules import (
+    InvalidField,
+    check_limits,
+    check_metadata,
+    check_name,
+    check_subscription,
+    check_user_id,
+)
 from gateway.store.base import ApiKey, KeyStore, User
 from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession
 
@@ -40,6 +47,7 @@ KEY_FIELDS = {
     "rate_limits",
     "replaced_by",
     "legacy",
+    "metadata",
 }
 _HEX = frozenset("0123456789abcdef")
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -69,6 +77,9 @@ _KEY_UPDATES = (
     ("credits", "CASE WHEN {new}.credits > {old}.credits THEN {new}.credits ELSE {old}.credits END"),
     ("rate_limits", "coalesce({new}.rate_limits, {old}.rate_limits)"),
     ("replaced_by", "coalesce({new}.replaced_by, {old}.replaced_by)"),
+    # A line without metadata keeps what is stored (as rate_limits): an export of another system
+    # that has none does not wipe it.
+    ("metadata", "coalesce({new}.metadata, {old}.metadata)"),
 )
 
 
@@ -181,8 +192,9 @@ def _text(record: dict[str, Any], name: str, *, required: bool = False, longest:
     return value
 
 
-def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
-    """("user" or "key", the staged row); LineError says what is wrong."""
+def parse_line(line: int, text: str, now: float, prefixes: Sequence[str] = ()) -> tuple[str, tuple[Any, ...]]:
+    """("user" or "key", the staged row); LineError says what is wrong. ``prefixes``: those of
+    keys, which a key's metadata must not hold."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -213,6 +225,9 @@ def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
         legacy = record.get("legacy", True)
         if not isinstance(legacy, bool):
             raise LineError("legacy must be true or false")
+        metadata = check_metadata(record.get("metadata"))
+        if metadata is not None and any(p in metadata and len(metadata) > len(p) + 8 for p in prefixes):
+            raise LineError("metadata must not hold a key")
         return "key", (
             line,
             key_id,
@@ -230,6 +245,7 @@ def parse_line(line: int, text: str, now: float) -> tuple[str, tuple[Any, ...]]:
             _count(record, "rate_limited"),
             _count(record, "credits"),
             legacy,
+            metadata,
         )
     except InvalidField as exc:
         raise LineError(str(exc)) from None
@@ -254,7 +270,7 @@ async def run_import(
         if not text.strip():
             continue
         try:
-            kind, row = parse_line(report.lines, text, now)
+            kind, row = parse_line(report.lines, text, now, prefixes)
         except LineError as exc:
             report.error(report.lines, str(exc))
             continue
@@ -436,6 +452,7 @@ def key_line(key: ApiKey) -> str:
         "rate_limits": key.rate_limits,
         "replaced_by": key.replaced_by,
         "legacy": key.legacy,
+        "metadata": None if key.metadata is None else json.loads(key.metadata),
     }
     return json.dumps(record, separators=(",", ":")) + "\n"
 

@@ -35,6 +35,7 @@ _STAGED: dict[str, tuple[tuple[str, str], ...]] = {
         ("rate_limited", "big_integer"),
         ("credits", "big_integer"),
         ("legacy", "boolean"),
+        ("metadata", "text"),
     ),
 }
 STAGED_USER_COLUMNS = tuple(column for column, _ in _STAGED["import_users"])
