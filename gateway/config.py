@@ -272,7 +272,8 @@ class PortalConfig:
     return_url_hosts: tuple[str, ...] = ()
     # Who may show the portal in a frame (CSP frame-ancestors).
     frame_ancestors: str = "'none'"
-    secure_cookies: bool = False
+    # None: Secure when public_url is https:// (TLS in front of the portal).
+    secure_cookies: bool | None = None
     session_idle_timeout: float = 30 * 60.0  # as the console
     session_lifetime: float = 12 * 3600.0
     # The grace periods a user may give the old key when rotating (besides "now").
@@ -289,6 +290,10 @@ class PortalConfig:
     title: str | None = None
     accent_color: str | None = None  # "#rrggbb"; None: the console's blue
     logo: str | None = None  # an image file shown in the portal's header
+
+    def cookies_secure(self) -> bool:
+        """secure_cookies, or by default whether links are https:// (the browser comes over TLS)."""
+        return self.link_base().startswith("https://") if self.secure_cookies is None else self.secure_cookies
 
     def link_base(self) -> str:
         """Where links point: ``public_url``, else the listener's own address."""
@@ -773,7 +778,7 @@ _SCALARS: Mapping[str, Callable[[object], Any]] = {
     "portal.link_ttl": _positive_duration,
     "portal.return_url_hosts": _host_names,
     "portal.frame_ancestors": _frame_ancestors,
-    "portal.secure_cookies": _boolean,
+    "portal.secure_cookies": lambda value: None if value is None else _boolean(value),
     "portal.session_idle_timeout": _positive_duration,
     "portal.session_lifetime": _positive_duration,
     "portal.rotation_graces": _grace_periods,

@@ -88,6 +88,8 @@ async def open_setup(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterato
         "public_url": "https://keys.example.com",
         "return_url_hosts": ["dash.example.com"],
         "frame_ancestors": FRAMERS,
+        # The links say https (TLS in front); the test's browser comes over plain HTTP.
+        "secure_cookies": False,
     }
     settings: dict[str, Any] = {"store": {"url": f"sqlite:///{tmp_path}/gateway.db"}, **sections}
     settings["portal"] = portal | sections.get("portal", {})

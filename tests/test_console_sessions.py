@@ -15,7 +15,8 @@ from gateway.admin.console.sessions import (
     RedisSessionRecords,
     SessionRecords,
     Sessions,
-    user_marks,
+    token_keys,
+    user_keys,
 )
 from tests.fakes import Clock
 from tests.services import machine_redis_url
@@ -35,7 +36,7 @@ TOKENS = [("ops", "ops-token-0123456789abcdef")]
 
 
 def sessions(records: SessionRecords, clock: Clock, tokens: list[tuple[str, str]] = TOKENS) -> Sessions:
-    return Sessions(records, tokens=tokens, idle_timeout=600, lifetime=3600, clock=clock)
+    return Sessions(records, keys=token_keys(tokens), idle_timeout=600, lifetime=3600, clock=clock)
 
 
 async def test_a_session_is_found_by_its_id_until_it_is_ended(records: SessionRecords, clock: Clock) -> None:
@@ -119,7 +120,7 @@ async def test_a_record_written_without_the_token_opens_nothing(clock: Clock) ->
 async def test_a_sessions_counter_counts_each_request_once_and_ends_with_it(
     records: SessionRecords, clock: Clock
 ) -> None:
-    kept = Sessions(records, tokens=None, idle_timeout=600, lifetime=3600, clock=clock)
+    kept = Sessions(records, keys=None, idle_timeout=600, lifetime=3600, clock=clock)
     session_id, session = await kept.start("alice", back="https://dash.example.com/")
     other_id, other = await kept.start("alice")
     counted = await asyncio.gather(*(kept.count(session_id, session) for _ in range(10)))
@@ -138,7 +139,7 @@ async def test_a_sessions_counter_in_redis_goes_when_its_session_can_last_no_lon
     records = RedisSessionRecords(machine_redis_url(), timeout=1.0)
     reader = redis.asyncio.Redis.from_url(machine_redis_url())
     try:
-        kept = Sessions(records, tokens=None, idle_timeout=600, lifetime=3600, clock=clock)
+        kept = Sessions(records, keys=None, idle_timeout=600, lifetime=3600, clock=clock)
         session_id, session = await kept.start("alice")
         clock.tick(1000)
         await kept.count(session_id, session)
@@ -153,19 +154,33 @@ async def test_a_sessions_counter_in_redis_goes_when_its_session_can_last_no_lon
 async def test_a_portal_session_record_written_without_the_tokens_opens_nothing(
     records: SessionRecords, clock: Clock
 ) -> None:
-    marks = user_marks(TOKENS)
-    kept = Sessions(records, marks=marks, idle_timeout=600, lifetime=3600, clock=clock)
-    session_id, session = await kept.start("alice")
+    kept = Sessions(records, keys=user_keys(TOKENS), idle_timeout=600, lifetime=3600, clock=clock)
+    session_id, session = await kept.start("alice", back="https://dash.example.com/")
     assert await kept.find(session_id) is not None
     digest = hashlib.sha256(session_id.encode()).hexdigest()
-    # Someone who can write the records, but holds no token: no mark, or alice's mark for bob.
-    for forged in (replace(session, token_mark=""), replace(session, actor="bob")):
+    # Someone who can write the records but holds no token: no mark, or a live record's mark
+    # copied onto another user, a start in the future (no end), another return URL, another CSRF.
+    for forged in (
+        replace(session, token_mark=""),
+        replace(session, actor="bob"),
+        replace(session, started_at=clock.now + 1e8, seen_at=clock.now + 1e8),
+        replace(session, back="javascript:alert(1)"),
+        replace(session, csrf="chosen"),
+    ):
         await records.put(digest, forged, 60)
         assert await kept.find(session_id) is None
     # Another deployment (other tokens) cannot open this one's sessions.
     session_id, _ = await kept.start("alice")
     other = Sessions(
-        records, marks=user_marks([("ops", "another-token-0123456789")]), idle_timeout=600, lifetime=3600, clock=clock
+        records, keys=user_keys([("ops", "another-token-0123456789")]), idle_timeout=600, lifetime=3600, clock=clock
     )
     assert await other.find(session_id) is None
-    assert user_marks([]) is None
+    assert user_keys([]) is None
+
+
+async def test_a_session_ended_while_it_was_being_read_stays_ended(records: SessionRecords, clock: Clock) -> None:
+    kept = sessions(records, clock)
+    for _ in range(20):
+        session_id, _ = await kept.start("ops")
+        found = await asyncio.gather(*(kept.find(session_id) for _ in range(10)), kept.end(session_id))
+        assert await kept.find(session_id) is None, found

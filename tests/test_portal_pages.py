@@ -8,7 +8,6 @@ import asyncio
 import re
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -238,22 +237,56 @@ async def test_the_portal_serves_active_users_only(tmp_path: Path) -> None:
         assert await setup.service.list_keys("alice") == []
 
 
-async def test_a_link_of_another_account_says_so_and_every_page_names_the_account(tmp_path: Path) -> None:
+async def test_a_link_of_another_account_says_so_on_every_page_and_every_page_names_the_account(
+    tmp_path: Path,
+) -> None:
     async with open_setup(tmp_path) as setup:
         browser = await setup.browser("alice")
-        assert "Account <strong>alice</strong>" in (await browser.client.get("/portal/new-key")).text
+        page = (await browser.client.get("/portal/new-key")).text
+        assert "Account <strong>alice</strong>" in page and "in place of" not in page
         # Someone else's link opened in this browser (pushed by a page of theirs, say).
-        url, _ = await mint_link(setup.service, setup.config.portal, "bob", None)
-        parts = urlsplit(url)
-        start = await browser.client.get(f"{parts.path}?{parts.query}")
-        assert start.headers["location"] == "/portal/?done=switched"
-        page = (await browser.client.get(start.headers["location"])).text
-        assert "This link opened the portal for account bob, in place of the account this browser" in page
-        assert "Account <strong>bob</strong>" in page
-        # The same account again: nothing to say.
-        url, _ = await mint_link(setup.service, setup.config.portal, "bob", None)
-        parts = urlsplit(url)
-        assert (await browser.client.get(f"{parts.path}?{parts.query}")).headers["location"] == "/portal/"
+        await browser.open((await mint_link(setup.service, setup.config.portal, "bob", None))[0])
+        warning = (
+            "A link opened this portal for account <strong>bob</strong>, in place of account <strong>alice</strong>"
+        )
+        for path in ("/portal/", "/portal/new-key", "/portal/?done=revoked"):
+            page = (await browser.client.get(path)).text
+            assert warning in page and "Account <strong>bob</strong>" in page
+        # The same account again: nothing to warn about.
+        await browser.open((await mint_link(setup.service, setup.config.portal, "bob", None))[0])
+        assert "in place of" not in (await browser.client.get("/portal/")).text
+
+
+async def test_sign_out_ends_the_session(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        browser = await setup.browser("alice")
+        assert ">Sign out</button>" in (await browser.client.get("/portal/")).text
+        page = (await browser.client.get("/portal/new-key")).text
+        assert page.count('name="csrf"') == 1  # the page's own form's: signing out needs none
+        other_site = await browser.client.post("/portal/sign-out", headers={"sec-fetch-site": "cross-site"})
+        assert other_site.status_code == 403 and (await browser.client.get("/portal/")).status_code == 200
+        left = await browser.post("/portal/sign-out", csrf=False)
+        assert left.status_code == 200 and "You have left the portal" in left.text
+        assert "gateway_portal=" in left.headers["set-cookie"] and "Max-Age=0" in left.headers["set-cookie"]
+        assert (await browser.client.get("/portal/")).status_code == 401
+
+
+async def test_a_key_made_as_the_user_is_deleted_is_refused_or_revoked(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        browser = await setup.browser("alice")
+        key = await setup.service.find_key(_new_key((await browser.post("/portal/new-key", {"name": "a"})).text))
+        answers = await asyncio.gather(
+            *(browser.post("/portal/new-key", {"name": f"k{n}"}) for n in range(5)),
+            browser.post(f"/portal/keys/{key.id}/rotate", {"grace": "3600"}),
+        )
+        await setup.service.retire_user("alice")
+        answers += await asyncio.gather(
+            *(browser.post("/portal/new-key", {"name": f"late{n}"}) for n in range(3)),
+        )
+        assert {a.status_code for a in answers} <= {200, 401, 403}
+        await setup.service.set_subscription("alice", "active")
+        now = setup.service.now()
+        assert [k.id for k in await setup.service.list_keys("alice") if k.status(now) == "active"] == []
 
 
 @pytest.mark.parametrize(

@@ -39,3 +39,26 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path, workers: in
         " or choose another address or port (--port, listen.port)"
     ]
     assert "Traceback" not in done.stderr
+
+
+def test_a_portal_with_its_sessions_in_redis_needs_an_admin_token(tmp_path: Path) -> None:
+    settings = {
+        "store": {"url": f"sqlite:///{tmp_path}/gateway.db"},
+        "redis": {"url": machine_redis_url()},
+        "portal": {"port": 0},
+    }
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: portal.port: the portal keeps its sessions in Redis (redis.url), signed with a key from the admin"
+        " tokens; set one (GATEWAY_ADMIN_TOKEN or admin.token_file)"
+    ]

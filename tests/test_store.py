@@ -136,6 +136,22 @@ async def test_at_most_max_active_keys_however_many_additions_race(store: KeySto
     assert await store.rotate_key(second, key("g3", key_hash="i" * 64), now=10.0, grace_until=None, max_active=3)
 
 
+async def test_a_key_for_active_users_only_is_refused_or_revoked_beside_a_retirement(store: KeyStore) -> None:
+    await store.add_user(User("alice", "active", 1.0, 1.0))
+    await store.add_key(key("first", key_hash="f" * 64))
+    outcomes = await asyncio.gather(
+        *(store.add_key(key(f"k{n}", key_hash=f"{n:064d}"), active_user=True, now=10.0) for n in range(8)),
+        store.rotate_key("first", key("r", key_hash="e" * 64), now=10.0, grace_until=99.0, active_user=True),
+        store.retire_user("alice", 10.0),
+    )
+    assert outcomes[-1] is not None
+    # Whatever landed before the retirement was revoked by it; nothing landed after it.
+    assert [k.id for k in await store.list_keys("alice") if k.revoked_at is None] == []
+    assert not await store.add_key(key("late", key_hash="d" * 64), active_user=True, now=11.0)
+    assert await store.get_key("late") is None
+    assert not await store.rotate_key("r", key("r2", key_hash="c" * 64), now=11.0, grace_until=None, active_user=True)
+
+
 async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStore) -> None:
     await store.add_user(User("alice", "active", 1.0, 1.0))
     await store.add_key(key("key_old", key_hash="0" * 64, expires_at=1000.0))

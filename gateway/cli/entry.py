@@ -40,6 +40,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
             f"--workers {workers}: rate limits are counted in each worker's memory, so {workers} workers would"
             f" allow {workers} times every limit; set redis.url (GATEWAY_REDIS_URL) to share them, or run one"
         )
+    if config.portal.port is not None and config.redis.url is not None and not config.admin_tokens():
+        # Portal sessions in Redis are signed with a key from the admin tokens: without one, whoever
+        # can write to Redis could open a session as any user, and make keys for it.
+        raise ConfigProblem(
+            "portal.port: the portal keeps its sessions in Redis (redis.url), signed with a key from the admin"
+            " tokens; set one (GATEWAY_ADMIN_TOKEN or admin.token_file)"
+        )
     from gateway.server.serving import ListenError, serve as serve_listeners
 
     host = host or config.listen.host

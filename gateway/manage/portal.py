@@ -41,6 +41,7 @@ def check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 (a port out of range raises: a link to nowhere)
     except ValueError:
         host, parts = "", None
     if parts is None or parts.scheme not in ("http", "https") or parts.username or parts.password:

@@ -47,6 +47,7 @@ __all__ = [
     "LimitReached",
     "ManagementService",
     "NotFound",
+    "UserInactive",
     "open_service",
 ]
 
@@ -88,6 +89,14 @@ class LimitReached(ServiceError):
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UserInactive(ServiceError):
+    """A key asked for a user whose subscription is not active, where only an active one's may be
+    made (the portal: a user deleted, all of whose keys were revoked, must get no new one)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"{user_id} is inactive: no key is made for it here")
 
 
 class CreditsChanged(Protocol):
@@ -373,15 +382,22 @@ class ManagementService:
         expires_in: float | None = None,
         rate_limits: str | Sequence[str] | None = None,
         max_active: int | None = None,
+        active_only: bool = False,
     ) -> CreatedKey:
-        """A new key for the user; with ``max_active``, LimitReached once it has that many active."""
+        """A new key for the user; with ``max_active``, LimitReached once it has that many active;
+        with ``active_only``, UserInactive unless its subscription is active (checked as the key is
+        written: a retirement at the same moment either revokes it or refuses it)."""
         await self.get_user(user_id)
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
             raise InvalidField("a key's lifetime must be above zero and at most 100 years", "expires_in")
         expires_at = None if expires_in is None else self._clock() + expires_in
         created = self._new_key(user_id, self._check_name(name), expires_at, check_limits(rate_limits))
         now = self._clock()
-        if not await self._write(lambda: self.store.add_key(created.record, max_active=max_active, now=now)):
+        if not await self._write(
+            lambda: self.store.add_key(created.record, max_active=max_active, now=now, active_user=active_only)
+        ):
+            if active_only and (await self.get_user(user_id)).subscription != "active":
+                raise UserInactive(user_id)
             raise LimitReached(
                 f"{user_id} has {max_active} active keys, the most allowed: revoke one to create another"
             )
@@ -499,7 +515,7 @@ class ManagementService:
         return key, before.revoked_at is not None
 
     async def rotate_key(
-        self, key_id: str, *, grace: float | None = None, max_active: int | None = None
+        self, key_id: str, *, grace: float | None = None, max_active: int | None = None, active_only: bool = False
     ) -> tuple[CreatedKey, ApiKey]:
         """A new key for the same user and name, and the old key, which stops now or after ``grace``;
         with ``max_active``, a grace only while the user has at most that many active keys (the old
@@ -519,13 +535,15 @@ class ManagementService:
         grace_until = now + grace if grace else None
         rotated = await self._write(
             lambda: self.store.rotate_key(
-                old.id, created.record, now=now, grace_until=grace_until, max_active=max_active
+                old.id, created.record, now=now, grace_until=grace_until, max_active=max_active, active_user=active_only
             )
         )
         if not rotated:
             found = await self.get_key(old.id)
             if found.replaced_by is None and found.revoked_at is not None:  # revoked since it was read
                 raise InvalidField(f"key {key_id} is revoked: create a new key instead", "key_id")
+            if active_only and (await self.get_user(old.user_id)).subscription != "active":
+                raise UserInactive(old.user_id)
             if found.replaced_by is None:  # not replaced: the limit refused the grace
                 raise LimitReached(
                     f"{old.user_id} has more than {max_active} active keys, the most allowed:"

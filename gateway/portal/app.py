@@ -31,9 +31,10 @@ from starlette.staticfiles import StaticFiles
 from gateway.admin.console.app import STATIC
 from gateway.admin.console.charts import daily_chart
 from gateway.admin.console.headers import SecurityHeaders
-from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions, user_marks
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions, user_keys
 from gateway.admin.console.web import (
     SessionVisit,
+    from_another_site,
     key_rows,
     problem_of,
     segment,
@@ -215,21 +216,41 @@ async def start(request: Request) -> Response:
         before = await portal.sessions.find(old) if old else None
         if old:
             await portal.sessions.end(old)
-        # A new id at every exchange, whatever cookie the browser had.
-        session_id, _ = await portal.sessions.start(found[0], back=found[1] or "")
+        # A new id at every exchange, whatever cookie the browser had; the account it showed, if
+        # another, is named on every page of the new session (one notice could be navigated away).
+        replaced = before.actor if before is not None and before.actor != found[0] else ""
+        session_id, _ = await portal.sessions.start(found[0], back=found[1] or "", replaced=replaced)
     except Exception as exc:
         logger.error("portal sessions unavailable: %s", type(exc).__name__)
         return _sessions_unavailable(portal)
-    switched = before is not None and before.actor != found[0]
-    response = RedirectResponse(f"{PREFIX}/" + ("?done=switched" if switched else ""), 303)
+    response = RedirectResponse(f"{PREFIX}/", 303)
     response.set_cookie(
         COOKIE,
         session_id,
         path=PREFIX + "/",
         httponly=True,
         samesite="lax",
-        secure=portal.config.portal.secure_cookies,
+        secure=portal.config.portal.cookies_secure(),
     )
+    return response
+
+
+async def sign_out(request: Request) -> Response:
+    """Ends the session here and now (on a shared computer, say). No CSRF token: the worst another
+    site could do is sign the user out, and it cannot (a SameSite=Lax cookie is not sent with its
+    POST, and Sec-Fetch-Site gives it away); every page keeps one token field, its form's."""
+    portal = _portal(request)
+    if from_another_site(request):
+        return portal.problem(403, "This form was refused: it was sent from a page of another site.")
+    session_id = request.cookies.get(COOKIE)
+    try:
+        if session_id:
+            await portal.sessions.end(session_id)
+    except Exception as exc:
+        logger.error("portal sessions unavailable: %s", type(exc).__name__)
+        return _sessions_unavailable(portal)
+    response = portal.problem(200, f"You have left the portal. {START_AGAIN}")
+    response.delete_cookie(COOKIE, path=PREFIX + "/")
     return response
 
 
@@ -258,14 +279,7 @@ async def _keys_page(
 @page
 async def keys(visit: Visit) -> Response:
     done = visit.request.query_params.get("done", "")
-    return await _keys_page(visit, notice=NOTICES.get(done, "").format(user=visit.user_id) or None)
-
-
-# What a redirect's ``done`` says on the page it lands on (never text from the request).
-NOTICES = {
-    "revoked": "The key was revoked.",
-    "switched": "This link opened the portal for account {user}, in place of the account this browser showed before.",
-}
+    return await _keys_page(visit, notice="The key was revoked." if done == "revoked" else None)
 
 
 @page
@@ -299,6 +313,7 @@ async def create_key(visit: Visit) -> Response:
             expires_in=None,
             rate_limits=None,
             max_active=visit.portal.config.portal.max_active_keys_per_user,
+            active_only=True,
         )
     return await _keys_page(visit, created)
 
@@ -314,7 +329,7 @@ async def rotate_key(visit: Visit) -> Response:
         raise InvalidField("the old key stops now or after one of the grace periods offered", "grace")
     async with _one_key_more(visit):
         created, old = await visit.portal.service.rotate_key(
-            key.id, grace=grace or None, max_active=settings.max_active_keys_per_user
+            key.id, grace=grace or None, max_active=settings.max_active_keys_per_user, active_only=True
         )
     return await _keys_page(visit, created, replaced=old)
 
@@ -371,7 +386,7 @@ async def open_portal(
     )
     sessions = Sessions(
         redis or MemorySessionRecords(clock),
-        marks=user_marks(config.admin_tokens()),
+        keys=user_keys(config.admin_tokens()),
         idle_timeout=settings.session_idle_timeout,
         lifetime=settings.session_lifetime,
         clock=clock,
@@ -404,6 +419,7 @@ def create_portal_app(
             Route("/keys/{key_id}/rotate", rotate_key, methods=["POST"]),
             Route("/keys/{key_id}/revoke", confirm_revoke),
             Route("/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+            Route("/sign-out", sign_out, methods=["POST"]),
             Route("/theme.css", theme),
             Route("/logo", logo),
             Mount("/static", StaticFiles(directory=STATIC)),

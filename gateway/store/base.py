@@ -388,10 +388,14 @@ class KeyStore(Protocol):
 
     async def set_user_rate_limits(self, user_id: str, rate_limits: str | None) -> User | None: ...
 
-    async def add_key(self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0) -> bool:
+    async def add_key(
+        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+    ) -> bool:
         """Add the key; with ``max_active``, only while its user has fewer keys active at ``now``
-        (not revoked, not expired), checked in the insert's own transaction so that concurrent
-        additions cannot pass the limit together. False: not added."""
+        (not revoked, not expired); with ``active_user``, only while its user's subscription is
+        active. Both are checked in the insert's own transaction, so that concurrent additions
+        cannot pass the limit together and a key cannot slip in beside a retire_user that revokes
+        every key. False: not added."""
         ...
 
     async def get_key(self, key_id: str) -> ApiKey | None: ...
@@ -414,13 +418,15 @@ class KeyStore(Protocol):
         now: float,
         grace_until: float | None,
         max_active: int | None = None,
+        active_user: bool = False,
     ) -> bool:
         """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
         ``grace_until`` (never later than it would have anyway). False, with nothing written, when
-        the old key has been replaced already (a retried or concurrent rotation), or, with a grace
-        and ``max_active``, when the user has more than ``max_active`` keys active at ``now``: a
-        grace lets the old and the new key overlap by one, not chain into more (checked as
-        add_key checks its limit)."""
+        the old key has been replaced or revoked already (a retried or concurrent rotation, a
+        revocation under way); with a grace and ``max_active``, when the user has more than
+        ``max_active`` keys active at ``now`` (a grace lets the old and the new key overlap by
+        one, not chain into more); with ``active_user``, when the user's subscription is not
+        active. Checked as add_key checks them."""
         ...
 
     async def set_rate_limits(self, key_id: str, rate_limits: str | None) -> ApiKey | None: ...

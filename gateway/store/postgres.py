@@ -88,6 +88,9 @@ _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 _KEY_FIELDS = len(KEY_COLUMNS)
 # Additions of one user's keys under a limit wait for each other, until the transaction ends.
 _LOCK_USERS_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# FOR SHARE: a retire_user (which updates the row) waits for this transaction's key, and revokes it;
+# or this one waits for the retirement, and sees the user inactive.
+_ACTIVE_USER = "SELECT 1 FROM users WHERE id = $1 AND subscription = 'active' FOR SHARE"
 _COUNT_ACTIVE_KEYS = (
     "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
     " AND (expires_at IS NULL OR expires_at > $2)"
@@ -337,15 +340,15 @@ class PostgresStore:
 
     # ------------------------------------------------------------------------------- keys
 
-    async def add_key(self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0) -> bool:
-        if max_active is None:
+    async def add_key(
+        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+    ) -> bool:
+        if max_active is None and not active_user:
             await self._write(_INSERT_KEY, *key_row(key))
             return True
         async with self._pool.acquire() as connection, connection.transaction():
-            # Additions for one user wait for each other: each counts what the one before wrote.
-            await connection.execute(_LOCK_USERS_KEYS, key.user_id)
-            if await connection.fetchval(_COUNT_ACTIVE_KEYS, key.user_id, now) >= max_active:
-                return False
+            if not await _checked(connection, key.user_id, now, max_active, active_user, more_than=False):
+                return False  # nothing written: the transaction commits empty
             await connection.execute(_INSERT_KEY, *key_row(key))
             await connection.execute(f"NOTIFY {CHANNEL}")
         self._changes += 1
@@ -382,12 +385,12 @@ class PostgresStore:
         now: float,
         grace_until: float | None,
         max_active: int | None = None,
+        active_user: bool = False,
     ) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
-            if grace_until is not None and max_active is not None:
-                await connection.execute(_LOCK_USERS_KEYS, new_key.user_id)
-                if await connection.fetchval(_COUNT_ACTIVE_KEYS, new_key.user_id, now) > max_active:
-                    return False  # nothing written: the transaction commits empty
+            limit = max_active if grace_until is not None else None  # rotating now adds no active key
+            if not await _checked(connection, new_key.user_id, now, limit, active_user, more_than=True):
+                return False  # nothing written: the transaction commits empty
             if grace_until is None:
                 replaced = await connection.execute(
                     "UPDATE api_keys SET replaced_by = $1, revoked_at = coalesce(revoked_at, $2)"
@@ -582,3 +585,18 @@ class _PostgresImport:
         await self._connection.execute(f"NOTIFY {CHANNEL}")
         await self._transaction.commit()
         self.committed = True
+
+
+async def _checked(
+    connection: Any, user_id: str, now: float, max_active: int | None, active_user: bool, *, more_than: bool
+) -> bool:
+    """Whether a key of ``user_id`` may be added in this transaction: its subscription active (if
+    ``active_user``), and its active keys under ``max_active`` (at most, with ``more_than``: a
+    rotation's grace overlaps by one), under the per-user lock held until the transaction ends."""
+    if active_user and await connection.fetchval(_ACTIVE_USER, user_id) is None:
+        return False
+    if max_active is None:
+        return True
+    await connection.execute(_LOCK_USERS_KEYS, user_id)
+    active = await connection.fetchval(_COUNT_ACTIVE_KEYS, user_id, now)
+    return bool(active <= max_active if more_than else active < max_active)

@@ -85,10 +85,11 @@ _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _
 _COUNT_ACTIVE_KEYS = (
     "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 )
-_INSERT_KEY_UNDER_LIMIT = (
+_ACTIVE_USER = "SELECT 1 FROM users WHERE id = ? AND subscription = 'active'"
+_INSERT_KEY_CHECKED = (
     f"INSERT INTO api_keys ({_KEY_COLUMNS}) SELECT {', '.join('?' * _KEY_FIELDS)}"
-    " WHERE (SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL"
-    " AND (expires_at IS NULL OR expires_at > ?)) < ?"
+    f" WHERE (? = 0 OR EXISTS ({_ACTIVE_USER}))"
+    f" AND (? IS NULL OR ({_COUNT_ACTIVE_KEYS}) < ?)"
 )
 _USER_COLUMNS = ", ".join(USER_COLUMNS)
 _FIND_KEY = FIND_KEY_BY_HASH + "?"
@@ -290,12 +291,15 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------- keys
 
-    async def add_key(self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0) -> bool:
-        if max_active is None:
+    async def add_key(
+        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+    ) -> bool:
+        if max_active is None and not active_user:
             await self._write(_INSERT_KEY, key_row(key))
             return True
-        # One statement, and SQLite has one writer: the count and the insert cannot interleave.
-        return await self._write(_INSERT_KEY_UNDER_LIMIT, (*key_row(key), key.user_id, now, max_active)) == 1
+        # One statement, and SQLite has one writer: the checks and the insert cannot interleave.
+        checks = (int(active_user), key.user_id, max_active, key.user_id, now, max_active)
+        return await self._write(_INSERT_KEY_CHECKED, (*key_row(key), *checks)) == 1
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
@@ -327,21 +331,33 @@ class SQLiteStore:
         now: float,
         grace_until: float | None,
         max_active: int | None = None,
+        active_user: bool = False,
     ) -> bool:
         async with self._writing:
-            return await self._rotate_key(old_key_id, new_key, now=now, grace_until=grace_until, max_active=max_active)
+            return await self._rotate_key(old_key_id, new_key, now, grace_until, max_active, active_user)
 
     async def _rotate_key(
-        self, old_key_id: str, new_key: ApiKey, *, now: float, grace_until: float | None, max_active: int | None
+        self,
+        old_key_id: str,
+        new_key: ApiKey,
+        now: float,
+        grace_until: float | None,
+        max_active: int | None,
+        active_user: bool,
     ) -> bool:
         await self._db.execute("BEGIN IMMEDIATE")  # the database's one writer until COMMIT
         try:
-            if grace_until is not None and max_active is not None:
+            refused = False
+            if active_user:
+                async with self._db.execute(_ACTIVE_USER, (new_key.user_id,)) as cursor:
+                    refused = await cursor.fetchone() is None
+            if not refused and grace_until is not None and max_active is not None:
                 async with self._db.execute(_COUNT_ACTIVE_KEYS, (new_key.user_id, now)) as cursor:
                     row = await cursor.fetchone()
-                if row is not None and row[0] > max_active:
-                    await self._db.execute("ROLLBACK")
-                    return False
+                refused = row is not None and row[0] > max_active
+            if refused:
+                await self._db.execute("ROLLBACK")
+                return False
             if grace_until is None:
                 replaced = await self._db.execute(
                     "UPDATE api_keys SET replaced_by = ?, revoked_at = coalesce(revoked_at, ?)"

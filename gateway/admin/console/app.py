@@ -22,7 +22,7 @@ from gateway.accounting.metrics import Metrics
 from gateway.admin.console import audit, keys, overview, signing, users
 from gateway.admin.console.headers import SecurityHeaders
 from gateway.admin.console.outcomes import OutcomeHistory
-from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions
+from gateway.admin.console.sessions import MemorySessionRecords, RedisSessionRecords, Sessions, token_keys
 from gateway.admin.console.web import PREFIX, Console, Visit, page, templates
 from gateway.config import GatewayConfig
 from gateway.manage.service import ManagementService
@@ -79,7 +79,7 @@ async def open_console(
     redis = RedisSessionRecords(config.redis.url, timeout=config.redis.timeout) if config.redis.url else None
     sessions = Sessions(
         redis or MemorySessionRecords(clock),
-        tokens=config.admin_tokens(),
+        keys=token_keys(config.admin_tokens()),
         idle_timeout=config.console.session_idle_timeout,
         lifetime=config.console.session_lifetime,
         clock=clock,

@@ -11,10 +11,12 @@ The records live in this process's memory (a restart signs every operator out), 
 ``redis.url`` is set: ``serve --workers N`` has every worker answer the admin listener, and each
 must know every session.
 
-Each record carries a mark of the token it was signed in with (an HMAC keyed by the token), checked
-against the configured tokens whenever the session is used: a token removed from the config, or
-given another value, ends its sessions at their next request; a record written into Redis by
-someone without the token, or by another deployment with other tokens, opens nothing.
+Each record carries a mark: an HMAC of everything in it but when it was last seen, keyed by the
+token it was signed in with (the portal's: by a key derived from every admin token), checked
+whenever the session is used. A token removed from the config, or given another value, ends its
+sessions at their next request; a record written into Redis by someone without the token, or by
+another deployment with other tokens, or a live record with a field changed (another actor, a
+start in the future, another return URL), opens nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
-__all__ = ["MemorySessionRecords", "RedisSessionRecords", "Session", "SessionRecords", "Sessions", "user_marks"]
+__all__ = [
+    "MemorySessionRecords",
+    "RedisSessionRecords",
+    "Session",
+    "SessionRecords",
+    "Sessions",
+    "token_keys",
+    "user_keys",
+]
 
 # Sessions kept at most in memory: a flood of sign-ins (each needs a token) cannot grow it past this.
 MAX_SESSIONS = 10_000
@@ -40,8 +50,9 @@ class Session:
     csrf: str  # the token every form of this session posts back
     started_at: float
     seen_at: float
-    token_mark: str = ""  # token_mark(the token signed in with)
+    token_mark: str = ""  # _mark(its key, the session)
     back: str = ""  # a portal session's return_url: where its "Back to" link goes
+    replaced: str = ""  # a portal session opened in a browser that showed another account: that one
 
     def __repr__(self) -> str:
         return f"Session(actor={self.actor!r})"
@@ -50,7 +61,10 @@ class Session:
 class SessionRecords(Protocol):
     """Where sessions are kept, by the SHA-256 of their id; a record past ``ttl`` seconds may go."""
 
-    async def put(self, digest: str, session: Session, ttl: float) -> None: ...
+    async def put(self, digest: str, session: Session, ttl: float, *, only_if_kept: bool = False) -> bool:
+        """Keep ``session``; with ``only_if_kept``, only if a record of ``digest`` is still kept (a
+        session being seen again, not brought back after it ended in between). Whether it was."""
+        ...
 
     async def get(self, digest: str) -> Session | None: ...
 
@@ -71,7 +85,9 @@ class MemorySessionRecords:
         self._clock = clock
         self._max = max_sessions
 
-    async def put(self, digest: str, session: Session, ttl: float) -> None:
+    async def put(self, digest: str, session: Session, ttl: float, *, only_if_kept: bool = False) -> bool:
+        if only_if_kept and digest not in self._records:
+            return False
         self._records.pop(digest, None)
         if len(self._records) >= self._max:
             now = self._clock()
@@ -80,6 +96,7 @@ class MemorySessionRecords:
                 del self._records[next(iter(self._records))]
             self._counts = {d: n for d, n in self._counts.items() if d in self._records}
         self._records[digest] = (session, self._clock() + ttl)
+        return True
 
     async def get(self, digest: str) -> Session | None:
         kept = self._records.get(digest)
@@ -107,8 +124,13 @@ class RedisSessionRecords:
         self.PREFIX = prefix
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
-    async def put(self, digest: str, session: Session, ttl: float) -> None:
-        await self._client.set(self.PREFIX + digest, json.dumps(asdict(session)), px=max(1, int(ttl * 1000)))
+    async def put(self, digest: str, session: Session, ttl: float, *, only_if_kept: bool = False) -> bool:
+        # XX: set only if the key exists, in one step (an end() between a find's read and this
+        # write would otherwise be undone).
+        kept = await self._client.set(
+            self.PREFIX + digest, json.dumps(asdict(session)), px=max(1, int(ttl * 1000)), xx=only_if_kept
+        )
+        return bool(kept)
 
     async def get(self, digest: str) -> Session | None:
         found = await self._client.get(self.PREFIX + digest)
@@ -137,20 +159,26 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
 
-def token_mark(token: str) -> str:
-    """What a session keeps of its token: nothing that opens anything, and different for every token."""
-    return hmac.new(token.encode(), b"gateway console session", hashlib.sha256).hexdigest()
+def _mark(key: bytes, session: Session) -> str:
+    """The HMAC of what a session is (all but when it was last seen), keyed by ``key``."""
+    fields = [session.actor, session.csrf, session.started_at, session.back, session.replaced]
+    return hmac.new(key, json.dumps(fields).encode("utf-8", "replace"), hashlib.sha256).hexdigest()
 
 
-def user_marks(tokens: Sequence[tuple[str, str]]) -> Callable[[str], str] | None:
-    """The marks of portal sessions (opened by a link, for a user): an HMAC of the user's id keyed
-    by every configured admin token, which only this deployment's gateways hold, so that a record
-    written into Redis without them opens nothing. None (no marks) when no token is configured;
-    a change of the tokens ends every portal session."""
+def token_keys(tokens: Sequence[tuple[str, str]]) -> Callable[[str], bytes | None]:
+    """The console's keys: each session's, the token it was signed in with (by its name)."""
+    by_name = {name: token.encode() for name, token in tokens}
+    return by_name.get
+
+
+def user_keys(tokens: Sequence[tuple[str, str]]) -> Callable[[str], bytes | None] | None:
+    """The portal's key, for every user's session: derived from every configured admin token,
+    which only this deployment's gateways hold (a change of the tokens ends every portal
+    session). None when no token is configured: no marks (``serve`` refuses that with Redis)."""
     if not tokens:
         return None
     key = hashlib.sha256(b"gateway portal session\0" + b"\0".join(t.encode() for _, t in sorted(tokens))).digest()
-    return lambda user_id: hmac.new(key, user_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+    return lambda _user_id: key
 
 
 class Sessions:
@@ -160,19 +188,15 @@ class Sessions:
         self,
         records: SessionRecords,
         *,
-        tokens: Sequence[tuple[str, str]] | None = None,
-        marks: Callable[[str], str] | None = None,
+        keys: Callable[[str], bytes | None] | None,
         idle_timeout: float,
         lifetime: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``tokens``: the console's, each session marked by the token signed in with; ``marks``:
-        an actor's mark otherwise (``user_marks``); neither: no marks to check."""
+        """``keys``: what an actor's sessions are marked with (``token_keys``, ``user_keys``; None
+        for an actor that may have none); None: no marks to check."""
         self._records = records
-        if tokens is not None:
-            by_name = {name: token_mark(token) for name, token in tokens}
-            marks = lambda actor: by_name.get(actor, "")  # noqa: E731
-        self._marks = marks
+        self._keys = keys
         self._idle = idle_timeout
         self._lifetime = lifetime
         self._clock = clock
@@ -183,7 +207,7 @@ class Sessions:
 
     _ttl = remaining  # how long its record must be kept
 
-    async def start(self, actor: str, *, back: str = "") -> tuple[str, Session]:
+    async def start(self, actor: str, *, back: str = "", replaced: str = "") -> tuple[str, Session]:
         """A new session for ``actor``, and its id (for the cookie, and nowhere else)."""
         now = self._clock()
         session_id = secrets.token_urlsafe(32)
@@ -192,9 +216,13 @@ class Sessions:
             csrf=secrets.token_urlsafe(32),
             started_at=now,
             seen_at=now,
-            token_mark="" if self._marks is None else self._marks(actor),
             back=back,
+            replaced=replaced,
         )
+        if self._keys is not None:
+            key = self._keys(actor)
+            assert key is not None, "a session for an actor without a key"
+            session = replace(session, token_mark=_mark(key, session))
         await self._records.put(_digest(session_id), session, self._ttl(session))
         return session_id, session
 
@@ -205,15 +233,20 @@ class Sessions:
         if session is None:
             return None
         now = self._clock()
-        expected = "" if self._marks is None else self._marks(session.actor)
-        own_token = self._marks is None or (
-            bool(expected) and hmac.compare_digest(session.token_mark.encode(), expected.encode())
+        key = None if self._keys is None else self._keys(session.actor)
+        marked = self._keys is None or (
+            key is not None and hmac.compare_digest(session.token_mark.encode(), _mark(key, session).encode())
         )
-        if not own_token or now - session.seen_at >= self._idle or now - session.started_at >= self._lifetime:
+        if (
+            not marked
+            or now - session.seen_at >= self._idle
+            or not session.started_at <= now < session.started_at + self._lifetime
+        ):
             await self._records.delete(digest)
             return None
         seen = replace(session, seen_at=now)
-        await self._records.put(digest, seen, self._ttl(seen))
+        if not await self._records.put(digest, seen, self._ttl(seen), only_if_kept=True):
+            return None  # ended while it was being read
         return seen
 
     async def end(self, session_id: str) -> None:

@@ -29,7 +29,14 @@ from gateway.config import GatewayConfig
 from gateway.manage.audit import acting
 from gateway.manage.documents import iso
 from gateway.manage.rules import InvalidField
-from gateway.manage.service import AlreadyExists, ChangeNotAnnounced, LimitReached, ManagementService, NotFound
+from gateway.manage.service import (
+    AlreadyExists,
+    ChangeNotAnnounced,
+    LimitReached,
+    ManagementService,
+    NotFound,
+    UserInactive,
+)
 from gateway.store import ApiKey
 from gateway.store.base import is_store_failure
 from gateway.units import format_duration, window_name
@@ -320,6 +327,8 @@ def problem_of(exc: Exception) -> tuple[int, str] | None:
         return 422, str(exc)
     if isinstance(exc, LimitReached):
         return exc.status, str(exc)
+    if isinstance(exc, UserInactive):
+        return 403, str(exc)
     if isinstance(exc, ChangeNotAnnounced):
         return (
             503,
