@@ -293,7 +293,9 @@ class PortalConfig:
 
     def cookies_secure(self) -> bool:
         """secure_cookies, or by default whether links are https:// (the browser comes over TLS)."""
-        return self.link_base().startswith("https://") if self.secure_cookies is None else self.secure_cookies
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return urlsplit(self.link_base()).scheme.lower() == "https"
 
     def link_base(self) -> str:
         """Where links point: ``public_url``, else the listener's own address."""

@@ -184,3 +184,19 @@ async def test_a_session_ended_while_it_was_being_read_stays_ended(records: Sess
         session_id, _ = await kept.start("ops")
         found = await asyncio.gather(*(kept.find(session_id) for _ in range(10)), kept.end(session_id))
         assert await kept.find(session_id) is None, found
+
+
+async def test_a_record_copied_under_another_id_or_seen_later_opens_nothing(
+    records: SessionRecords, clock: Clock
+) -> None:
+    kept = Sessions(records, keys=user_keys(TOKENS), idle_timeout=600, lifetime=3600, clock=clock)
+    session_id, _ = await kept.start("alice")
+    found = await kept.find(session_id)
+    assert found is not None
+    # The whole live record, mark and all, written under an id of the forger's choosing.
+    await records.put(hashlib.sha256(b"chosen").hexdigest(), found, 60)
+    assert await kept.find("chosen") is None
+    # Its last use moved on, past the idle timeout.
+    clock.tick(700)
+    await records.put(hashlib.sha256(session_id.encode()).hexdigest(), replace(found, seen_at=clock.now), 60)
+    assert await kept.find(session_id) is None

@@ -252,9 +252,27 @@ async def test_a_link_of_another_account_says_so_on_every_page_and_every_page_na
         for path in ("/portal/", "/portal/new-key", "/portal/?done=revoked"):
             page = (await browser.client.get(path)).text
             assert warning in page and "Account <strong>bob</strong>" in page
-        # The same account again: nothing to warn about.
+        # A second link of the same account does not clear it (whoever pushed one can push two).
+        await browser.open((await mint_link(setup.service, setup.config.portal, "bob", None))[0])
+        assert warning in (await browser.client.get("/portal/")).text
+        # Signed out, then a link: nothing to warn about.
+        await browser.post("/portal/sign-out")
         await browser.open((await mint_link(setup.service, setup.config.portal, "bob", None))[0])
         assert "in place of" not in (await browser.client.get("/portal/")).text
+
+
+async def test_a_session_ends_when_the_subscription_changes_even_back_to_active(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        browser = await setup.browser("alice")
+        setup.clock.now += 1  # the admin's change comes after the session opened
+        await setup.service.retire_user("alice")
+        await setup.service.set_subscription("alice", "active")
+        ended = await browser.post("/portal/new-key", {"name": "after"})
+        assert ended.status_code == 401 and "the account changed" in ended.text
+        assert await setup.service.list_keys("alice") == []
+        assert (await browser.client.get("/portal/")).status_code == 401
+        # A new link opens a new session, for the active user.
+        assert (await (await setup.browser("alice")).client.get("/portal/")).status_code == 200
 
 
 async def test_sign_out_ends_the_session(tmp_path: Path) -> None:
@@ -290,7 +308,15 @@ async def test_a_key_made_as_the_user_is_deleted_is_refused_or_revoked(tmp_path:
 
 
 @pytest.mark.parametrize(
-    "bad", ["https://dash.example.com/\u0000", "https://dash.example.com/a b", "https://dash.example.com/\n"]
+    "bad",
+    [
+        "https://dash.example.com/\u0000",
+        "https://dash.example.com/a b",
+        "https://dash.example.com/\n",
+        "https://@dash.example.com/",
+        "https://dash.example.com:0/",
+        "https://dash.example.com:99999999/",
+    ],
 )
 async def test_a_return_url_with_control_characters_or_spaces_is_refused(tmp_path: Path, bad: str) -> None:
     async with open_setup(tmp_path) as setup:
@@ -327,3 +353,17 @@ def test_a_logo_too_large_is_refused(tmp_path: Path) -> None:
     file.write_text(f"portal:\n  logo: {logo}\n")
     with pytest.raises(ConfigError, match="portal.logo: .* is 524,289 bytes; at most 524,288"):
         load_config(file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("public_url", "secure"),
+    [("HTTPS://keys.example.com", True), ("https://keys.example.com", True), ("http://keys.example.com", False)],
+)
+def test_the_cookie_is_secure_by_default_behind_an_https_public_url(
+    tmp_path: Path, public_url: str, secure: bool
+) -> None:
+    file = tmp_path / "gateway.yaml"
+    file.write_text(yaml.safe_dump({"portal": {"port": 8082, "public_url": public_url}}))
+    assert load_config(file, environ={}).portal.cookies_secure() is secure
+    file.write_text(yaml.safe_dump({"portal": {"port": 8082, "public_url": public_url, "secure_cookies": False}}))
+    assert load_config(file, environ={}).portal.cookies_secure() is False

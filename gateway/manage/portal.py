@@ -41,10 +41,11 @@ def check_return_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        parts.port  # noqa: B018 (a port out of range raises: a link to nowhere)
+        port = parts.port  # out of range: ValueError
     except ValueError:
-        host, parts = "", None
-    if parts is None or parts.scheme not in ("http", "https") or parts.username or parts.password:
+        host, parts, port = "", None, None
+    # "@" in the authority, even with nothing before it: no credentials in a link.
+    if parts is None or parts.scheme not in ("http", "https") or "@" in parts.netloc or port == 0:
         raise InvalidField("return_url: an http:// or https:// URL", "return_url")
     if host not in allowed_hosts:
         shown = ", ".join(allowed_hosts) or "none configured"

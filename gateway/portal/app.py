@@ -46,7 +46,7 @@ from gateway.config import LOGO_TYPES, MAX_LOGO_BYTES, GatewayConfig
 from gateway.manage.portal import PORTAL_PREFIX
 from gateway.manage.rules import InvalidField, ServiceError
 from gateway.manage.service import CreatedKey, LimitReached, ManagementService, NotFound, open_service
-from gateway.store import ApiKey
+from gateway.store import ApiKey, User
 
 __all__ = ["COOKIE", "Brand", "Portal", "create_portal_app", "open_portal"]
 
@@ -161,10 +161,16 @@ CLOSED = "The portal is closed to this account: its subscription is not active."
 async def _open_to(service: ManagementService, user_id: str) -> bool:
     """Whether the portal serves ``user_id``: a user with an active subscription (a user deleted,
     whose keys were all revoked, is inactive: no key made here could work, or should later)."""
+    return (await _user(service, user_id)) is not None
+
+
+async def _user(service: ManagementService, user_id: str) -> User | None:
+    """``user_id`` if the portal serves it (an active subscription), else None."""
     try:
-        return (await service.get_user(user_id)).subscription == "active"
+        user = await service.get_user(user_id)
     except NotFound:
-        return False
+        return None
+    return user if user.subscription == "active" else None
 
 
 def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -172,9 +178,14 @@ def page(endpoint: Callable[[Visit], Awaitable[Response]]) -> Callable[[Request]
     checks one, and its changes recorded in the audit trail as ``portal:<user id>``."""
 
     async def open_only(visit: Visit) -> Response:
-        if not await _open_to(visit.service, visit.user_id):
+        user = await _user(visit.service, visit.user_id)
+        if user is None or user.updated_at > visit.session.started_at:
+            # Inactive; or its subscription changed since the session opened (deleted, then made
+            # active again, between two of its requests): a session outlives neither.
             await visit.portal.sessions.end(visit.request.cookies[COOKIE])
-            return visit.problem(403, CLOSED)
+            if user is None:
+                return visit.problem(403, CLOSED)
+            return visit.portal.problem(401, f"Your portal session has ended: the account changed. {START_AGAIN}")
         return await endpoint(visit)
 
     return session_page(
@@ -218,7 +229,9 @@ async def start(request: Request) -> Response:
             await portal.sessions.end(old)
         # A new id at every exchange, whatever cookie the browser had; the account it showed, if
         # another, is named on every page of the new session (one notice could be navigated away).
-        replaced = before.actor if before is not None and before.actor != found[0] else ""
+        # The warning stays with the browser until it signs out: a second link of the same other
+        # account (anyone can push two) does not clear it.
+        replaced = "" if before is None else before.actor if before.actor != found[0] else before.replaced
         session_id, _ = await portal.sessions.start(found[0], back=found[1] or "", replaced=replaced)
     except Exception as exc:
         logger.error("portal sessions unavailable: %s", type(exc).__name__)

@@ -159,9 +159,10 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
 
-def _mark(key: bytes, session: Session) -> str:
-    """The HMAC of what a session is (all but when it was last seen), keyed by ``key``."""
-    fields = [session.actor, session.csrf, session.started_at, session.back, session.replaced]
+def _mark(key: bytes, digest: str, session: Session) -> str:
+    """The HMAC of a session's record, keyed by ``key``: all it holds, and the digest of its id
+    (where it is kept), so that no field can be changed and no record copied under another id."""
+    fields = [digest, session.actor, session.csrf, session.started_at, session.seen_at, session.back, session.replaced]
     return hmac.new(key, json.dumps(fields).encode("utf-8", "replace"), hashlib.sha256).hexdigest()
 
 
@@ -219,12 +220,17 @@ class Sessions:
             back=back,
             replaced=replaced,
         )
-        if self._keys is not None:
-            key = self._keys(actor)
-            assert key is not None, "a session for an actor without a key"
-            session = replace(session, token_mark=_mark(key, session))
-        await self._records.put(_digest(session_id), session, self._ttl(session))
+        digest = _digest(session_id)
+        session = self._marked(digest, session)
+        await self._records.put(digest, session, self._ttl(session))
         return session_id, session
+
+    def _marked(self, digest: str, session: Session) -> Session:
+        if self._keys is None:
+            return session
+        key = self._keys(session.actor)
+        assert key is not None, "a session for an actor without a key"
+        return replace(session, token_mark=_mark(key, digest, session))
 
     async def find(self, session_id: str) -> Session | None:
         """The live session of this id, now seen again; None for an unknown, ended or expired one."""
@@ -235,7 +241,7 @@ class Sessions:
         now = self._clock()
         key = None if self._keys is None else self._keys(session.actor)
         marked = self._keys is None or (
-            key is not None and hmac.compare_digest(session.token_mark.encode(), _mark(key, session).encode())
+            key is not None and hmac.compare_digest(session.token_mark.encode(), _mark(key, digest, session).encode())
         )
         if (
             not marked
@@ -244,7 +250,7 @@ class Sessions:
         ):
             await self._records.delete(digest)
             return None
-        seen = replace(session, seen_at=now)
+        seen = self._marked(digest, replace(session, seen_at=now))
         if not await self._records.put(digest, seen, self._ttl(seen), only_if_kept=True):
             return None  # ended while it was being read
         return seen

@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote
 
 import jinja2
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.accounting.metrics import Metrics
@@ -172,10 +172,13 @@ async def read_form(request: Request) -> dict[str, str]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return {}
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return {}
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return {}
+    except ClientDisconnect:  # the browser went away mid-form: no form (and no answer it would read)
+        return {}
     fields: dict[str, str] = {}
     for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
         fields.setdefault(name, value)
