@@ -20,6 +20,7 @@ __all__ = [
     "check_name",
     "check_subscription",
     "check_user_id",
+    "holds_a_key",
     "split_limits",
 ]
 
@@ -108,3 +109,9 @@ def check_metadata(metadata: object) -> str | None:
     if size > METADATA_MAX_BYTES:
         raise InvalidField(f"metadata is at most {METADATA_MAX_BYTES} bytes of JSON", "metadata")
     return text
+
+
+def holds_a_key(text: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``text`` may hold a full key of one of ``prefixes`` anywhere in it ("Bearer
+    mk_live_..."): what no name, id or note kept by the gateway may carry."""
+    return any(prefix in text and len(text) > len(prefix) + 8 for prefix in prefixes)

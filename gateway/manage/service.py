@@ -32,6 +32,7 @@ from gateway.manage.rules import (
     check_name,
     check_subscription,
     check_user_id,
+    holds_a_key,
 )
 from gateway.manage.transfer import ImportReport, run_import
 from gateway.store import ApiKey, AuditEvent, AuditFilter, DailyUsage, KeyStore, StoreError, User, UserUsage, open_store
@@ -227,7 +228,7 @@ class ManagementService:
     def _looks_like_a_key(self, text: str) -> bool:
         """Whether ``text`` holds what may be a full key, of any prefix this gateway takes (its
         own, an earlier one, an imported one), anywhere in it ("Bearer mk_live_...")."""
-        return any(prefix in text and len(text) > len(prefix) + 8 for prefix in self._key_prefixes)
+        return holds_a_key(text, self._key_prefixes)
 
     def _no_user(self, user_id: str) -> NotFound:
         """No such user, said without echoing a full key given for its id."""
@@ -396,7 +397,8 @@ class ManagementService:
         if not await self._write(
             lambda: self.store.add_key(created.record, max_active=max_active, now=now, active_user=active_only)
         ):
-            if active_only and (await self.get_user(user_id)).subscription != "active":
+            # Which check refused it: read again (the user could not have been active, if no limit).
+            if max_active is None or (await self.get_user(user_id)).subscription != "active":
                 raise UserInactive(user_id)
             raise LimitReached(
                 f"{user_id} has {max_active} active keys, the most allowed: revoke one to create another"
@@ -542,7 +544,15 @@ class ManagementService:
             found = await self.get_key(old.id)
             if found.replaced_by is None and found.revoked_at is not None:  # revoked since it was read
                 raise InvalidField(f"key {key_id} is revoked: create a new key instead", "key_id")
-            if active_only and (await self.get_user(old.user_id)).subscription != "active":
+            if (
+                found.replaced_by is None
+                and active_only
+                and (
+                    max_active is None
+                    or grace_until is None
+                    or (await self.get_user(old.user_id)).subscription != "active"
+                )
+            ):
                 raise UserInactive(old.user_id)
             if found.replaced_by is None:  # not replaced: the limit refused the grace
                 raise LimitReached(

@@ -20,6 +20,7 @@ from gateway.manage.rules import (
     check_name,
     check_subscription,
     check_user_id,
+    holds_a_key,
 )
 from gateway.store.base import ApiKey, KeyStore, User
 from gateway.store.staging import STAGED_KEY_COLUMNS, STAGED_USER_COLUMNS, ImportSession
@@ -226,7 +227,7 @@ def parse_line(line: int, text: str, now: float, prefixes: Sequence[str] = ()) -
         if not isinstance(legacy, bool):
             raise LineError("legacy must be true or false")
         metadata = check_metadata(record.get("metadata"))
-        if metadata is not None and any(p in metadata and len(metadata) > len(p) + 8 for p in prefixes):
+        if metadata is not None and holds_a_key(metadata, prefixes):
             raise LineError("metadata must not hold a key")
         return "key", (
             line,

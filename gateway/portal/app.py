@@ -158,14 +158,9 @@ def _sessions_unavailable(portal: Portal) -> HTMLResponse:
 CLOSED = "The portal is closed to this account: its subscription is not active."
 
 
-async def _open_to(service: ManagementService, user_id: str) -> bool:
-    """Whether the portal serves ``user_id``: a user with an active subscription (a user deleted,
-    whose keys were all revoked, is inactive: no key made here could work, or should later)."""
-    return (await _user(service, user_id)) is not None
-
-
 async def _user(service: ManagementService, user_id: str) -> User | None:
-    """``user_id`` if the portal serves it (an active subscription), else None."""
+    """``user_id`` if the portal serves it, else None: a user with an active subscription (a user
+    deleted, whose keys were all revoked, is inactive: no key made here could work, or should)."""
     try:
         user = await service.get_user(user_id)
     except NotFound:
@@ -209,7 +204,7 @@ async def start(request: Request) -> Response:
     token = request.query_params.get("token", "")
     try:
         found = await portal.service.take_portal_link(token) if token else None
-        if found is not None and not await _open_to(portal.service, found[0]):
+        if found is not None and await _user(portal.service, found[0]) is None:
             return portal.problem(403, f"{CLOSED} {START_AGAIN}")
     except Exception as exc:
         problem = problem_of(exc)  # the store unavailable: not the link's fault
@@ -222,15 +217,13 @@ async def start(request: Request) -> Response:
         )
     old = request.cookies.get(COOKIE)
     try:
-        # A link of another user than the browser's live session: said on the page it lands on
-        # (a link pushed into someone's browser would otherwise swap accounts unseen).
         before = await portal.sessions.find(old) if old else None
         if old:
             await portal.sessions.end(old)
-        # A new id at every exchange, whatever cookie the browser had; the account it showed, if
-        # another, is named on every page of the new session (one notice could be navigated away).
-        # The warning stays with the browser until it signs out: a second link of the same other
-        # account (anyone can push two) does not clear it.
+        # A new id at every exchange, whatever cookie the browser had. The account the browser
+        # showed, if another, is named on every page of the new session (a link pushed into
+        # someone's browser would otherwise swap accounts unseen; one notice could be navigated
+        # away), until it signs out: a second link of the same other account does not clear it.
         replaced = "" if before is None else before.actor if before.actor != found[0] else before.replaced
         session_id, _ = await portal.sessions.start(found[0], back=found[1] or "", replaced=replaced)
     except Exception as exc:

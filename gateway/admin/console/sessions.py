@@ -11,12 +11,13 @@ The records live in this process's memory (a restart signs every operator out), 
 ``redis.url`` is set: ``serve --workers N`` has every worker answer the admin listener, and each
 must know every session.
 
-Each record carries a mark: an HMAC of everything in it but when it was last seen, keyed by the
-token it was signed in with (the portal's: by a key derived from every admin token), checked
-whenever the session is used. A token removed from the config, or given another value, ends its
-sessions at their next request; a record written into Redis by someone without the token, or by
-another deployment with other tokens, or a live record with a field changed (another actor, a
-start in the future, another return URL), opens nothing.
+Each record carries a mark: an HMAC of everything in it and of where it is kept (its id's digest),
+keyed by the token it was signed in with (the portal's: by a key derived from every admin token),
+checked whenever the session is used and made again each time it is seen. A token removed from
+the config, or given another value, ends its sessions at their next request; a record written
+into Redis by someone without the token, or by another deployment with other tokens, a live
+record with a field changed (another actor, a start in the future, a later last use, another
+return URL), or a live record copied whole under another id, opens nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Session:
     csrf: str  # the token every form of this session posts back
     started_at: float
     seen_at: float
-    token_mark: str = ""  # _mark(its key, the session)
+    token_mark: str = ""  # _mark(its key, its id's digest, the session)
     back: str = ""  # a portal session's return_url: where its "Back to" link goes
     replaced: str = ""  # a portal session opened in a browser that showed another account: that one
 
