@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -200,3 +201,30 @@ async def test_a_record_copied_under_another_id_or_seen_later_opens_nothing(
     clock.tick(700)
     await records.put(hashlib.sha256(session_id.encode()).hexdigest(), replace(found, seen_at=clock.now), 60)
     assert await kept.find(session_id) is None
+
+
+async def test_a_malformed_record_in_redis_is_no_session() -> None:
+    import redis.asyncio
+
+    records = RedisSessionRecords(machine_redis_url(), timeout=1.0)
+    writer = redis.asyncio.Redis.from_url(machine_redis_url())
+    try:
+        digest = hashlib.sha256(b"malformed").hexdigest()
+        good = {
+            "actor": "ops",
+            "csrf": "c",
+            "started_at": 1.0,
+            "seen_at": 1.0,
+            "token_mark": "",
+            "back": "",
+            "replaced": "",
+        }
+        for bad in ({"token_mark": 5}, {"started_at": "soon"}, {"seen_at": True}, {"actor": ["ops"]}):
+            await writer.set(f"{RedisSessionRecords.PREFIX}{digest}", json.dumps(good | bad), px=60_000)
+            assert await records.get(digest) is None
+        await writer.set(f"{RedisSessionRecords.PREFIX}{digest}", json.dumps(good), px=60_000)
+        assert await records.get(digest) is not None
+    finally:
+        await writer.delete(f"{RedisSessionRecords.PREFIX}{digest}")
+        await records.aclose()
+        await writer.aclose()

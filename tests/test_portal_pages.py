@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -367,3 +368,32 @@ def test_the_cookie_is_secure_by_default_behind_an_https_public_url(
     assert load_config(file, environ={}).portal.cookies_secure() is secure
     file.write_text(yaml.safe_dump({"portal": {"port": 8082, "public_url": public_url, "secure_cookies": False}}))
     assert load_config(file, environ={}).portal.cookies_secure() is False
+
+
+@pytest.mark.parametrize("path", ["/portal%2Fstart", "/portal%2fstart", "/%70ortal/start"])
+async def test_a_link_opens_only_under_the_literal_prefix_its_cookie_goes_with(tmp_path: Path, path: str) -> None:
+    async with open_setup(tmp_path) as setup:
+        url, _ = await mint_link(setup.service, setup.config.portal, "alice", None)
+        token = urlsplit(url).query
+        browser = await setup.browser()
+        elsewhere = await browser.client.get(f"{path}?{token}")
+        assert elsewhere.status_code == 404 and "set-cookie" not in elsewhere.headers
+        assert "frame-ancestors" in elsewhere.headers["content-security-policy"]
+        # The link was not used up there.
+        assert (await browser.client.get(f"/portal/start?{token}")).status_code == 303
+
+
+@pytest.mark.parametrize("path", ["/portal/x%0ay", "/x%0ay", "/portal/keys/%0d%0a/revoke"])
+async def test_a_path_no_route_can_match_is_a_404_with_the_headers(tmp_path: Path, path: str) -> None:
+    async with open_setup(tmp_path) as setup:
+        answer = await (await setup.browser("alice")).client.get(path)
+        assert answer.status_code == 404 and answer.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors" in answer.headers["content-security-policy"]
+
+
+async def test_a_link_made_before_the_user_was_deleted_opens_nothing_after(tmp_path: Path) -> None:
+    async with open_setup(tmp_path) as setup:
+        url, _ = await mint_link(setup.service, setup.config.portal, "alice", None)
+        await setup.service.retire_user("alice")
+        await setup.service.set_subscription("alice", "active")
+        assert (await (await setup.browser()).open(url)).status_code == 403

@@ -150,6 +150,10 @@ async def test_a_key_for_active_users_only_is_refused_or_revoked_beside_a_retire
     assert not await store.add_key(key("late", key_hash="d" * 64), active_user=True, now=11.0)
     assert await store.get_key("late") is None
     assert not await store.rotate_key("r", key("r2", key_hash="c" * 64), now=11.0, grace_until=None, active_user=True)
+    # Active again, but changed since a session that asks opened: no key for that session.
+    await store.set_subscription("alice", "active", 12.0)
+    assert not await store.add_key(key("s1", key_hash="b" * 64), active_user=True, unchanged_since=11.5)
+    assert await store.add_key(key("s2", key_hash="a" * 64), active_user=True, unchanged_since=12.5)
 
 
 async def test_a_key_is_replaced_once_however_many_rotations_race(store: KeyStore) -> None:

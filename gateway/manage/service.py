@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import secrets
 import time
@@ -384,10 +385,12 @@ class ManagementService:
         rate_limits: str | Sequence[str] | None = None,
         max_active: int | None = None,
         active_only: bool = False,
+        unchanged_since: float = math.inf,
     ) -> CreatedKey:
         """A new key for the user; with ``max_active``, LimitReached once it has that many active;
-        with ``active_only``, UserInactive unless its subscription is active (checked as the key is
-        written: a retirement at the same moment either revokes it or refuses it)."""
+        with ``active_only``, UserInactive unless its subscription is active and unchanged since
+        ``unchanged_since`` (checked as the key is written: a retirement at the same moment either
+        revokes it or refuses it)."""
         await self.get_user(user_id)
         if expires_in is not None and not 0 < expires_in <= MAX_DURATION:
             raise InvalidField("a key's lifetime must be above zero and at most 100 years", "expires_in")
@@ -395,10 +398,17 @@ class ManagementService:
         created = self._new_key(user_id, self._check_name(name), expires_at, check_limits(rate_limits))
         now = self._clock()
         if not await self._write(
-            lambda: self.store.add_key(created.record, max_active=max_active, now=now, active_user=active_only)
+            lambda: self.store.add_key(
+                created.record,
+                max_active=max_active,
+                now=now,
+                active_user=active_only,
+                unchanged_since=unchanged_since,
+            )
         ):
             # Which check refused it: read again (the user could not have been active, if no limit).
-            if max_active is None or (await self.get_user(user_id)).subscription != "active":
+            user = await self.get_user(user_id)
+            if max_active is None or user.subscription != "active" or user.updated_at > unchanged_since:
                 raise UserInactive(user_id)
             raise LimitReached(
                 f"{user_id} has {max_active} active keys, the most allowed: revoke one to create another"
@@ -517,7 +527,13 @@ class ManagementService:
         return key, before.revoked_at is not None
 
     async def rotate_key(
-        self, key_id: str, *, grace: float | None = None, max_active: int | None = None, active_only: bool = False
+        self,
+        key_id: str,
+        *,
+        grace: float | None = None,
+        max_active: int | None = None,
+        active_only: bool = False,
+        unchanged_since: float = math.inf,
     ) -> tuple[CreatedKey, ApiKey]:
         """A new key for the same user and name, and the old key, which stops now or after ``grace``;
         with ``max_active``, a grace only while the user has at most that many active keys (the old
@@ -537,23 +553,28 @@ class ManagementService:
         grace_until = now + grace if grace else None
         rotated = await self._write(
             lambda: self.store.rotate_key(
-                old.id, created.record, now=now, grace_until=grace_until, max_active=max_active, active_user=active_only
+                old.id,
+                created.record,
+                now=now,
+                grace_until=grace_until,
+                max_active=max_active,
+                active_user=active_only,
+                unchanged_since=unchanged_since,
             )
         )
         if not rotated:
             found = await self.get_key(old.id)
             if found.replaced_by is None and found.revoked_at is not None:  # revoked since it was read
                 raise InvalidField(f"key {key_id} is revoked: create a new key instead", "key_id")
-            if (
-                found.replaced_by is None
-                and active_only
-                and (
+            if found.replaced_by is None and active_only:
+                user = await self.get_user(old.user_id)
+                if (
                     max_active is None
                     or grace_until is None
-                    or (await self.get_user(old.user_id)).subscription != "active"
-                )
-            ):
-                raise UserInactive(old.user_id)
+                    or user.subscription != "active"
+                    or user.updated_at > unchanged_since
+                ):
+                    raise UserInactive(old.user_id)
             if found.replaced_by is None:  # not replaced: the limit refused the grace
                 raise LimitReached(
                     f"{old.user_id} has more than {max_active} active keys, the most allowed:"

@@ -47,6 +47,7 @@ from gateway.manage.portal import PORTAL_PREFIX
 from gateway.manage.rules import InvalidField, ServiceError
 from gateway.manage.service import CreatedKey, LimitReached, ManagementService, NotFound, open_service
 from gateway.store import ApiKey, User
+from gateway.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["COOKIE", "Brand", "Portal", "create_portal_app", "open_portal"]
 
@@ -320,6 +321,7 @@ async def create_key(visit: Visit) -> Response:
             rate_limits=None,
             max_active=visit.portal.config.portal.max_active_keys_per_user,
             active_only=True,
+            unchanged_since=visit.session.started_at,
         )
     return await _keys_page(visit, created)
 
@@ -335,7 +337,11 @@ async def rotate_key(visit: Visit) -> Response:
         raise InvalidField("the old key stops now or after one of the grace periods offered", "grace")
     async with _one_key_more(visit):
         created, old = await visit.portal.service.rotate_key(
-            key.id, grace=grace or None, max_active=settings.max_active_keys_per_user, active_only=True
+            key.id,
+            grace=grace or None,
+            max_active=settings.max_active_keys_per_user,
+            active_only=True,
+            unchanged_since=visit.session.started_at,
         )
     return await _keys_page(visit, created, replaced=old)
 
@@ -434,12 +440,33 @@ def create_portal_app(
         redirect_slashes=False,
     )
     headers = {"frame_ancestors": config.portal.frame_ancestors, "home": PREFIX + "/", "home_name": "The portal"}
-    return Starlette(
+    nowhere = SecurityHeaders(HTMLResponse(NOWHERE, 404), **headers)
+    app = Starlette(
         routes=[
             Route(PREFIX, SecurityHeaders(RedirectResponse(f"{PREFIX}/", 307), **headers)),
-            Mount(PREFIX, SecurityHeaders(router, **headers)),
-            # Every other path: the portal is all there is on this listener.
-            Route("/{rest:path}", SecurityHeaders(HTMLResponse(NOWHERE, 404), **headers)),
+            Mount(PREFIX, SecurityHeaders(LiteralPrefix(router, nowhere), **headers)),
         ],
         lifespan=lifespan,
     )
+    # Every other path, whatever it holds (a path with a line break matches no route pattern): the
+    # portal is all there is on this listener.
+    app.router.default = nowhere
+    return app
+
+
+class LiteralPrefix:
+    """Serves a request under /portal/ only if the browser sent that prefix as such: the session
+    cookie (Path=/portal/) goes with a path that starts with those very bytes, so /portal%2Fstart
+    or /%70ortal/start, decoded to /portal/start, would come without it (and a link opened there
+    could replace a session without the warning that says so)."""
+
+    def __init__(self, app: ASGIApp, elsewhere: ASGIApp) -> None:
+        self.app = app
+        self.elsewhere = elsewhere
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if raw is not None and not raw.startswith(PREFIX.encode() + b"/"):
+            await self.elsewhere(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

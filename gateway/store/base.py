@@ -10,6 +10,7 @@ moment anything changed, whoever changed it: see ``auth/verify.py``.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -383,19 +384,26 @@ class KeyStore(Protocol):
     async def retire_user(self, user_id: str, now: float) -> tuple[User, int] | None:
         """Revoke every key of the user not revoked yet (expired ones too: a revocation holds
         whatever a server's clock says) and make it inactive, in one transaction; the user and how
-        many keys were revoked now. None if unknown. The user, its keys and its usage stay."""
+        many keys were revoked now, and its portal links deleted. None if unknown. The user, its
+        keys and its usage stay."""
         ...
 
     async def set_user_rate_limits(self, user_id: str, rate_limits: str | None) -> User | None: ...
 
     async def add_key(
-        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+        self,
+        key: ApiKey,
+        *,
+        max_active: int | None = None,
+        now: float = 0.0,
+        active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         """Add the key; with ``max_active``, only while its user has fewer keys active at ``now``
         (not revoked, not expired); with ``active_user``, only while its user's subscription is
-        active. Both are checked in the insert's own transaction, so that concurrent additions
-        cannot pass the limit together and a key cannot slip in beside a retire_user that revokes
-        every key. False: not added."""
+        active, and unchanged since ``unchanged_since`` (its ``updated_at``). Both are checked in
+        the insert's own transaction, so that concurrent additions cannot pass the limit together
+        and a key cannot slip in beside a retire_user that revokes every key. False: not added."""
         ...
 
     async def get_key(self, key_id: str) -> ApiKey | None: ...
@@ -419,6 +427,7 @@ class KeyStore(Protocol):
         grace_until: float | None,
         max_active: int | None = None,
         active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         """Add ``new_key`` and, in the same transaction, revoke the old one now, or make it expire at
         ``grace_until`` (never later than it would have anyway). False, with nothing written, when

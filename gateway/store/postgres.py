@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -90,7 +91,7 @@ _KEY_FIELDS = len(KEY_COLUMNS)
 _LOCK_USERS_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 # FOR SHARE: a retire_user (which updates the row) waits for this transaction's key, and revokes it;
 # or this one waits for the retirement, and sees the user inactive.
-_ACTIVE_USER = "SELECT 1 FROM users WHERE id = $1 AND subscription = 'active' FOR SHARE"
+_ACTIVE_USER = "SELECT 1 FROM users WHERE id = $1 AND subscription = 'active' AND updated_at <= $2 FOR SHARE"
 _COUNT_ACTIVE_KEYS = (
     "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
     " AND (expires_at IS NULL OR expires_at > $2)"
@@ -334,6 +335,8 @@ class PostgresStore:
             revoked = await connection.execute(
                 "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL", now, user_id
             )
+            # Its portal links, not yet opened, open nothing either (if it is made active again).
+            await connection.execute("DELETE FROM portal_links WHERE user_id = $1", user_id)
             await connection.execute(f"NOTIFY {CHANNEL}")
         self._changes += 1
         return user_from_row(row), int(revoked.split()[-1])
@@ -341,13 +344,20 @@ class PostgresStore:
     # ------------------------------------------------------------------------------- keys
 
     async def add_key(
-        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+        self,
+        key: ApiKey,
+        *,
+        max_active: int | None = None,
+        now: float = 0.0,
+        active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         if max_active is None and not active_user:
             await self._write(_INSERT_KEY, *key_row(key))
             return True
         async with self._pool.acquire() as connection, connection.transaction():
-            if not await _checked(connection, key.user_id, now, max_active, active_user, more_than=False):
+            active = (active_user, unchanged_since)
+            if not await _checked(connection, key.user_id, now, max_active, active, more_than=False):
                 return False  # nothing written: the transaction commits empty
             await connection.execute(_INSERT_KEY, *key_row(key))
             await connection.execute(f"NOTIFY {CHANNEL}")
@@ -386,10 +396,12 @@ class PostgresStore:
         grace_until: float | None,
         max_active: int | None = None,
         active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
             limit = max_active if grace_until is not None else None  # rotating now adds no active key
-            if not await _checked(connection, new_key.user_id, now, limit, active_user, more_than=True):
+            active = (active_user, unchanged_since)
+            if not await _checked(connection, new_key.user_id, now, limit, active, more_than=True):
                 return False  # nothing written: the transaction commits empty
             if grace_until is None:
                 replaced = await connection.execute(
@@ -588,15 +600,22 @@ class _PostgresImport:
 
 
 async def _checked(
-    connection: Any, user_id: str, now: float, max_active: int | None, active_user: bool, *, more_than: bool
+    connection: Any,
+    user_id: str,
+    now: float,
+    max_active: int | None,
+    active: tuple[bool, float],
+    *,
+    more_than: bool,
 ) -> bool:
-    """Whether a key of ``user_id`` may be added in this transaction: its subscription active (if
-    ``active_user``), and its active keys under ``max_active`` (at most, with ``more_than``: a
-    rotation's grace overlaps by one), under the per-user lock held until the transaction ends."""
-    if active_user and await connection.fetchval(_ACTIVE_USER, user_id) is None:
+    """Whether a key of ``user_id`` may be added in this transaction: its subscription active and
+    unchanged since ``active[1]`` (if ``active[0]``), and its active keys under ``max_active`` (at
+    most, with ``more_than``: a rotation's grace overlaps by one), under the per-user lock held
+    until the transaction ends."""
+    if active[0] and await connection.fetchval(_ACTIVE_USER, user_id, active[1]) is None:
         return False
     if max_active is None:
         return True
     await connection.execute(_LOCK_USERS_KEYS, user_id)
-    active = await connection.fetchval(_COUNT_ACTIVE_KEYS, user_id, now)
-    return bool(active <= max_active if more_than else active < max_active)
+    count = await connection.fetchval(_COUNT_ACTIVE_KEYS, user_id, now)
+    return bool(count <= max_active if more_than else count < max_active)

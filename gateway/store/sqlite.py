@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -85,7 +86,7 @@ _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * _
 _COUNT_ACTIVE_KEYS = (
     "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 )
-_ACTIVE_USER = "SELECT 1 FROM users WHERE id = ? AND subscription = 'active'"
+_ACTIVE_USER = "SELECT 1 FROM users WHERE id = ? AND subscription = 'active' AND updated_at <= ?"
 _INSERT_KEY_CHECKED = (
     f"INSERT INTO api_keys ({_KEY_COLUMNS}) SELECT {', '.join('?' * _KEY_FIELDS)}"
     f" WHERE (? = 0 OR EXISTS ({_ACTIVE_USER}))"
@@ -280,6 +281,8 @@ class SQLiteStore:
                 revoked = await self._db.execute(
                     "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user_id)
                 )
+                # Its portal links, not yet opened, open nothing either (if it is made active again).
+                await self._db.execute("DELETE FROM portal_links WHERE user_id = ?", (user_id,))
                 await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
@@ -292,13 +295,19 @@ class SQLiteStore:
     # ------------------------------------------------------------------------------- keys
 
     async def add_key(
-        self, key: ApiKey, *, max_active: int | None = None, now: float = 0.0, active_user: bool = False
+        self,
+        key: ApiKey,
+        *,
+        max_active: int | None = None,
+        now: float = 0.0,
+        active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         if max_active is None and not active_user:
             await self._write(_INSERT_KEY, key_row(key))
             return True
         # One statement, and SQLite has one writer: the checks and the insert cannot interleave.
-        checks = (int(active_user), key.user_id, max_active, key.user_id, now, max_active)
+        checks = (int(active_user), key.user_id, unchanged_since, max_active, key.user_id, now, max_active)
         return await self._write(_INSERT_KEY_CHECKED, (*key_row(key), *checks)) == 1
 
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -332,9 +341,11 @@ class SQLiteStore:
         grace_until: float | None,
         max_active: int | None = None,
         active_user: bool = False,
+        unchanged_since: float = math.inf,
     ) -> bool:
         async with self._writing:
-            return await self._rotate_key(old_key_id, new_key, now, grace_until, max_active, active_user)
+            active = (active_user, unchanged_since)
+            return await self._rotate_key(old_key_id, new_key, now, grace_until, max_active, active)
 
     async def _rotate_key(
         self,
@@ -343,13 +354,13 @@ class SQLiteStore:
         now: float,
         grace_until: float | None,
         max_active: int | None,
-        active_user: bool,
+        active: tuple[bool, float],
     ) -> bool:
         await self._db.execute("BEGIN IMMEDIATE")  # the database's one writer until COMMIT
         try:
             refused = False
-            if active_user:
-                async with self._db.execute(_ACTIVE_USER, (new_key.user_id,)) as cursor:
+            if active[0]:
+                async with self._db.execute(_ACTIVE_USER, (new_key.user_id, active[1])) as cursor:
                     refused = await cursor.fetchone() is None
             if not refused and grace_until is not None and max_active is not None:
                 async with self._db.execute(_COUNT_ACTIVE_KEYS, (new_key.user_id, now)) as cursor:

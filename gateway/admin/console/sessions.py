@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -138,9 +139,10 @@ class RedisSessionRecords:
         if found is None:
             return None
         try:
-            return Session(**json.loads(found))
+            session = Session(**json.loads(found))
         except (ValueError, TypeError):  # not a record of ours: no session
             return None
+        return session if _well_formed(session) else None
 
     async def delete(self, digest: str) -> None:
         await self._client.delete(self.PREFIX + digest, self.PREFIX + digest + ":count")
@@ -154,6 +156,15 @@ class RedisSessionRecords:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _well_formed(session: Session) -> bool:
+    """Each field of the type it has (a record written by someone else may hold anything)."""
+    texts = (session.actor, session.csrf, session.token_mark, session.back, session.replaced)
+    times = (session.started_at, session.seen_at)
+    return all(isinstance(text, str) for text in texts) and all(
+        isinstance(moment, int | float) and not isinstance(moment, bool) and math.isfinite(moment) for moment in times
+    )
 
 
 def _digest(session_id: str) -> str:
