@@ -116,3 +116,30 @@ async def test_part_of_an_answer_read_while_pooled_closes_the_connection(
         await second.aclose()
     finally:
         await upstream.aclose()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_an_answer_refused_for_its_request_id_closes_its_connection(
+    scripted: ScriptedUpstream, client: str
+) -> None:
+    # upstream.check_request_id: the answer (whole, body and all, in one write) carries no id, so
+    # the proxy abandons it. Its connection may hold a stray answer ahead of the next one's: it
+    # must carry no other exchange, even where the client had pooled it as the body came in.
+    upstream = await open_upstream_client(
+        UpstreamConfig(
+            url=f"http://127.0.0.1:{scripted.port}",
+            client=client,  # type: ignore[arg-type]
+            max_connections=4,
+            check_request_id=True,
+        )
+    )
+    try:
+        first = await upstream.request("GET", "/", [(b"Host", b"x"), (b"X-Request-Id", b"r1")], None)
+        assert first.status == 200
+        await first.abandon()
+        await first.aclose()  # as the proxy does after abandoning it
+        second = await upstream.request("GET", "/", [(b"Host", b"x"), (b"X-Request-Id", b"r2")], None)
+        assert (second.status, await second.read()) == (200, b"connection-1")
+        await second.aclose()
+    finally:
+        await upstream.aclose()

@@ -42,7 +42,7 @@ from gateway.ratelimit.headers import RATE_LIMIT_HEADERS, RateLimitHeaderWriter
 from gateway.ratelimit.limiter import Charge, Decision, Limiter
 from gateway.store.base import is_store_failure
 from gateway.types import Receive, Scope, Send
-from gateway.upstream.base import UpstreamClient, UpstreamResponse
+from gateway.upstream.base import UpstreamClient, UpstreamResponse, carries_request_id
 
 if TYPE_CHECKING:  # redis is imported only when redis.url is set
     from gateway.ratelimit.shared import SharedLimiter
@@ -145,12 +145,6 @@ async def _shared_hit(
 # A "." or ".." segment, as it is or percent-encoded (%2e), and a "/" or "\\" percent-encoded
 # within a segment: what an upstream may resolve to leave a base path.
 _DOT_SEGMENT = re.compile(rb"(^|/|%2f|%5c|\\)(\.|%2e){1,2}(/|%2f|%5c|\\|$)", re.IGNORECASE)
-
-
-def _answers(response: UpstreamResponse, request_id: bytes) -> bool:
-    """Whether the upstream's answer carries this request's id (upstream.check_request_id)."""
-    ids = [value.strip() for name, value in response.headers if name.lower() == REQUEST_ID]
-    return ids == [request_id]
 
 
 async def _watch_disconnect(receive: Receive) -> None:
@@ -426,7 +420,7 @@ class Proxy:
             exchange.upstream = time.perf_counter() - sent_at
             exchange.upstream_status = response.status
             try:
-                if self._check_request_id and not _answers(response, exchange.request_id):
+                if self._check_request_id and not carries_request_id(response.headers, exchange.request_id):
                     await response.abandon()
                     error = UpstreamUnavailable("the upstream's answer does not carry this request's X-Request-Id")
                     self._failures.note(scope["method"], scope["path"], error)

@@ -14,7 +14,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamAborted, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.base import UnreadBytes, describe_failure, leaves_bytes_behind
+from gateway.upstream.base import UnreadBytes, carries_request_id, describe_failure, leaves_bytes_behind
 
 __all__ = ["AiohttpUpstream"]
 
@@ -42,17 +42,31 @@ class _GuardedResponse(aiohttp.ClientResponse):
       pool it at the end of the head, and the body, coming late, would be read as the next
       request's answer;
     - it refuses a request that had a body: the upstream may not have read the body, and may read
-      it as the next request on the connection (with whatever identity its bytes claim)."""
+      it as the next request on the connection (with whatever identity its bytes claim);
+    - with upstream.check_request_id, it does not carry its request's X-Request-Id: the proxy
+      refuses it, and the connection is out of step (this answer was another's, or nobody's).
+    Decided here, as the head is read: a body that came whole with it has released the connection
+    to the pool already, where another request could take it before the proxy looks."""
+
+    check_request_id = False  # _CheckedResponse: upstream.check_request_id
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         response = await super().start(connection)
         sent_body = _had_body(self.request_info.headers)
-        if protocol is not None and leaves_bytes_behind(self.status, list(self.raw_headers), sent_body=sent_body):
+        headers = list(self.raw_headers)
+        out_of_step = self.check_request_id and not carries_request_id(
+            headers, self.request_info.headers.get("X-Request-Id", "").encode("latin-1")
+        )
+        if protocol is not None and (out_of_step or leaves_bytes_behind(self.status, headers, sent_body=sent_body)):
             protocol.force_close()  # released, it is closed; _Connector._get never hands it out
             if self.connection is None:
                 protocol.close()  # released already (its body came whole with the head): close it now
         return response
+
+
+class _CheckedResponse(_GuardedResponse):
+    check_request_id = True
 
 
 def _had_body(headers: Any) -> bool:
@@ -214,7 +228,7 @@ class AiohttpUpstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             request_class=_VerbatimRequest,
-            response_class=_GuardedResponse,
+            response_class=_CheckedResponse if config.check_request_id else _GuardedResponse,
         )
 
     async def request(

@@ -13,6 +13,7 @@ __all__ = [
     "UpstreamClient",
     "UpstreamResponse",
     "UnreadBytes",
+    "carries_request_id",
     "describe_failure",
     "frames_a_body_it_cannot_have",
     "leaves_bytes_behind",
@@ -65,6 +66,13 @@ def describe_failure(exc: BaseException) -> str:
     # lines: neither belongs in a one-line log.
     text = " ".join(_BYTES_LITERAL.sub("b'...'", text).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def carries_request_id(headers: list[tuple[bytes, bytes]], request_id: bytes) -> bool:
+    """Whether an answer's head carries exactly this request's X-Request-Id (upstream.check_request_id):
+    an answer without it is another request's, or nobody's, and its connection is out of step."""
+    ids = [value.strip() for name, value in headers if name.lower() == b"x-request-id"]
+    return ids == [request_id]
 
 
 def leaves_bytes_behind(status: int, headers: list[tuple[bytes, bytes]], *, sent_body: bool) -> bool:
